@@ -1,0 +1,2 @@
+//! The guest library.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Region setup.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The host mediator daemon.
+#![forbid(unsafe_code)]

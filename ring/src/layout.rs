@@ -1,0 +1,336 @@
+//! Region layout v1: the byte-exact contract across the VM boundary.
+//!
+//! Every struct here is `#[repr(C)]` with explicit padding, derives zerocopy's traits
+//! (the `IntoBytes` derive rejects hidden padding) and has its size and every field
+//! offset pinned at compile time. `docs/LAYOUT.md` describes the same bytes for people
+//! implementing a guest in another language; the two must change together.
+//!
+//! All multi-byte fields are little-endian (the only byte order this crate builds for).
+
+use core::mem::{offset_of, size_of};
+use static_assertions::const_assert_eq;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `magic` of a formatted region: the ASCII bytes `VGPURING`, read as a little-endian u64.
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"VGPURING");
+/// Major layout version: a guest or host must refuse a region with another major.
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor layout version: additions that older readers may ignore.
+pub const VERSION_MINOR: u16 = 0;
+/// Value of the header's `init` word once formatting is complete (ASCII `REDY`).
+pub const INIT_READY: u32 = u32::from_le_bytes(*b"REDY");
+/// Size of the header page and of each slot's control block.
+pub const PAGE_SIZE: usize = 4096;
+/// Size of one request or response entry: one cache line.
+pub const ENTRY_SIZE: usize = 64;
+/// Most VM slots one region can hold (bits in the pending-work bitmap).
+pub const MAX_SLOTS: u32 = 1024;
+/// Fewest entries a ring may have.
+pub const MIN_RING_ENTRIES: u32 = 2;
+/// Most entries a ring may have.
+pub const MAX_RING_ENTRIES: u32 = 1 << 16;
+/// Length of the ASCII label carried by requests and responses.
+pub const LABEL_LEN: usize = 24;
+/// Byte offset of the request ring's producer index inside a slot control block.
+pub const REQ_HEAD_OFFSET: usize = 128;
+/// Byte offset of the request ring's consumer index inside a slot control block.
+pub const REQ_TAIL_OFFSET: usize = 256;
+/// Byte offset of the response ring's producer index inside a slot control block.
+pub const RESP_HEAD_OFFSET: usize = 384;
+/// Byte offset of the response ring's consumer index inside a slot control block.
+pub const RESP_TAIL_OFFSET: usize = 512;
+
+/// The header page at offset 0 of every region.
+///
+/// Written by the formatter (`ivshmem-setup create`) except the mediator line
+/// (`epoch`, `heartbeat_ns`, `mediator_pid`, `heartbeat_interval_ms`) and the
+/// pending-work bitmap, which live on their own cache lines and are accessed atomically.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RegionHeader {
+    /// [`REGION_MAGIC`].
+    pub magic: u64,
+    /// [`VERSION_MAJOR`].
+    pub version_major: u16,
+    /// [`VERSION_MINOR`].
+    pub version_minor: u16,
+    /// [`INIT_READY`] once the formatter has written everything else; 0 before.
+    pub init: u32,
+    /// Size of the whole region in bytes (a power of two).
+    pub region_size: u64,
+    /// Number of VM slots.
+    pub slot_count: u32,
+    /// Entries per ring (a power of two).
+    pub ring_entries: u32,
+    /// Bytes per ring entry ([`ENTRY_SIZE`]).
+    pub entry_size: u32,
+    /// Bytes of each slot's control block ([`PAGE_SIZE`]).
+    pub slot_control_size: u32,
+    /// Bytes of each slot's data arena.
+    pub arena_size: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
+    /// Offset of slot 0 from the start of the region.
+    pub slots_offset: u64,
+    /// Distance between consecutive slots.
+    pub slot_stride: u64,
+    /// Reserved, zero.
+    pub reserved1: [u8; 64],
+    /// Mediator session epoch: a new non-zero value at each mediator start, 0 if none ran.
+    pub epoch: u64,
+    /// Mediator heartbeat: host `CLOCK_MONOTONIC` in nanoseconds, refreshed periodically.
+    pub heartbeat_ns: u64,
+    /// Process id of the mediator that wrote `epoch`.
+    pub mediator_pid: u32,
+    /// How often the mediator refreshes `heartbeat_ns`, in milliseconds.
+    pub heartbeat_interval_ms: u32,
+    /// Reserved, zero.
+    pub reserved2: [u8; 104],
+    /// Pending-work bitmap: a guest sets bit `i % 64` of word `i / 64` after publishing
+    /// requests in slot `i`; the mediator clears a word when it drains it.
+    pub pending: [u64; (MAX_SLOTS / 64) as usize],
+    /// Reserved, zero; pads the header to one page.
+    pub reserved3: [u8; 3712],
+}
+
+const_assert_eq!(size_of::<RegionHeader>(), PAGE_SIZE);
+const_assert_eq!(offset_of!(RegionHeader, magic), 0);
+const_assert_eq!(offset_of!(RegionHeader, version_major), 8);
+const_assert_eq!(offset_of!(RegionHeader, version_minor), 10);
+const_assert_eq!(offset_of!(RegionHeader, init), 12);
+const_assert_eq!(offset_of!(RegionHeader, region_size), 16);
+const_assert_eq!(offset_of!(RegionHeader, slot_count), 24);
+const_assert_eq!(offset_of!(RegionHeader, ring_entries), 28);
+const_assert_eq!(offset_of!(RegionHeader, entry_size), 32);
+const_assert_eq!(offset_of!(RegionHeader, slot_control_size), 36);
+const_assert_eq!(offset_of!(RegionHeader, arena_size), 40);
+const_assert_eq!(offset_of!(RegionHeader, reserved0), 44);
+const_assert_eq!(offset_of!(RegionHeader, slots_offset), 48);
+const_assert_eq!(offset_of!(RegionHeader, slot_stride), 56);
+const_assert_eq!(offset_of!(RegionHeader, reserved1), 64);
+const_assert_eq!(offset_of!(RegionHeader, epoch), 128);
+const_assert_eq!(offset_of!(RegionHeader, heartbeat_ns), 136);
+const_assert_eq!(offset_of!(RegionHeader, mediator_pid), 144);
+const_assert_eq!(offset_of!(RegionHeader, heartbeat_interval_ms), 148);
+const_assert_eq!(offset_of!(RegionHeader, reserved2), 152);
+const_assert_eq!(offset_of!(RegionHeader, pending), 256);
+const_assert_eq!(offset_of!(RegionHeader, reserved3), 384);
+
+/// Identity of the VM that owns a slot, written by the host; the guest only reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SlotIdentity {
+    /// VM id.
+    pub vm_id: u32,
+    /// Pool id: the pool's one-character name as an ASCII byte (`b'A'` = 0x41).
+    pub pool: u32,
+    /// Priority: 0 low, 1 medium, 2 high.
+    pub priority: u32,
+    /// Bit 0 ([`SlotIdentity::ASSIGNED`]) set once the host assigned this slot.
+    pub flags: u32,
+}
+
+impl SlotIdentity {
+    /// `flags` bit: the host has assigned this slot to a VM.
+    pub const ASSIGNED: u32 = 1;
+
+    /// An assigned identity.
+    #[must_use]
+    pub const fn new(vm_id: u32, pool: u8, priority: u8) -> Self {
+        Self { vm_id, pool: pool as u32, priority: priority as u32, flags: Self::ASSIGNED }
+    }
+
+    /// Whether the host assigned this slot.
+    #[must_use]
+    pub const fn is_assigned(&self) -> bool {
+        self.flags & Self::ASSIGNED != 0
+    }
+}
+
+const_assert_eq!(size_of::<SlotIdentity>(), 16);
+const_assert_eq!(offset_of!(SlotIdentity, vm_id), 0);
+const_assert_eq!(offset_of!(SlotIdentity, pool), 4);
+const_assert_eq!(offset_of!(SlotIdentity, priority), 8);
+const_assert_eq!(offset_of!(SlotIdentity, flags), 12);
+
+/// The first page of every slot: identity, host status and the four ring indices, each
+/// index alone on a 128-byte line (two cache lines, against adjacent-line prefetching).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SlotControl {
+    /// Host-written identity.
+    pub identity: SlotIdentity,
+    /// Host-written status bits: [`SlotControl::REQUEST_POISONED`],
+    /// [`SlotControl::RESPONSE_POISONED`].
+    pub host_status: u32,
+    /// Process id of the attached client (informational, written by the client).
+    pub client_pid: u32,
+    /// Reserved, zero.
+    pub reserved0: [u8; 104],
+    /// Request ring producer index (guest writes, free-running u32).
+    pub req_head: u32,
+    /// Reserved, zero.
+    pub pad_req_head: [u8; 124],
+    /// Request ring consumer index (host writes).
+    pub req_tail: u32,
+    /// Reserved, zero.
+    pub pad_req_tail: [u8; 124],
+    /// Response ring producer index (host writes).
+    pub resp_head: u32,
+    /// Reserved, zero.
+    pub pad_resp_head: [u8; 124],
+    /// Response ring consumer index (guest writes).
+    pub resp_tail: u32,
+    /// Reserved, zero.
+    pub pad_resp_tail: [u8; 124],
+    /// Reserved, zero; pads the control block to one page.
+    pub reserved1: [u8; 3456],
+}
+
+impl SlotControl {
+    /// `host_status` bit: the host found the request ring's indices corrupt and stopped
+    /// reading it.
+    pub const REQUEST_POISONED: u32 = 1;
+    /// `host_status` bit: the host found the response ring's consumer index corrupt.
+    pub const RESPONSE_POISONED: u32 = 2;
+}
+
+const_assert_eq!(size_of::<SlotControl>(), PAGE_SIZE);
+const_assert_eq!(offset_of!(SlotControl, identity), 0);
+const_assert_eq!(offset_of!(SlotControl, host_status), 16);
+const_assert_eq!(offset_of!(SlotControl, client_pid), 20);
+const_assert_eq!(offset_of!(SlotControl, reserved0), 24);
+const_assert_eq!(offset_of!(SlotControl, req_head), REQ_HEAD_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, req_tail), REQ_TAIL_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, resp_head), RESP_HEAD_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, resp_tail), RESP_TAIL_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, reserved1), 640);
+
+/// One request: guest to host, one cache line.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct Request {
+    /// Chosen by the guest; echoed in the response.
+    pub tag: u32,
+    /// An [`Opcode`](crate::Opcode) value.
+    pub opcode: u16,
+    /// Pool the guest believes it belongs to (ASCII byte).
+    pub pool: u8,
+    /// Priority the guest believes it has (0–2).
+    pub priority: u8,
+    /// VM id the guest believes it has.
+    pub vm_id: u32,
+    /// Command name, ASCII, NUL-padded (e.g. `VECTOR_ADD`, `TEST_HIGH`).
+    pub label: [u8; LABEL_LEN],
+    /// Input range in the slot's arena: offset.
+    pub in_offset: u32,
+    /// Input range in the slot's arena: length in bytes.
+    pub in_len: u32,
+    /// Output range in the slot's arena: offset.
+    pub out_offset: u32,
+    /// Output range in the slot's arena: capacity in bytes.
+    pub out_len: u32,
+    /// Operation arguments (see the opcode's documentation).
+    pub args: [u32; 3],
+}
+
+const_assert_eq!(size_of::<Request>(), ENTRY_SIZE);
+const_assert_eq!(offset_of!(Request, tag), 0);
+const_assert_eq!(offset_of!(Request, opcode), 4);
+const_assert_eq!(offset_of!(Request, pool), 6);
+const_assert_eq!(offset_of!(Request, priority), 7);
+const_assert_eq!(offset_of!(Request, vm_id), 8);
+const_assert_eq!(offset_of!(Request, label), 12);
+const_assert_eq!(offset_of!(Request, in_offset), 36);
+const_assert_eq!(offset_of!(Request, in_len), 40);
+const_assert_eq!(offset_of!(Request, out_offset), 44);
+const_assert_eq!(offset_of!(Request, out_len), 48);
+const_assert_eq!(offset_of!(Request, args), 52);
+
+/// One response: host to guest, one cache line.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct Response {
+    /// The request's tag.
+    pub tag: u32,
+    /// A [`Status`](crate::Status) value: 1 success, 2 error (0 is never published).
+    pub status: u32,
+    /// An [`ErrorCode`](crate::ErrorCode) value; 0 on success.
+    pub error: u32,
+    /// Bytes written to the request's output range.
+    pub out_len: u32,
+    /// VM id of the slot, as the host knows it.
+    pub vm_id: u32,
+    /// Pool of the slot, as the host knows it (ASCII byte).
+    pub pool: u8,
+    /// Priority of the slot, as the host knows it.
+    pub priority: u8,
+    /// The request's opcode.
+    pub opcode: u16,
+    /// The request's label.
+    pub label: [u8; LABEL_LEN],
+    /// Nanoseconds the request waited in the pool's queue.
+    pub queued_ns: u64,
+    /// Nanoseconds the operation took to execute.
+    pub exec_ns: u64,
+}
+
+const_assert_eq!(size_of::<Response>(), ENTRY_SIZE);
+const_assert_eq!(offset_of!(Response, tag), 0);
+const_assert_eq!(offset_of!(Response, status), 4);
+const_assert_eq!(offset_of!(Response, error), 8);
+const_assert_eq!(offset_of!(Response, out_len), 12);
+const_assert_eq!(offset_of!(Response, vm_id), 16);
+const_assert_eq!(offset_of!(Response, pool), 20);
+const_assert_eq!(offset_of!(Response, priority), 21);
+const_assert_eq!(offset_of!(Response, opcode), 22);
+const_assert_eq!(offset_of!(Response, label), 24);
+const_assert_eq!(offset_of!(Response, queued_ns), 48);
+const_assert_eq!(offset_of!(Response, exec_ns), 56);
+
+/// Encode a label: ASCII, truncated to [`LABEL_LEN`] bytes, NUL-padded.
+#[must_use]
+pub fn encode_label(text: &str) -> [u8; LABEL_LEN] {
+    let mut label = [0u8; LABEL_LEN];
+    for (dst, src) in label.iter_mut().zip(text.bytes()) {
+        *dst = if src.is_ascii_graphic() { src } else { b'?' };
+    }
+    label
+}
+
+/// Decode a label received from a peer: bytes up to the first NUL; anything that is not
+/// printable ASCII becomes `?`, so a hostile label cannot inject control characters into
+/// logs.
+#[must_use]
+pub fn decode_label(label: &[u8; LABEL_LEN]) -> String {
+    label
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_are_sanitised() {
+        assert_eq!(decode_label(&encode_label("VECTOR_ADD")), "VECTOR_ADD");
+        let long = "A".repeat(40);
+        assert_eq!(decode_label(&encode_label(&long)).len(), LABEL_LEN);
+        let mut hostile = [0u8; LABEL_LEN];
+        hostile[..4].copy_from_slice(b"a\nb\x1b");
+        assert_eq!(decode_label(&hostile), "a?b?");
+    }
+
+    #[test]
+    fn magic_reads_as_ascii() {
+        assert_eq!(&REGION_MAGIC.to_le_bytes(), b"VGPURING");
+        assert_eq!(&INIT_READY.to_le_bytes(), b"REDY");
+    }
+}

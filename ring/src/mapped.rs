@@ -1,0 +1,198 @@
+//! The ring backend over a mapped region.
+
+use crate::layout::{Request, Response};
+use crate::region::{Region, RegionError, RingKind};
+use crate::ring::{Consumer, Producer, RingBackend};
+use crate::sync::Ordering;
+use crate::sync::mapped::AtomicU32;
+use core::marker::PhantomData;
+use core::mem::size_of;
+use std::sync::Arc;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// A [`RingBackend`] over one ring of one slot of a mapped [`Region`].
+///
+/// Holds the region alive; the pointers were bounds- and alignment-checked when the
+/// backend was built, and every entry is copied in or out exactly once.
+pub struct MappedRing<E> {
+    region: Arc<Region>,
+    slot: u32,
+    head: *const AtomicU32,
+    tail: *const AtomicU32,
+    entries: *mut u8,
+    capacity: u32,
+    _entry: PhantomData<E>,
+}
+
+impl<E> core::fmt::Debug for MappedRing<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MappedRing")
+            .field("region", &self.region.path())
+            .field("slot", &self.slot)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+// SAFETY: the raw pointers point into a mapping owned by the Arc'd region, which lives
+// as long as this value; they are only used through atomics and copies, so moving the
+// endpoint to another thread is sound.
+unsafe impl<E: Send> Send for MappedRing<E> {}
+
+impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
+    fn new(region: &Arc<Region>, slot: u32, kind: RingKind) -> Result<Self, RegionError> {
+        if !region.is_writable() {
+            return Err(RegionError::ReadOnly);
+        }
+        let geometry = region.geometry();
+        let base = region.check_slot(slot)?;
+        let capacity = geometry.ring_entries;
+        let entries_offset = base + kind.entries_offset(&geometry);
+        // Check the whole entry array lies inside the mapping, and its alignment.
+        let last = entries_offset + (capacity as usize - 1) * size_of::<E>();
+        region.ptr_at::<E>(last)?;
+        Ok(Self {
+            head: region.atomic_u32(base + kind.head_offset())?,
+            tail: region.atomic_u32(base + kind.tail_offset())?,
+            entries: region.ptr_at::<E>(entries_offset)?.cast(),
+            region: Arc::clone(region),
+            slot,
+            capacity,
+            _entry: PhantomData,
+        })
+    }
+
+    /// The region this ring lives in.
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// The slot this ring belongs to.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    fn head(&self) -> &AtomicU32 {
+        // SAFETY: checked in `new`, kept alive by `self.region`.
+        unsafe { &*self.head }
+    }
+
+    fn tail(&self) -> &AtomicU32 {
+        // SAFETY: checked in `new`, kept alive by `self.region`.
+        unsafe { &*self.tail }
+    }
+}
+
+// SAFETY: the entry array was bounds- and alignment-checked in `new` for `capacity`
+// entries, capacity comes from a validated geometry (a power of two) and never changes.
+unsafe impl<E: FromBytes + IntoBytes + Immutable + Copy> RingBackend for MappedRing<E> {
+    type Entry = E;
+
+    fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    fn load_head(&self, order: Ordering) -> u32 {
+        self.head().load(order)
+    }
+
+    fn store_head(&self, value: u32, order: Ordering) {
+        self.head().store(value, order);
+    }
+
+    fn load_tail(&self, order: Ordering) -> u32 {
+        self.tail().load(order)
+    }
+
+    fn store_tail(&self, value: u32, order: Ordering) {
+        self.tail().store(value, order);
+    }
+
+    unsafe fn write(&self, slot: u32, entry: &E) {
+        debug_assert!(slot < self.capacity);
+        // SAFETY: slot < capacity (caller), so the destination lies in the checked
+        // entry array; the source is private memory.
+        unsafe {
+            let dst = self.entries.add(slot as usize * size_of::<E>());
+            core::ptr::copy_nonoverlapping(entry.as_bytes().as_ptr(), dst, size_of::<E>());
+        }
+    }
+
+    unsafe fn read(&self, slot: u32) -> E {
+        debug_assert!(slot < self.capacity);
+        let mut entry = E::new_zeroed();
+        // SAFETY: slot < capacity (caller), so the source lies in the checked entry
+        // array; the copy goes to private memory exactly once and any bytes are a valid
+        // E (FromBytes), so a hostile peer writing concurrently yields garbage to
+        // validate, never an invalid value or a second fetch.
+        unsafe {
+            let src = self.entries.add(slot as usize * size_of::<E>());
+            core::ptr::copy_nonoverlapping(src, entry.as_mut_bytes().as_mut_ptr(), size_of::<E>());
+        }
+        entry
+    }
+}
+
+/// The guest's end of a slot's request ring.
+pub type RequestProducer = Producer<MappedRing<Request>>;
+/// The host's end of a slot's request ring.
+pub type RequestConsumer = Consumer<MappedRing<Request>>;
+/// The host's end of a slot's response ring.
+pub type ResponseProducer = Producer<MappedRing<Response>>;
+/// The guest's end of a slot's response ring.
+pub type ResponseConsumer = Consumer<MappedRing<Response>>;
+
+/// The two ring endpoints a guest uses in one slot.
+#[derive(Debug)]
+pub struct GuestEndpoints {
+    /// Pushes requests.
+    pub requests: RequestProducer,
+    /// Pops responses.
+    pub responses: ResponseConsumer,
+}
+
+/// The two ring endpoints the host uses in one slot.
+#[derive(Debug)]
+pub struct HostEndpoints {
+    /// Pops requests.
+    pub requests: RequestConsumer,
+    /// Pushes responses.
+    pub responses: ResponseProducer,
+}
+
+/// Take the guest's ends of slot `slot`'s rings. Exactly one guest may hold them.
+///
+/// ```
+/// use std::sync::Arc;
+/// use vgpu_ring::{Geometry, Region, Request, guest_endpoints, host_endpoints};
+/// let dir = tempfile::tempdir().unwrap();
+/// let geometry = Geometry { slot_count: 1, ring_entries: 8, arena_size: 4096 };
+/// let region = Arc::new(Region::create(&dir.path().join("r"), 1 << 15, geometry, &[], false)?);
+/// let mut guest = guest_endpoints(&region, 0)?;
+/// let mut host = host_endpoints(&region, 0)?;
+/// guest.requests.push(Request { tag: 9, ..Request::default() }).unwrap();
+/// assert_eq!(host.requests.pop().unwrap().unwrap().tag, 9);
+/// # Ok::<(), vgpu_ring::RegionError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
+pub fn guest_endpoints(region: &Arc<Region>, slot: u32) -> Result<GuestEndpoints, RegionError> {
+    Ok(GuestEndpoints {
+        requests: Producer::new(MappedRing::new(region, slot, RingKind::Request)?),
+        responses: Consumer::new(MappedRing::new(region, slot, RingKind::Response)?),
+    })
+}
+
+/// Take the host's ends of slot `slot`'s rings. Exactly one host thread may hold them.
+///
+/// # Errors
+///
+/// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
+pub fn host_endpoints(region: &Arc<Region>, slot: u32) -> Result<HostEndpoints, RegionError> {
+    Ok(HostEndpoints {
+        requests: Consumer::new(MappedRing::new(region, slot, RingKind::Request)?),
+        responses: Producer::new(MappedRing::new(region, slot, RingKind::Response)?),
+    })
+}

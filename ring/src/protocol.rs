@@ -1,0 +1,199 @@
+//! Values carried by the wire structs: opcodes, statuses, error codes, priorities.
+
+use core::fmt;
+
+/// Operations a guest can request. Data is `f32`, little-endian, in the slot's arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Opcode {
+    /// Do nothing; a command name that is not an operation is sent as a labelled NOOP.
+    Noop = 1,
+    /// Copy the input range to the output range.
+    Echo = 2,
+    /// Occupy the pool for `args[0]` microseconds (a stand-in for a long GPU job).
+    Sleep = 3,
+    /// `out[i] = a[i] + b[i]`; `args[0]` = n; input = a ‖ b.
+    VectorAdd = 4,
+    /// `out[i] = alpha * x[i] + y[i]`; `args[0]` = n, `args[1]` = alpha's f32 bits;
+    /// input = x ‖ y.
+    Saxpy = 5,
+    /// `out[0] = Σ x[i] * y[i]`; `args[0]` = n; input = x ‖ y.
+    Dot = 6,
+    /// `C = A × B`, row-major; `args` = (m, k, n); input = A (m×k) ‖ B (k×n); output C (m×n).
+    Matmul = 7,
+}
+
+impl Opcode {
+    /// Every opcode, in wire order.
+    pub const ALL: [Self; 7] = [
+        Self::Noop,
+        Self::Echo,
+        Self::Sleep,
+        Self::VectorAdd,
+        Self::Saxpy,
+        Self::Dot,
+        Self::Matmul,
+    ];
+
+    /// The command name used in labels and logs (`VECTOR_ADD`, ...).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Noop => "NOOP",
+            Self::Echo => "ECHO",
+            Self::Sleep => "SLEEP",
+            Self::VectorAdd => "VECTOR_ADD",
+            Self::Saxpy => "SAXPY",
+            Self::Dot => "DOT",
+            Self::Matmul => "MATMUL",
+        }
+    }
+
+    /// The opcode whose [`name`](Self::name) is `name`, if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+impl TryFrom<u16> for Opcode {
+    type Error = u16;
+
+    fn try_from(value: u16) -> Result<Self, u16> {
+        Self::ALL.into_iter().find(|&op| op as u16 == value).ok_or(value)
+    }
+}
+
+impl fmt::Display for Opcode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Response status, as in the original file protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Status {
+    /// Not answered yet (never published in a response entry).
+    Pending = 0,
+    /// The operation succeeded.
+    Success = 1,
+    /// The operation failed; see the error code.
+    Error = 2,
+}
+
+impl TryFrom<u32> for Status {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            0 => Ok(Self::Pending),
+            1 => Ok(Self::Success),
+            2 => Ok(Self::Error),
+            other => Err(other),
+        }
+    }
+}
+
+/// Why a request failed (the response's `error` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// No error.
+    None = 0,
+    /// The opcode is not one of [`Opcode`].
+    UnknownOpcode = 1,
+    /// The request's pool, priority or VM id differs from the slot's configured identity.
+    IdentityMismatch = 2,
+    /// An input or output range lies outside the slot's arena.
+    BadRange = 3,
+    /// The arguments do not describe a valid shape for the input (or are too large).
+    BadShape = 4,
+    /// The output range is too small for the result.
+    OutputTooSmall = 5,
+    /// The VM has more requests queued than its quota allows.
+    QuotaExceeded = 6,
+    /// The executor failed (e.g. a GPU error).
+    ExecutorFailed = 7,
+    /// The mediator is shutting down.
+    ShuttingDown = 8,
+}
+
+impl ErrorCode {
+    /// Every error code, in wire order.
+    pub const ALL: [Self; 9] = [
+        Self::None,
+        Self::UnknownOpcode,
+        Self::IdentityMismatch,
+        Self::BadRange,
+        Self::BadShape,
+        Self::OutputTooSmall,
+        Self::QuotaExceeded,
+        Self::ExecutorFailed,
+        Self::ShuttingDown,
+    ];
+
+    /// A short human-readable description.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::None => "no error",
+            Self::UnknownOpcode => "unknown opcode",
+            Self::IdentityMismatch => "pool, priority or vm id differs from the slot's identity",
+            Self::BadRange => "arena range out of bounds",
+            Self::BadShape => "bad shape",
+            Self::OutputTooSmall => "output range too small",
+            Self::QuotaExceeded => "in-flight quota exceeded",
+            Self::ExecutorFailed => "executor failed",
+            Self::ShuttingDown => "mediator shutting down",
+        }
+    }
+}
+
+impl TryFrom<u32> for ErrorCode {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, u32> {
+        Self::ALL.into_iter().find(|&e| e as u32 == value).ok_or(value)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// Highest priority value (2 = high).
+pub const MAX_PRIORITY: u8 = 2;
+
+/// The name of a priority value, as the original client printed it.
+#[must_use]
+pub const fn priority_name(priority: u32) -> &'static str {
+    match priority {
+        2 => "high",
+        1 => "medium",
+        0 => "low",
+        _ => "invalid",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for op in Opcode::ALL {
+            assert_eq!(Opcode::try_from(op as u16), Ok(op));
+            assert_eq!(Opcode::from_name(op.name()), Some(op));
+        }
+        assert_eq!(Opcode::try_from(0), Err(0));
+        assert_eq!(Opcode::try_from(99), Err(99));
+        for e in ErrorCode::ALL {
+            assert_eq!(ErrorCode::try_from(e as u32), Ok(e));
+        }
+        assert_eq!(Status::try_from(3), Err(3));
+        assert_eq!(priority_name(1), "medium");
+    }
+}

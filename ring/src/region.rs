@@ -1,0 +1,770 @@
+//! Mapping a region (a backing file on the host, a PCI BAR file in a guest) and reading
+//! and writing its header and slots.
+//!
+//! All mmap handling of the project lives here. The mapping is a [`memmap2::MmapRaw`]:
+//! other processes write the same bytes, so no `&`/`&mut` reference to mapped bytes is
+//! ever created; they are reached through atomics and raw-pointer copies obtained from
+//! one bounds- and alignment-checked function ([`Region::ptr_at`]).
+
+use crate::layout::{
+    ENTRY_SIZE, INIT_READY, MAX_RING_ENTRIES, MAX_SLOTS, MIN_RING_ENTRIES, PAGE_SIZE, REGION_MAGIC,
+    REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, RegionHeader,
+    SlotControl, SlotIdentity, VERSION_MAJOR, VERSION_MINOR,
+};
+use crate::sync::Ordering;
+use crate::sync::mapped::{AtomicU32, AtomicU64};
+use core::mem::{align_of, offset_of, size_of};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// The shape of a region: how many slots, how big their rings and arenas are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Number of VM slots (1 for the default one-region-per-VM setup).
+    pub slot_count: u32,
+    /// Entries per ring, a power of two.
+    pub ring_entries: u32,
+    /// Bytes of each slot's data arena, a multiple of 64.
+    pub arena_size: u32,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Self { slot_count: 1, ring_entries: 256, arena_size: 1 << 20 }
+    }
+}
+
+impl Geometry {
+    /// Check the geometry's own constraints.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::BadGeometry`] naming the violated constraint.
+    pub fn validate(&self) -> Result<(), RegionError> {
+        let bad = |reason: String| Err(RegionError::BadGeometry(reason));
+        if self.slot_count == 0 || self.slot_count > MAX_SLOTS {
+            return bad(format!("slot count {} not in 1..={MAX_SLOTS}", self.slot_count));
+        }
+        if !self.ring_entries.is_power_of_two()
+            || !(MIN_RING_ENTRIES..=MAX_RING_ENTRIES).contains(&self.ring_entries)
+        {
+            return bad(format!(
+                "ring entries {} not a power of two in {MIN_RING_ENTRIES}..={MAX_RING_ENTRIES}",
+                self.ring_entries
+            ));
+        }
+        if self.arena_size == 0 || self.arena_size % 64 != 0 {
+            return bad(format!("arena size {} not a positive multiple of 64", self.arena_size));
+        }
+        Ok(())
+    }
+
+    /// Offset of the request ring inside a slot.
+    #[must_use]
+    pub const fn request_ring_offset(&self) -> usize {
+        PAGE_SIZE
+    }
+
+    /// Offset of the response ring inside a slot.
+    #[must_use]
+    pub const fn response_ring_offset(&self) -> usize {
+        PAGE_SIZE + self.ring_entries as usize * ENTRY_SIZE
+    }
+
+    /// Offset of the data arena inside a slot.
+    #[must_use]
+    pub const fn arena_offset(&self) -> usize {
+        PAGE_SIZE + 2 * self.ring_entries as usize * ENTRY_SIZE
+    }
+
+    /// Distance between consecutive slots (a multiple of the page size).
+    #[must_use]
+    pub const fn slot_stride(&self) -> usize {
+        (self.arena_offset() + self.arena_size as usize).next_multiple_of(PAGE_SIZE)
+    }
+
+    /// Bytes the header and slots occupy.
+    #[must_use]
+    pub const fn required_size(&self) -> usize {
+        PAGE_SIZE + self.slot_count as usize * self.slot_stride()
+    }
+
+    /// The smallest valid region size for this geometry (a power of two).
+    #[must_use]
+    pub const fn min_region_size(&self) -> usize {
+        self.required_size().next_power_of_two()
+    }
+
+    /// Offset of slot `slot` from the start of the region.
+    #[must_use]
+    pub const fn slot_offset(&self, slot: u32) -> usize {
+        PAGE_SIZE + slot as usize * self.slot_stride()
+    }
+}
+
+/// Why a region could not be created, opened or accessed.
+#[derive(Debug, Error)]
+pub enum RegionError {
+    /// An operating-system call on the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file or requested size is smaller than the layout needs.
+    #[error("region too small: {size} bytes, need at least {required}")]
+    TooSmall {
+        /// Bytes available.
+        size: u64,
+        /// Bytes needed.
+        required: u64,
+    },
+    /// The region size is not a power of two (QEMU's ivshmem requires one).
+    #[error("region size {0} is not a power of two")]
+    NotPowerOfTwo(u64),
+    /// The magic number is wrong: this is not a vgpu region.
+    #[error("not a vgpu region (magic {0:#018x})")]
+    BadMagic(u64),
+    /// The layout's major version is not the one this build speaks.
+    #[error(
+        "region layout version {found_major}.{found_minor}, this build speaks {VERSION_MAJOR}.x"
+    )]
+    VersionMismatch {
+        /// Major version in the header.
+        found_major: u16,
+        /// Minor version in the header.
+        found_minor: u16,
+    },
+    /// The formatter has not finished (init word not set).
+    #[error("region not initialized (formatting incomplete or never done)")]
+    NotInitialized,
+    /// The geometry is invalid or inconsistent with the region's size.
+    #[error("bad geometry: {0}")]
+    BadGeometry(String),
+    /// The region's geometry differs from the one expected (e.g. the host's config).
+    #[error("geometry mismatch: expected {expected:?}, region has {found:?}")]
+    GeometryMismatch {
+        /// The expected geometry.
+        expected: Geometry,
+        /// The region's geometry.
+        found: Geometry,
+    },
+    /// A slot index beyond the region's slot count.
+    #[error("slot {slot} out of range (region has {count})")]
+    SlotOutOfRange {
+        /// The slot asked for.
+        slot: u32,
+        /// Slots in the region.
+        count: u32,
+    },
+    /// An arena range outside the slot's arena.
+    #[error("arena range {offset}+{len} outside an arena of {size} bytes")]
+    ArenaOutOfBounds {
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// Arena size.
+        size: u32,
+    },
+    /// A write was attempted on a read-only mapping.
+    #[error("region mapped read-only")]
+    ReadOnly,
+    /// The file already exists and overwriting was not requested.
+    #[error("{0} already exists")]
+    AlreadyExists(PathBuf),
+}
+
+/// How to map an existing region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write (host daemon, guest client).
+    ReadWrite,
+    /// Read only (inspection of a live region).
+    ReadOnly,
+}
+
+/// The loaded values of one slot's four ring indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingIndices {
+    /// Request ring producer index (guest).
+    pub req_head: u32,
+    /// Request ring consumer index (host).
+    pub req_tail: u32,
+    /// Response ring producer index (host).
+    pub resp_head: u32,
+    /// Response ring consumer index (guest).
+    pub resp_tail: u32,
+}
+
+/// A mapped, validated region.
+#[derive(Debug)]
+pub struct Region {
+    map: MmapRaw,
+    file: File,
+    path: PathBuf,
+    geometry: Geometry,
+    writable: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegionError + '_ {
+    move |source| RegionError::Io { path: path.to_owned(), source }
+}
+
+impl Region {
+    /// Create the file at `path` (which must not exist unless `overwrite`), size it to
+    /// `size` bytes and format it: header, geometry, the slots' identities (one per
+    /// slot, unassigned if `identities` is shorter), zeroed rings; the init word last.
+    ///
+    /// ```
+    /// use vgpu_ring::{Geometry, Region, SlotIdentity};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("vm1");
+    /// let geometry = Geometry { slot_count: 1, ring_entries: 64, arena_size: 4096 };
+    /// let region = Region::create(&path, 1 << 16, geometry, &[SlotIdentity::new(1, b'A', 2)], false)?;
+    /// assert_eq!(region.identity(0)?.vm_id, 1);
+    /// # Ok::<(), vgpu_ring::RegionError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::AlreadyExists`], [`RegionError::NotPowerOfTwo`],
+    /// [`RegionError::TooSmall`], [`RegionError::BadGeometry`], [`RegionError::Io`].
+    pub fn create(
+        path: &Path,
+        size: u64,
+        geometry: Geometry,
+        identities: &[SlotIdentity],
+        overwrite: bool,
+    ) -> Result<Self, RegionError> {
+        geometry.validate()?;
+        if !size.is_power_of_two() {
+            return Err(RegionError::NotPowerOfTwo(size));
+        }
+        let required = geometry.required_size() as u64;
+        if size < required {
+            return Err(RegionError::TooSmall { size, required });
+        }
+        if identities.len() > geometry.slot_count as usize {
+            return Err(RegionError::BadGeometry(format!(
+                "{} identities for {} slots",
+                identities.len(),
+                geometry.slot_count
+            )));
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if overwrite {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        let file = options.open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => RegionError::AlreadyExists(path.to_owned()),
+            _ => io_err(path)(e),
+        })?;
+        file.set_len(size).map_err(io_err(path))?;
+        let region = Self::map(file, path, size as usize, geometry, Access::ReadWrite)?;
+
+        let mut header = RegionHeader::new_zeroed();
+        header.magic = REGION_MAGIC;
+        header.version_major = VERSION_MAJOR;
+        header.version_minor = VERSION_MINOR;
+        header.region_size = size;
+        header.slot_count = geometry.slot_count;
+        header.ring_entries = geometry.ring_entries;
+        header.entry_size = ENTRY_SIZE as u32;
+        header.slot_control_size = PAGE_SIZE as u32;
+        header.arena_size = geometry.arena_size;
+        header.slots_offset = PAGE_SIZE as u64;
+        header.slot_stride = geometry.slot_stride() as u64;
+        region.write_bytes(0, header.as_bytes())?;
+        for slot in 0..geometry.slot_count {
+            let identity =
+                identities.get(slot as usize).copied().unwrap_or_else(SlotIdentity::new_zeroed);
+            region.write_bytes(geometry.slot_offset(slot), SlotControl::new_zeroed().as_bytes())?;
+            region.set_identity(slot, identity)?;
+        }
+        // SYNC: Release pairs with the Acquire load of `init` in `open`: everything the
+        // formatter wrote above is visible to whoever sees INIT_READY.
+        region.atomic_u32(offset_of!(RegionHeader, init))?.store(INIT_READY, Ordering::Release);
+        Ok(region)
+    }
+
+    /// Map an existing region (a backing file or a PCI BAR `resource2` file) and
+    /// validate its header and geometry.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::Io`], [`RegionError::TooSmall`], [`RegionError::BadMagic`],
+    /// [`RegionError::VersionMismatch`], [`RegionError::NotInitialized`],
+    /// [`RegionError::NotPowerOfTwo`], [`RegionError::BadGeometry`].
+    pub fn open(path: &Path, access: Access) -> Result<Self, RegionError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .open(path)
+            .map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len < PAGE_SIZE as u64 {
+            return Err(RegionError::TooSmall { size: len, required: 2 * PAGE_SIZE as u64 });
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| RegionError::BadGeometry(format!("size {len} too large")))?;
+        // Map the header page only as a placeholder geometry; replaced once validated.
+        let placeholder = Geometry { slot_count: 0, ring_entries: 0, arena_size: 0 };
+        let mut region = Self::map(file, path, len, placeholder, access)?;
+        // SYNC: Acquire pairs with the formatter's Release store of INIT_READY.
+        let init = region.atomic_u32(offset_of!(RegionHeader, init))?.load(Ordering::Acquire);
+        let header: RegionHeader = region.read_value(0)?;
+        if header.magic != REGION_MAGIC {
+            return Err(RegionError::BadMagic(header.magic));
+        }
+        if header.version_major != VERSION_MAJOR {
+            return Err(RegionError::VersionMismatch {
+                found_major: header.version_major,
+                found_minor: header.version_minor,
+            });
+        }
+        if init != INIT_READY {
+            return Err(RegionError::NotInitialized);
+        }
+        let geometry = Geometry {
+            slot_count: header.slot_count,
+            ring_entries: header.ring_entries,
+            arena_size: header.arena_size,
+        };
+        geometry.validate()?;
+        if header.region_size != len as u64 {
+            return Err(RegionError::BadGeometry(format!(
+                "header says {} bytes, the mapping has {len}",
+                header.region_size
+            )));
+        }
+        if !header.region_size.is_power_of_two() {
+            return Err(RegionError::NotPowerOfTwo(header.region_size));
+        }
+        if geometry.required_size() > len {
+            return Err(RegionError::TooSmall {
+                size: len as u64,
+                required: geometry.required_size() as u64,
+            });
+        }
+        if header.entry_size != ENTRY_SIZE as u32
+            || header.slot_control_size != PAGE_SIZE as u32
+            || header.slots_offset != PAGE_SIZE as u64
+            || header.slot_stride != geometry.slot_stride() as u64
+        {
+            return Err(RegionError::BadGeometry(format!(
+                "entry size {}, control size {}, slots offset {}, stride {} disagree with layout v1",
+                header.entry_size,
+                header.slot_control_size,
+                header.slots_offset,
+                header.slot_stride
+            )));
+        }
+        region.geometry = geometry;
+        Ok(region)
+    }
+
+    /// [`open`](Self::open), then require the region to have `expected` geometry (the
+    /// host's own configuration, which wins over what the header says).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open), and [`RegionError::GeometryMismatch`].
+    pub fn open_expecting(
+        path: &Path,
+        access: Access,
+        expected: Geometry,
+    ) -> Result<Self, RegionError> {
+        let region = Self::open(path, access)?;
+        if region.geometry != expected {
+            return Err(RegionError::GeometryMismatch { expected, found: region.geometry });
+        }
+        Ok(region)
+    }
+
+    fn map(
+        file: File,
+        path: &Path,
+        len: usize,
+        geometry: Geometry,
+        access: Access,
+    ) -> Result<Self, RegionError> {
+        let mut options = MmapOptions::new();
+        options.len(len);
+        let map = match access {
+            Access::ReadWrite => options.map_raw(&file),
+            Access::ReadOnly => options.map_raw_read_only(&file),
+        }
+        .map_err(io_err(path))?;
+        Ok(Self {
+            map,
+            file,
+            path: path.to_owned(),
+            geometry,
+            writable: access == Access::ReadWrite,
+        })
+    }
+
+    /// The path the region was opened from.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file behind the mapping (e.g. to lock it).
+    #[must_use]
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The region's validated geometry.
+    #[must_use]
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Size of the mapping in bytes.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the mapping is writable.
+    #[must_use]
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The one place where an offset becomes a typed pointer: checks that
+    /// `offset..offset + size_of::<T>()` lies inside the mapping and that the address is
+    /// aligned for `T`.
+    pub(crate) fn ptr_at<T>(&self, offset: usize) -> Result<*mut T, RegionError> {
+        self.byte_range(offset, size_of::<T>()).and_then(|p| {
+            if p.align_offset(align_of::<T>()) == 0 {
+                Ok(p.cast())
+            } else {
+                Err(RegionError::BadGeometry(format!("offset {offset} misaligned")))
+            }
+        })
+    }
+
+    /// A pointer to `len` bytes at `offset`, bounds-checked.
+    fn byte_range(&self, offset: usize, len: usize) -> Result<*mut u8, RegionError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.map.len() => {
+                // SAFETY: offset + len is within the mapping (checked above), so the
+                // resulting pointer stays inside the same allocation.
+                Ok(unsafe { self.map.as_mut_ptr().add(offset) })
+            }
+            _ => Err(RegionError::BadGeometry(format!(
+                "range {offset}+{len} outside the {}-byte mapping",
+                self.map.len()
+            ))),
+        }
+    }
+
+    pub(crate) fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, RegionError> {
+        let p = self.ptr_at::<AtomicU32>(offset)?;
+        // SAFETY: in bounds and aligned (ptr_at); the mapping lives as long as `self`;
+        // the bytes are only ever accessed atomically or by raw copies, and any bit
+        // pattern is a valid u32.
+        Ok(unsafe { AtomicU32::from_ptr(p.cast()) })
+    }
+
+    pub(crate) fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, RegionError> {
+        let p = self.ptr_at::<AtomicU64>(offset)?;
+        // SAFETY: as in `atomic_u32`.
+        Ok(unsafe { AtomicU64::from_ptr(p.cast()) })
+    }
+
+    /// Copy a `T` out of the mapping, once, into private memory.
+    pub(crate) fn read_value<T: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> Result<T, RegionError> {
+        let mut value = T::new_zeroed();
+        let src = self.byte_range(offset, size_of::<T>())?;
+        // SAFETY: src is valid for size_of::<T>() bytes (byte_range); the destination is
+        // a private value of that size; any bytes are a valid T (FromBytes). The peer may
+        // write concurrently: we copy whatever bytes are there and validate the copy.
+        unsafe {
+            core::ptr::copy_nonoverlapping(src, value.as_mut_bytes().as_mut_ptr(), size_of::<T>())
+        };
+        Ok(value)
+    }
+
+    /// Copy bytes into the mapping.
+    pub(crate) fn write_bytes(&self, offset: usize, bytes: &[u8]) -> Result<(), RegionError> {
+        if !self.writable {
+            return Err(RegionError::ReadOnly);
+        }
+        let dst = self.byte_range(offset, bytes.len())?;
+        // SAFETY: dst is valid for bytes.len() bytes of a writable mapping (checked);
+        // `bytes` is private memory and cannot overlap the mapping's shared bytes
+        // through a reference, since none is ever made.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        Ok(())
+    }
+
+    /// Base offset of slot `slot`, checked against the slot count.
+    pub(crate) fn check_slot(&self, slot: u32) -> Result<usize, RegionError> {
+        if slot < self.geometry.slot_count {
+            Ok(self.geometry.slot_offset(slot))
+        } else {
+            Err(RegionError::SlotOutOfRange { slot, count: self.geometry.slot_count })
+        }
+    }
+
+    /// The identity stored in slot `slot` (host-written; a guest may have changed it,
+    /// so the host uses its own configuration instead).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`].
+    pub fn identity(&self, slot: u32) -> Result<SlotIdentity, RegionError> {
+        self.read_value(self.check_slot(slot)?)
+    }
+
+    /// Write slot `slot`'s identity (host only).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
+    pub fn set_identity(&self, slot: u32, identity: SlotIdentity) -> Result<(), RegionError> {
+        self.write_bytes(self.check_slot(slot)?, identity.as_bytes())
+    }
+
+    fn slot_atomic_u32(&self, slot: u32, field: usize) -> Result<&AtomicU32, RegionError> {
+        self.atomic_u32(self.check_slot(slot)? + field)
+    }
+
+    /// Load slot `slot`'s four ring indices (a snapshot, for inspection).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`].
+    pub fn ring_indices(&self, slot: u32) -> Result<RingIndices, RegionError> {
+        let load = |field| {
+            Ok::<_, RegionError>(self.slot_atomic_u32(slot, field)?.load(Ordering::Relaxed))
+        };
+        Ok(RingIndices {
+            req_head: load(REQ_HEAD_OFFSET)?,
+            req_tail: load(REQ_TAIL_OFFSET)?,
+            resp_head: load(RESP_HEAD_OFFSET)?,
+            resp_tail: load(RESP_TAIL_OFFSET)?,
+        })
+    }
+
+    /// Slot `slot`'s host status bits ([`SlotControl::REQUEST_POISONED`], ...).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`].
+    pub fn host_status(&self, slot: u32) -> Result<u32, RegionError> {
+        Ok(self
+            .slot_atomic_u32(slot, offset_of!(SlotControl, host_status))?
+            .load(Ordering::Relaxed))
+    }
+
+    /// Store slot `slot`'s host status bits (host only).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
+    pub fn set_host_status(&self, slot: u32, status: u32) -> Result<(), RegionError> {
+        self.require_writable()?;
+        self.slot_atomic_u32(slot, offset_of!(SlotControl, host_status))?
+            .store(status, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The process id a client recorded in slot `slot` (0 if none).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`].
+    pub fn client_pid(&self, slot: u32) -> Result<u32, RegionError> {
+        Ok(self.slot_atomic_u32(slot, offset_of!(SlotControl, client_pid))?.load(Ordering::Relaxed))
+    }
+
+    /// Record the attached client's process id in slot `slot` (0 when it detaches).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
+    pub fn set_client_pid(&self, slot: u32, pid: u32) -> Result<(), RegionError> {
+        self.require_writable()?;
+        self.slot_atomic_u32(slot, offset_of!(SlotControl, client_pid))?
+            .store(pid, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn require_writable(&self) -> Result<(), RegionError> {
+        if self.writable { Ok(()) } else { Err(RegionError::ReadOnly) }
+    }
+
+    /// The mediator session epoch (0: no mediator has attached since formatting).
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.header_u64(offset_of!(RegionHeader, epoch)).load(Ordering::Acquire)
+    }
+
+    /// The mediator's process id.
+    #[must_use]
+    pub fn mediator_pid(&self) -> u32 {
+        self.header_u32(offset_of!(RegionHeader, mediator_pid)).load(Ordering::Relaxed)
+    }
+
+    /// The mediator's last heartbeat (host `CLOCK_MONOTONIC`, ns) and its interval (ms).
+    #[must_use]
+    pub fn heartbeat(&self) -> (u64, u32) {
+        (
+            self.header_u64(offset_of!(RegionHeader, heartbeat_ns)).load(Ordering::Relaxed),
+            self.header_u32(offset_of!(RegionHeader, heartbeat_interval_ms))
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    /// Announce a mediator session: its pid and heartbeat interval, then the epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ReadOnly`].
+    pub fn begin_session(
+        &self,
+        epoch: u64,
+        pid: u32,
+        heartbeat_interval_ms: u32,
+    ) -> Result<(), RegionError> {
+        self.require_writable()?;
+        self.header_u32(offset_of!(RegionHeader, mediator_pid)).store(pid, Ordering::Relaxed);
+        self.header_u32(offset_of!(RegionHeader, heartbeat_interval_ms))
+            .store(heartbeat_interval_ms, Ordering::Relaxed);
+        // SYNC: Release pairs with the Acquire load in `epoch()`: pid and interval are
+        // visible to whoever sees the new epoch.
+        self.header_u64(offset_of!(RegionHeader, epoch)).store(epoch, Ordering::Release);
+        Ok(())
+    }
+
+    /// Store the mediator heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ReadOnly`].
+    pub fn store_heartbeat(&self, now_ns: u64) -> Result<(), RegionError> {
+        self.require_writable()?;
+        self.header_u64(offset_of!(RegionHeader, heartbeat_ns)).store(now_ns, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Set slot `slot`'s bit in the pending-work bitmap (guest, after publishing).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
+    pub fn mark_pending(&self, slot: u32) -> Result<(), RegionError> {
+        self.check_slot(slot)?;
+        self.require_writable()?;
+        // SYNC: Release pairs with the Acquire swap in `take_pending`; the ring's own
+        // index publication already orders the entries, this only orders the hint.
+        self.pending_word(slot / 64).fetch_or(1 << (slot % 64), Ordering::Release);
+        Ok(())
+    }
+
+    /// Clear and return word `word` of the pending-work bitmap (host).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ReadOnly`].
+    pub fn take_pending(&self, word: u32) -> Result<u64, RegionError> {
+        self.require_writable()?;
+        if word >= MAX_SLOTS / 64 {
+            return Err(RegionError::SlotOutOfRange { slot: word * 64, count: MAX_SLOTS });
+        }
+        // SYNC: Acquire pairs with the Release fetch_or in `mark_pending`.
+        Ok(self.pending_word(word).swap(0, Ordering::Acquire))
+    }
+
+    fn pending_word(&self, word: u32) -> &AtomicU64 {
+        self.header_u64(offset_of!(RegionHeader, pending) + word as usize * 8)
+    }
+
+    fn header_u64(&self, offset: usize) -> &AtomicU64 {
+        // Header fields are inside the first page, which `open`/`create` checked exists.
+        self.atomic_u64(offset).expect("header field inside the mapped header page")
+    }
+
+    fn header_u32(&self, offset: usize) -> &AtomicU32 {
+        self.atomic_u32(offset).expect("header field inside the mapped header page")
+    }
+
+    fn arena_range(&self, slot: u32, offset: u64, len: usize) -> Result<usize, RegionError> {
+        let base = self.check_slot(slot)? + self.geometry.arena_offset();
+        let size = self.geometry.arena_size;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= u64::from(size) => Ok(base + offset as usize),
+            _ => Err(RegionError::ArenaOutOfBounds { offset, len: len as u64, size }),
+        }
+    }
+
+    /// Copy `bytes` into slot `slot`'s arena at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ArenaOutOfBounds`], [`RegionError::SlotOutOfRange`],
+    /// [`RegionError::ReadOnly`].
+    pub fn arena_write(&self, slot: u32, offset: u64, bytes: &[u8]) -> Result<(), RegionError> {
+        self.write_bytes(self.arena_range(slot, offset, bytes.len())?, bytes)
+    }
+
+    /// Copy `out.len()` bytes out of slot `slot`'s arena at `offset`, once.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ArenaOutOfBounds`], [`RegionError::SlotOutOfRange`].
+    pub fn arena_read(&self, slot: u32, offset: u64, out: &mut [u8]) -> Result<(), RegionError> {
+        let src = self.byte_range(self.arena_range(slot, offset, out.len())?, out.len())?;
+        // SAFETY: src is valid for out.len() bytes (checked); `out` is private memory.
+        unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+}
+
+/// Which ring of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RingKind {
+    Request,
+    Response,
+}
+
+impl RingKind {
+    pub(crate) fn head_offset(self) -> usize {
+        match self {
+            Self::Request => REQ_HEAD_OFFSET,
+            Self::Response => RESP_HEAD_OFFSET,
+        }
+    }
+
+    pub(crate) fn tail_offset(self) -> usize {
+        match self {
+            Self::Request => REQ_TAIL_OFFSET,
+            Self::Response => RESP_TAIL_OFFSET,
+        }
+    }
+
+    pub(crate) fn entries_offset(self, geometry: &Geometry) -> usize {
+        match self {
+            Self::Request => geometry.request_ring_offset(),
+            Self::Response => geometry.response_ring_offset(),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The single-producer single-consumer ring algorithm, written once.
+//!
+//! The design follows [rtrb](https://docs.rs/rtrb) (free-running indices, each side
+//! caching the other's index and reloading it only when the ring looks full or empty)
+//! and virtio's used/avail rings (the peer is untrusted: every index loaded from the
+//! peer is checked against the capacity before it is used, as virtio-queue's
+//! `InvalidAvailRingIndex` check does).
+//!
+//! Positions are free-running `u32`s; an entry's slot is `position & (capacity - 1)`.
+//! The producer owns `head` (next position to write), the consumer owns `tail` (next
+//! position to read). Each side keeps its own index privately and only *stores* it to
+//! shared memory; it loads only the peer's. A loaded peer index that moved backwards or
+//! claims more than `capacity` entries poisons this endpoint: every later operation
+//! returns [`RingError`], so a corrupt peer can neither make us read outside the ring nor
+//! hand us more than `capacity` entries from one view.
+//!
+//! Memory is reached through a [`RingBackend`]: mapped shared memory in production
+//! ([`MappedRing`](crate::MappedRing)), loom-checked heap memory in the model tests
+//! ([`HeapRing`](crate::HeapRing)).
+
+use crate::sync::Ordering;
+use thiserror::Error;
+
+/// Memory a ring lives in: two indices and `capacity` entry slots.
+///
+/// # Safety
+///
+/// Implementors must make [`read`](Self::read) and [`write`](Self::write) memory-safe
+/// for every `slot < capacity()`, and `capacity()` must be a constant power of two.
+/// The index accessors must be atomic with the given ordering.
+pub unsafe trait RingBackend {
+    /// What one slot holds.
+    type Entry: Copy;
+
+    /// Number of slots: a power of two, constant for the backend's life.
+    fn capacity(&self) -> u32;
+    /// Load the producer index.
+    fn load_head(&self, order: Ordering) -> u32;
+    /// Store the producer index.
+    fn store_head(&self, value: u32, order: Ordering);
+    /// Load the consumer index.
+    fn load_tail(&self, order: Ordering) -> u32;
+    /// Store the consumer index.
+    fn store_tail(&self, value: u32, order: Ordering);
+
+    /// Copy `entry` into slot `slot`.
+    ///
+    /// # Safety
+    ///
+    /// `slot < capacity()`, and by the ring protocol the caller (the producer) owns the
+    /// slot: the consumer has released it and does not read it concurrently.
+    unsafe fn write(&self, slot: u32, entry: &Self::Entry);
+
+    /// Copy slot `slot` out, exactly once, into private memory.
+    ///
+    /// # Safety
+    ///
+    /// `slot < capacity()`, and by the ring protocol the caller (the consumer) owns the
+    /// slot: the producer has published it and does not write it concurrently.
+    unsafe fn read(&self, slot: u32) -> Self::Entry;
+}
+
+/// A ring endpoint found the peer's index corrupt and stopped using the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("ring poisoned: peer index {peer} is impossible (own index {own}, capacity {capacity})")]
+pub struct RingError {
+    /// The peer index that was loaded.
+    pub peer: u32,
+    /// This endpoint's own index at that moment.
+    pub own: u32,
+    /// The ring's capacity.
+    pub capacity: u32,
+}
+
+/// Why a push did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PushError<T> {
+    /// The ring is full; the entry is given back.
+    #[error("ring full")]
+    Full(T),
+    /// The endpoint is poisoned.
+    #[error(transparent)]
+    Poisoned(RingError),
+}
+
+/// The producing end of a ring. `Send`, not `Sync`: one thread pushes.
+#[derive(Debug)]
+pub struct Producer<B: RingBackend> {
+    backend: B,
+    /// Next position to write (staged entries included).
+    head: u32,
+    /// Last head stored to shared memory.
+    published: u32,
+    /// Last consumer index loaded (and validated).
+    cached_tail: u32,
+    poisoned: Option<RingError>,
+}
+
+impl<B: RingBackend> Producer<B> {
+    /// Take the producing end of `backend`, resuming from the indices it holds.
+    ///
+    /// If they are inconsistent the endpoint starts poisoned (see [`Self::poisoned`]).
+    pub fn new(backend: B) -> Self {
+        // Our own index: nobody else stores it (a hostile peer may have, which the check
+        // below catches).
+        let head = backend.load_head(Ordering::Relaxed);
+        // SYNC: pairs with the consumer's Release store of tail (see `Consumer::release`).
+        let tail = backend.load_tail(Ordering::Acquire);
+        let capacity = backend.capacity();
+        let poisoned = (head.wrapping_sub(tail) > capacity).then_some(RingError {
+            peer: tail,
+            own: head,
+            capacity,
+        });
+        Self { backend, head, published: head, cached_tail: tail, poisoned }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.backend.capacity()
+    }
+
+    /// The error that poisoned this endpoint, if any.
+    pub fn poisoned(&self) -> Option<RingError> {
+        self.poisoned
+    }
+
+    /// Entries staged by [`stage`](Self::stage) and not yet published.
+    pub fn staged(&self) -> u32 {
+        self.head.wrapping_sub(self.published)
+    }
+
+    /// The backend, e.g. to reach the memory around the ring.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Free slots, reloading the consumer's index.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] if the endpoint is or becomes poisoned.
+    pub fn free_slots(&mut self) -> Result<u32, RingError> {
+        self.refresh_tail()?;
+        Ok(self.capacity() - self.head.wrapping_sub(self.cached_tail))
+    }
+
+    /// Write `entry` into the next slot without publishing it; call
+    /// [`publish`](Self::publish) once after a batch.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Full`] (the entry given back) if no slot is free,
+    /// [`PushError::Poisoned`] if the endpoint is poisoned.
+    pub fn stage(&mut self, entry: B::Entry) -> Result<(), PushError<B::Entry>> {
+        if let Some(e) = self.poisoned {
+            return Err(PushError::Poisoned(e));
+        }
+        let capacity = self.capacity();
+        if self.head.wrapping_sub(self.cached_tail) == capacity {
+            self.refresh_tail().map_err(PushError::Poisoned)?;
+            if self.head.wrapping_sub(self.cached_tail) == capacity {
+                return Err(PushError::Full(entry));
+            }
+        }
+        // SAFETY: the slot index is masked below capacity; positions in
+        // [cached_tail, cached_tail + capacity) are ours, and head is in that range, so
+        // the consumer has released this slot and will not read it until we publish.
+        unsafe { self.backend.write(self.head & (capacity - 1), &entry) };
+        self.head = self.head.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Make every staged entry visible to the consumer with one index store.
+    pub fn publish(&mut self) {
+        if self.head != self.published && self.poisoned.is_none() {
+            // SYNC: Release pairs with the consumer's Acquire load of head
+            // (`Consumer::refresh_head`): the entries written before are visible to it.
+            self.backend.store_head(self.head, Ordering::Release);
+            self.published = self.head;
+        }
+    }
+
+    /// [`stage`](Self::stage) then [`publish`](Self::publish).
+    ///
+    /// # Errors
+    ///
+    /// As [`stage`](Self::stage).
+    pub fn push(&mut self, entry: B::Entry) -> Result<(), PushError<B::Entry>> {
+        self.stage(entry)?;
+        self.publish();
+        Ok(())
+    }
+
+    fn refresh_tail(&mut self) -> Result<(), RingError> {
+        if let Some(e) = self.poisoned {
+            return Err(e);
+        }
+        // SYNC: Acquire pairs with the consumer's Release store of tail: its reads of the
+        // slots it released happen before our next writes to them.
+        let tail = self.backend.load_tail(Ordering::Acquire);
+        // The consumer can only have moved forward, and not past what we published.
+        let advanced = tail.wrapping_sub(self.cached_tail);
+        if advanced > self.published.wrapping_sub(self.cached_tail) {
+            let e = RingError { peer: tail, own: self.published, capacity: self.capacity() };
+            self.poisoned = Some(e);
+            return Err(e);
+        }
+        self.cached_tail = tail;
+        Ok(())
+    }
+}
+
+/// The consuming end of a ring. `Send`, not `Sync`: one thread pops.
+#[derive(Debug)]
+pub struct Consumer<B: RingBackend> {
+    backend: B,
+    /// Next position to read (taken but unreleased entries included).
+    tail: u32,
+    /// Last tail stored to shared memory.
+    released: u32,
+    /// Last producer index loaded (and validated).
+    cached_head: u32,
+    poisoned: Option<RingError>,
+}
+
+impl<B: RingBackend> Consumer<B> {
+    /// Take the consuming end of `backend`, resuming from the indices it holds.
+    ///
+    /// If they are inconsistent the endpoint starts poisoned (see [`Self::poisoned`]).
+    pub fn new(backend: B) -> Self {
+        let tail = backend.load_tail(Ordering::Relaxed);
+        // SYNC: pairs with the producer's Release store of head (`Producer::publish`).
+        let head = backend.load_head(Ordering::Acquire);
+        let capacity = backend.capacity();
+        let poisoned = (head.wrapping_sub(tail) > capacity).then_some(RingError {
+            peer: head,
+            own: tail,
+            capacity,
+        });
+        Self { backend, tail, released: tail, cached_head: head, poisoned }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.backend.capacity()
+    }
+
+    /// The error that poisoned this endpoint, if any.
+    pub fn poisoned(&self) -> Option<RingError> {
+        self.poisoned
+    }
+
+    /// The backend, e.g. to reach the memory around the ring.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Entries published and not yet taken, reloading the producer's index.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] if the endpoint is or becomes poisoned.
+    pub fn available(&mut self) -> Result<u32, RingError> {
+        self.refresh_head()?;
+        Ok(self.cached_head.wrapping_sub(self.tail))
+    }
+
+    /// Copy the next entry out without releasing its slot; call
+    /// [`release`](Self::release) once after a batch.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] if the endpoint is or becomes poisoned.
+    pub fn take(&mut self) -> Result<Option<B::Entry>, RingError> {
+        if let Some(e) = self.poisoned {
+            return Err(e);
+        }
+        if self.tail == self.cached_head {
+            self.refresh_head()?;
+            if self.tail == self.cached_head {
+                return Ok(None);
+            }
+        }
+        // SAFETY: the slot index is masked below capacity; tail is in
+        // [released, cached_head), a range the producer published and cannot reuse
+        // until we release it.
+        let entry = unsafe { self.backend.read(self.tail & (self.capacity() - 1)) };
+        self.tail = self.tail.wrapping_add(1);
+        Ok(Some(entry))
+    }
+
+    /// Hand every taken slot back to the producer with one index store.
+    pub fn release(&mut self) {
+        if self.tail != self.released && self.poisoned.is_none() {
+            // SYNC: Release pairs with the producer's Acquire load of tail
+            // (`Producer::refresh_tail`): our reads of these slots happen before it
+            // overwrites them.
+            self.backend.store_tail(self.tail, Ordering::Release);
+            self.released = self.tail;
+        }
+    }
+
+    /// [`take`](Self::take) then [`release`](Self::release).
+    ///
+    /// # Errors
+    ///
+    /// As [`take`](Self::take).
+    pub fn pop(&mut self) -> Result<Option<B::Entry>, RingError> {
+        let entry = self.take()?;
+        self.release();
+        Ok(entry)
+    }
+
+    fn refresh_head(&mut self) -> Result<(), RingError> {
+        if let Some(e) = self.poisoned {
+            return Err(e);
+        }
+        // SYNC: Acquire pairs with the producer's Release store of head: the entries it
+        // wrote before publishing are visible to our reads.
+        let head = self.backend.load_head(Ordering::Acquire);
+        // The producer can only move forward, and at most `capacity` past our released tail.
+        let ahead = head.wrapping_sub(self.released);
+        if ahead > self.capacity() || ahead < self.cached_head.wrapping_sub(self.released) {
+            let e = RingError { peer: head, own: self.released, capacity: self.capacity() };
+            self.poisoned = Some(e);
+            return Err(e);
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+}
