@@ -71,13 +71,16 @@ mod core_atomics {
     atomic!(AtomicU64, u64);
 }
 
-/// Hint to the scheduler (loom) or the CPU (otherwise) that we are spinning.
+/// Called once per iteration of a busy-poll loop: yields to loom's scheduler in models,
+/// and does nothing otherwise.
+///
+/// It deliberately does not issue the CPU's spin-loop hint (x86 `PAUSE`): inside a KVM
+/// guest a `PAUSE` loop triggers pause-loop exits, and on the reference machine it made
+/// the ring's cross-process round trip 4.6x slower (651 ns against 140 ns median).
 #[inline]
 pub fn spin_hint() {
     #[cfg(loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
-    core::hint::spin_loop();
 }
 
 /// A cell whose accesses loom tracks; a thin wrapper over `core::cell::UnsafeCell`

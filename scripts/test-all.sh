@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The full test suite: every unit, integration, multi-process and doc test of the
+# workspace, then the loom models of the ring (own target directory, release build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
+    cargo test -p vgpu-ring --release --test loom

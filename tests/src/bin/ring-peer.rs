@@ -1,0 +1,24 @@
+//! Child process for the cross-process tests and benchmarks:
+//! `ring-peer consume|echo REGION COUNT [CORE]` or `ring-peer uds-echo SOCKET COUNT [CORE]`.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use vgpu_tests::{peer, pin_to_core};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [role, path, count, rest @ ..] = args.as_slice() else {
+        bail!("usage: ring-peer consume|echo|uds-echo PATH COUNT [CORE]");
+    };
+    let path = PathBuf::from(path);
+    let count: u64 = count.parse().context("COUNT")?;
+    if let Some(core) = rest.first() {
+        pin_to_core(core.parse().context("CORE")?)?;
+    }
+    match role.as_str() {
+        "consume" => peer::consume(&path, count),
+        "echo" => peer::echo(&path, count),
+        "uds-echo" => peer::uds_echo(&path, count),
+        other => bail!("unknown role {other}"),
+    }
+}
