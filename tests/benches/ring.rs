@@ -151,9 +151,12 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; `--quick` shortens the run.
-    let quick = std::env::args().any(|a| a == "--quick");
-    let p = if quick {
+    // `cargo bench` passes `--bench`; without it (`cargo test --all-targets`) this is a
+    // smoke run that only checks the benchmark works. `--quick` shortens a real run.
+    let args: Vec<String> = std::env::args().collect();
+    let p = if !args.iter().any(|a| a == "--bench") {
+        Params { throughput_messages: 10_000, throughput_runs: 1, round_trips: 1_000, warmup: 100 }
+    } else if args.iter().any(|a| a == "--quick") {
         Params {
             throughput_messages: 2_000_000,
             throughput_runs: 3,
