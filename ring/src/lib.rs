@@ -18,6 +18,7 @@ mod mapped;
 mod protocol;
 mod region;
 mod ring;
+pub mod stub;
 mod sync;
 
 pub use heap::{HeapRing, heap_ring};

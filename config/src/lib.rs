@@ -1,0 +1,549 @@
+//! The configuration file shared by `ivshmem-setup` and `vgpu-mediator`, parsed and
+//! validated in one place (documented in `docs/CONFIG.md`).
+//!
+//! ```
+//! let text = r#"
+//!     [regions]
+//!     dir = "/tmp"
+//!     [pools.A]
+//!     [[vm]]
+//!     id = 1
+//!     pool = "A"
+//!     priority = "high"
+//! "#;
+//! let config = vgpu_config::Config::parse(text)?;
+//! assert_eq!(config.vms[0].priority, 2);
+//! assert_eq!(config.vms[0].region, std::path::Path::new("/tmp/vgpu-vm1"));
+//! # Ok::<(), vgpu_config::ConfigError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use vgpu_ring::{Geometry, MAX_PRIORITY, SlotIdentity};
+
+/// Why a configuration was refused. Every message names the offending field.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type (the message names the key).
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A field's value is invalid.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, as a path (`regions.size`, `vm[2].priority`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// Scheduling policy of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Strict priority, FIFO within a priority (the original semantics).
+    #[default]
+    Strict,
+    /// A waiting request gains one priority level per aging interval.
+    Aging,
+}
+
+/// A validated pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// One ASCII letter or digit.
+    pub name: char,
+    /// Scheduling policy.
+    pub policy: Policy,
+    /// Aging interval (aging policy only).
+    pub aging_interval: Duration,
+}
+
+/// A validated VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// VM id.
+    pub id: u32,
+    /// Pool name.
+    pub pool: char,
+    /// Priority, 0–2.
+    pub priority: u8,
+    /// Region file.
+    pub region: PathBuf,
+}
+
+impl VmConfig {
+    /// The identity the host writes into the VM's slot and enforces.
+    #[must_use]
+    pub fn identity(&self) -> SlotIdentity {
+        SlotIdentity::new(self.id, self.pool as u8, self.priority)
+    }
+}
+
+/// Settings of the mediator daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediatorConfig {
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Most requests of one VM that may wait in its pool's queue.
+    pub max_queued_per_vm: u32,
+    /// How long an idle dispatcher busy-polls before it starts to back off.
+    pub idle_spin: Duration,
+    /// Longest sleep of an idle dispatcher between polls (bounds wake-up latency).
+    pub max_idle_sleep: Duration,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Directory for region files.
+    pub region_dir: PathBuf,
+    /// Size of each region file (a power of two).
+    pub region_size: u64,
+    /// Geometry of each region (one slot per VM).
+    pub geometry: Geometry,
+    /// Unix group that owns region files, if set.
+    pub group: Option<String>,
+    /// Pools, by name.
+    pub pools: BTreeMap<char, PoolConfig>,
+    /// VMs, in file order.
+    pub vms: Vec<VmConfig>,
+    /// Mediator settings.
+    pub mediator: MediatorConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    regions: RawRegions,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+    #[serde(default)]
+    mediator: RawMediator,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegions {
+    dir: Option<PathBuf>,
+    size: Option<RawSize>,
+    ring_entries: Option<u32>,
+    arena_size: Option<RawSize>,
+    group: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default)]
+    policy: Policy,
+    aging_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPriority {
+    Number(i64),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    id: u32,
+    pool: String,
+    priority: RawPriority,
+    region: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMediator {
+    heartbeat_interval_ms: Option<u64>,
+    max_queued_per_vm: Option<u32>,
+    idle_spin_us: Option<u64>,
+    max_idle_sleep_us: Option<u64>,
+}
+
+/// Default region directory.
+pub const DEFAULT_REGION_DIR: &str = "/dev/shm";
+/// Default region size.
+pub const DEFAULT_REGION_SIZE: u64 = 4 << 20;
+
+/// Parse a size: a number of bytes, or a number with a `K`, `M` or `G` suffix (powers
+/// of 1024; `KiB`/`MB`-style spellings are accepted too).
+///
+/// ```
+/// assert_eq!(vgpu_config::parse_size("4M"), Some(4 << 20));
+/// assert_eq!(vgpu_config::parse_size("64KiB"), Some(64 << 10));
+/// assert_eq!(vgpu_config::parse_size("12"), Some(12));
+/// assert_eq!(vgpu_config::parse_size("4X"), None);
+/// ```
+#[must_use]
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift)
+}
+
+fn size_field(field: &str, raw: Option<RawSize>, default: u64) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(RawSize::Bytes(n)) => Ok(n),
+        Some(RawSize::Text(t)) => parse_size(&t)
+            .ok_or_else(|| invalid(field, format!("{t:?} is not a size (e.g. 4M, 65536)"))),
+    }
+}
+
+fn millis(field: &str, raw: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match raw.unwrap_or(default) {
+        0 => Err(invalid(field, "must be positive")),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// Parse a priority: 0, 1, 2 or low, medium, high.
+///
+/// # Errors
+///
+/// A message naming the accepted values.
+pub fn parse_priority(text: &str) -> Result<u8, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "0" | "low" => Ok(0),
+        "1" | "medium" => Ok(1),
+        "2" | "high" => Ok(2),
+        other => Err(format!("priority {other:?} out of range: use 0|1|2 or low|medium|high")),
+    }
+}
+
+/// Parse a pool name: one ASCII letter or digit (the vgpu-stub register carries it as
+/// one byte).
+///
+/// # Errors
+///
+/// A message saying what a pool name must be.
+pub fn parse_pool(text: &str) -> Result<char, String> {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_alphanumeric() => Ok(c),
+        _ => Err(format!("pool name {text:?} must be one ASCII letter or digit")),
+    }
+}
+
+impl Config {
+    /// Read and validate the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file or field.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text)
+    }
+
+    /// Parse and validate configuration text.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the field.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let region_dir = raw.regions.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_REGION_DIR));
+        let ring_entries = raw.regions.ring_entries.unwrap_or(256);
+        let arena_size = size_field("regions.arena_size", raw.regions.arena_size, 1 << 20)?;
+        let arena_size = u32::try_from(arena_size).map_err(|_| {
+            invalid("regions.arena_size", format!("{arena_size} is larger than 4 GiB"))
+        })?;
+        let geometry = Geometry { slot_count: 1, ring_entries, arena_size };
+        if !ring_entries.is_power_of_two() || !(2..=65536).contains(&ring_entries) {
+            return Err(invalid(
+                "regions.ring_entries",
+                format!("{ring_entries} is not a power of two in 2..=65536"),
+            ));
+        }
+        if arena_size == 0 || arena_size % 64 != 0 {
+            return Err(invalid(
+                "regions.arena_size",
+                format!("{arena_size} is not a positive multiple of 64"),
+            ));
+        }
+        let region_size = size_field(
+            "regions.size",
+            raw.regions.size,
+            DEFAULT_REGION_SIZE.max(geometry.min_region_size() as u64),
+        )?;
+        if !region_size.is_power_of_two() {
+            return Err(invalid("regions.size", format!("{region_size} is not a power of two")));
+        }
+        let required = geometry.required_size() as u64;
+        if region_size < required {
+            return Err(invalid(
+                "regions.size",
+                format!(
+                    "{region_size} bytes is too small for {ring_entries} ring entries and a {arena_size}-byte arena (need {})",
+                    geometry.min_region_size()
+                ),
+            ));
+        }
+
+        let mut pools = BTreeMap::new();
+        for (name, pool) in raw.pools {
+            let field = format!("pools.{name}");
+            let name = parse_pool(&name).map_err(|m| invalid(&field, m))?;
+            if pool.policy == Policy::Strict && pool.aging_interval_ms.is_some() {
+                return Err(invalid(
+                    format!("{field}.aging_interval_ms"),
+                    "only valid with policy = \"aging\"",
+                ));
+            }
+            let aging_interval =
+                millis(&format!("{field}.aging_interval_ms"), pool.aging_interval_ms, 100)?;
+            pools.insert(name, PoolConfig { name, policy: pool.policy, aging_interval });
+        }
+        if pools.is_empty() {
+            return Err(invalid("pools", "no pool defined (add e.g. [pools.A])"));
+        }
+
+        let mut vms = Vec::with_capacity(raw.vm.len());
+        let mut ids = BTreeSet::new();
+        let mut regions = BTreeSet::new();
+        for (i, vm) in raw.vm.into_iter().enumerate() {
+            let field = format!("vm[{i}]");
+            if !ids.insert(vm.id) {
+                return Err(invalid(format!("{field}.id"), format!("duplicate VM id {}", vm.id)));
+            }
+            let pool =
+                parse_pool(&vm.pool).ok().filter(|p| pools.contains_key(p)).ok_or_else(|| {
+                    invalid(
+                        format!("{field}.pool"),
+                        format!(
+                            "unknown pool {:?} (defined: {})",
+                            vm.pool,
+                            pools.keys().collect::<String>()
+                        ),
+                    )
+                })?;
+            let priority = match vm.priority {
+                RawPriority::Number(n) if (0..=i64::from(MAX_PRIORITY)).contains(&n) => n as u8,
+                RawPriority::Number(n) => {
+                    return Err(invalid(
+                        format!("{field}.priority"),
+                        format!("priority {n} out of range 0..=2"),
+                    ));
+                }
+                RawPriority::Name(s) => {
+                    parse_priority(&s).map_err(|m| invalid(format!("{field}.priority"), m))?
+                }
+            };
+            let region = vm.region.unwrap_or_else(|| region_dir.join(format!("vgpu-vm{}", vm.id)));
+            if !regions.insert(region.clone()) {
+                return Err(invalid(
+                    format!("{field}.region"),
+                    format!("{} is used by another VM", region.display()),
+                ));
+            }
+            vms.push(VmConfig { id: vm.id, pool, priority, region });
+        }
+        if vms.is_empty() {
+            return Err(invalid("vm", "no [[vm]] defined"));
+        }
+
+        let m = raw.mediator;
+        let mediator = MediatorConfig {
+            heartbeat_interval: millis(
+                "mediator.heartbeat_interval_ms",
+                m.heartbeat_interval_ms,
+                100,
+            )?,
+            max_queued_per_vm: match m.max_queued_per_vm.unwrap_or(256) {
+                0 => return Err(invalid("mediator.max_queued_per_vm", "must be positive")),
+                n => n,
+            },
+            idle_spin: Duration::from_micros(m.idle_spin_us.unwrap_or(100)),
+            max_idle_sleep: Duration::from_micros(match m.max_idle_sleep_us.unwrap_or(50) {
+                0 => return Err(invalid("mediator.max_idle_sleep_us", "must be positive")),
+                n => n,
+            }),
+        };
+        Ok(Self {
+            region_dir,
+            region_size,
+            geometry,
+            group: raw.regions.group,
+            pools,
+            vms,
+            mediator,
+        })
+    }
+
+    /// Check that the region directory exists (for commands that create regions).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming `regions.dir`.
+    pub fn check_region_dir(&self) -> Result<(), ConfigError> {
+        if self.region_dir.is_dir() {
+            Ok(())
+        } else {
+            Err(invalid(
+                "regions.dir",
+                format!("{} does not exist or is not a directory", self.region_dir.display()),
+            ))
+        }
+    }
+
+    /// The VM with id `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] if there is none.
+    pub fn vm(&self, id: u32) -> Result<&VmConfig, ConfigError> {
+        self.vms
+            .iter()
+            .find(|vm| vm.id == id)
+            .ok_or_else(|| invalid("vm", format!("no VM with id {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [regions]
+        dir = "/tmp"
+        [pools.A]
+        [pools.B]
+        policy = "aging"
+        aging_interval_ms = 20
+        [[vm]]
+        id = 1
+        pool = "A"
+        priority = "low"
+        [[vm]]
+        id = 2
+        pool = "B"
+        priority = 2
+        region = "/tmp/custom"
+    "#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_defaults_and_overrides() {
+        let c = Config::parse(BASE).unwrap();
+        assert_eq!(c.region_size, 4 << 20);
+        assert_eq!(c.geometry, Geometry { slot_count: 1, ring_entries: 256, arena_size: 1 << 20 });
+        assert_eq!(c.pools[&'B'].policy, Policy::Aging);
+        assert_eq!(c.pools[&'B'].aging_interval, Duration::from_millis(20));
+        assert_eq!(c.pools[&'A'].policy, Policy::Strict);
+        assert_eq!(c.vms[0].region, Path::new("/tmp/vgpu-vm1"));
+        assert_eq!(c.vms[1].region, Path::new("/tmp/custom"));
+        assert_eq!(c.vms[1].identity(), SlotIdentity::new(2, b'B', 2));
+        assert_eq!(c.mediator.max_queued_per_vm, 256);
+    }
+
+    #[test]
+    fn any_number_of_pools() {
+        let mut text = String::from("[regions]\ndir = \"/tmp\"\n");
+        for (i, p) in "ABCDEFGHIJ0123".chars().enumerate() {
+            text += &format!("[pools.{p}]\n[[vm]]\nid = {i}\npool = \"{p}\"\npriority = 1\n");
+        }
+        assert_eq!(Config::parse(&text).unwrap().pools.len(), 14);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(
+            err(&BASE.replace("pool = \"B\"", "pool = \"C\""))
+                .contains("vm[1].pool: unknown pool \"C\"")
+        );
+        assert!(err(&BASE.replace("id = 2", "id = 1")).contains("vm[1].id: duplicate VM id 1"));
+        assert!(
+            err(&BASE.replace("priority = 2", "priority = 3"))
+                .contains("vm[1].priority: priority 3 out of range")
+        );
+        assert!(
+            err(&BASE.replace("priority = \"low\"", "priority = \"urgent\""))
+                .contains("vm[0].priority")
+        );
+        assert!(
+            err(&BASE.replace("dir = \"/tmp\"", "dir = \"/tmp\"\nsize = \"3M\""))
+                .contains("regions.size: 3145728 is not a power of two")
+        );
+        assert!(
+            err(&BASE.replace("dir = \"/tmp\"", "dir = \"/tmp\"\nsize = \"64K\""))
+                .contains("regions.size: 65536 bytes is too small")
+        );
+        assert!(
+            err(&BASE.replace("dir = \"/tmp\"", "dir = \"/tmp\"\nring_entries = 100"))
+                .contains("regions.ring_entries")
+        );
+        assert!(
+            err(&BASE.replace("dir = \"/tmp\"", "dir = \"/tmp\"\ncolour = 1"))
+                .contains("unknown field `colour`")
+        );
+        assert!(
+            err(&BASE.replace("[pools.A]", "[pools.AB]")).contains("pools.AB: pool name \"AB\"")
+        );
+        assert!(
+            err(&BASE.replace("region = \"/tmp/custom\"", "region = \"/tmp/vgpu-vm1\""))
+                .contains("vm[1].region")
+        );
+        assert!(err("[pools.A]\n").contains("no [[vm]]"));
+        assert!(
+            err(&BASE.replace("[pools.A]", "[pools.A]\naging_interval_ms = 5"))
+                .contains("pools.A.aging_interval_ms")
+        );
+    }
+
+    #[test]
+    fn region_dir_must_exist() {
+        let c = Config::parse(&BASE.replace("dir = \"/tmp\"", "dir = \"/nonexistent/x\"")).unwrap();
+        assert!(
+            c.check_region_dir()
+                .unwrap_err()
+                .to_string()
+                .contains("regions.dir: /nonexistent/x does not exist")
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! `inspect`: a read-only view of a (possibly live) region.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use vgpu_ring::{Access, Region, SlotControl, priority_name};
+
+/// Arguments of `inspect`.
+#[derive(clap::Args)]
+pub(crate) struct InspectArgs {
+    /// The region file (or a PCI BAR resource file).
+    path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Refresh in place once a second until interrupted.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    path: PathBuf,
+    size: usize,
+    initialized: bool,
+    slot_count: u32,
+    ring_entries: u32,
+    arena_size: u32,
+    mediator: Option<MediatorState>,
+    slots: Vec<SlotReport>,
+}
+
+#[derive(Serialize)]
+struct MediatorState {
+    epoch: u64,
+    pid: u32,
+    heartbeat_age_ms: Option<f64>,
+    heartbeat_interval_ms: u32,
+}
+
+#[derive(Serialize)]
+struct SlotReport {
+    slot: u32,
+    assigned: bool,
+    vm_id: u32,
+    pool: String,
+    priority: u32,
+    client_pid: u32,
+    request_ring: RingReport,
+    response_ring: RingReport,
+}
+
+#[derive(Serialize)]
+struct RingReport {
+    head: u32,
+    tail: u32,
+    used: u32,
+    poisoned: bool,
+}
+
+fn monotonic_ns() -> Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(Duration::from(now).as_nanos() as u64)
+}
+
+fn report(region: &Region) -> Result<Report> {
+    let geometry = region.geometry();
+    let epoch = region.epoch();
+    let mediator = if epoch == 0 {
+        None
+    } else {
+        let (beat, interval) = region.heartbeat();
+        let now = monotonic_ns()?;
+        Some(MediatorState {
+            epoch,
+            pid: region.mediator_pid(),
+            heartbeat_age_ms: (beat != 0 && now >= beat).then(|| (now - beat) as f64 / 1e6),
+            heartbeat_interval_ms: interval,
+        })
+    };
+    let mut slots = Vec::new();
+    for slot in 0..geometry.slot_count {
+        let identity = region.identity(slot)?;
+        let indices = region.ring_indices(slot)?;
+        let status = region.host_status(slot)?;
+        let pool = u8::try_from(identity.pool)
+            .ok()
+            .filter(u8::is_ascii_graphic)
+            .map_or_else(|| format!("{:#x}", identity.pool), |b| char::from(b).to_string());
+        slots.push(SlotReport {
+            slot,
+            assigned: identity.is_assigned(),
+            vm_id: identity.vm_id,
+            pool,
+            priority: identity.priority,
+            client_pid: region.client_pid(slot)?,
+            request_ring: RingReport {
+                head: indices.req_head,
+                tail: indices.req_tail,
+                used: indices.req_head.wrapping_sub(indices.req_tail),
+                poisoned: status & SlotControl::REQUEST_POISONED != 0,
+            },
+            response_ring: RingReport {
+                head: indices.resp_head,
+                tail: indices.resp_tail,
+                used: indices.resp_head.wrapping_sub(indices.resp_tail),
+                poisoned: status & SlotControl::RESPONSE_POISONED != 0,
+            },
+        });
+    }
+    Ok(Report {
+        path: region.path().to_owned(),
+        size: region.size(),
+        initialized: true,
+        slot_count: geometry.slot_count,
+        ring_entries: geometry.ring_entries,
+        arena_size: geometry.arena_size,
+        mediator,
+        slots,
+    })
+}
+
+fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "region {}: {} bytes, layout v1, initialized", r.path.display(), r.size);
+    let _ = writeln!(
+        out,
+        "geometry: {} slot(s), {} ring entries, {}-byte arena",
+        r.slot_count, r.ring_entries, r.arena_size
+    );
+    match &r.mediator {
+        None => out.push_str("mediator: never attached\n"),
+        Some(m) => {
+            let age = m.heartbeat_age_ms.map_or("none".to_owned(), |a| format!("{a:.0} ms ago"));
+            let _ = writeln!(
+                out,
+                "mediator: epoch {:#x}, pid {}, heartbeat {age} (every {} ms)",
+                m.epoch, m.pid, m.heartbeat_interval_ms
+            );
+        }
+    }
+    for s in &r.slots {
+        if !s.assigned {
+            let _ = writeln!(out, "slot {}: unassigned", s.slot);
+            continue;
+        }
+        let ring = |name: &str, g: &RingReport| {
+            format!(
+                "{name} head {} tail {} used {}{}",
+                g.head,
+                g.tail,
+                g.used,
+                if g.poisoned { " POISONED" } else { "" }
+            )
+        };
+        let _ = writeln!(
+            out,
+            "slot {}: vm {} pool {} priority {} ({}), client pid {}\n  {}\n  {}",
+            s.slot,
+            s.vm_id,
+            s.pool,
+            s.priority,
+            priority_name(s.priority),
+            s.client_pid,
+            ring("requests: ", &s.request_ring),
+            ring("responses:", &s.response_ring)
+        );
+    }
+    out
+}
+
+pub(crate) fn run(args: &InspectArgs) -> Result<()> {
+    let region = Region::open(&args.path, Access::ReadOnly)
+        .with_context(|| format!("{} is not a usable vgpu region", args.path.display()))?;
+    loop {
+        let r = report(&region)?;
+        let text = if args.json { serde_json::to_string_pretty(&r)? + "\n" } else { render(&r) };
+        if args.watch {
+            // Clear the screen and home the cursor, then redraw.
+            print!("\x1b[2J\x1b[H{text}");
+            std::thread::sleep(Duration::from_secs(1));
+        } else {
+            print!("{text}");
+            return Ok(());
+        }
+    }
+}

@@ -1,2 +1,0 @@
-//! Region setup.
-#![forbid(unsafe_code)]

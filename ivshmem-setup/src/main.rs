@@ -1,0 +1,60 @@
+//! `ivshmem-setup`: creates, formats and inspects vgpu regions and prints the QEMU and
+//! libvirt configuration that exposes them to guests.
+#![forbid(unsafe_code)]
+
+mod create;
+mod inspect;
+mod qemu;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Create, format and inspect vgpu shared-memory regions.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and format region files: one per VM of a config file, or one given by flags.
+    Create(create::CreateArgs),
+    /// Write a 4 KiB image of the vgpu-stub device's identity registers.
+    Stub(create::StubArgs),
+    /// Validate a region and print its header, mediator state and per-slot rings.
+    Inspect(inspect::InspectArgs),
+    /// Print the QEMU arguments that attach a VM's region as an ivshmem-plain device.
+    QemuArgs(qemu::VmArgs),
+    /// Print the libvirt <shmem> element for a VM's region.
+    LibvirtXml(qemu::VmArgs),
+}
+
+/// A `--config FILE` argument.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The configuration file (TOML, see docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Create(args) => create::run(&args),
+        Command::Stub(args) => create::stub(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::QemuArgs(args) => qemu::qemu_args(&args),
+        Command::LibvirtXml(args) => qemu::libvirt_xml(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ivshmem-setup: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

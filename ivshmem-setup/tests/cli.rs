@@ -1,0 +1,295 @@
+//! The real `ivshmem-setup` binary on temporary files.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use vgpu_ring::stub::StubRegisters;
+use vgpu_ring::{Access, Region};
+
+fn setup(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ivshmem-setup")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = setup(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = setup(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    // 1: a refused operation, 2: a usage error (clap); never a panic (101) or a signal.
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{args:?}: {:?} is not a clean error exit",
+        out.status
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        "[regions]\ndir = \"{}\"\nsize = \"2M\"\n{extra}\n[pools.A]\n[pools.B]\npolicy = \"aging\"\n\
+         [[vm]]\nid = 1\npool = \"A\"\npriority = \"low\"\n[[vm]]\nid = 2\npool = \"B\"\npriority = 2\n",
+        dir.display()
+    );
+    let path = dir.join("vgpu.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn create_from_config_then_inspect_shows_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let out = ok(&["create", "--config", cfg.to_str().unwrap(), "--with-stubs"]);
+    assert!(out.contains("vm 1:") && out.contains("pool A  priority 0 (low)"), "{out}");
+    assert!(out.contains("vm 2:") && out.contains("pool B  priority 2 (high)"), "{out}");
+    let region = dir.path().join("vgpu-vm2");
+    let mode = std::fs::metadata(&region).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    assert_eq!(std::fs::metadata(&region).unwrap().len(), 2 << 20);
+
+    let text = ok(&["inspect", region.to_str().unwrap()]);
+    assert!(text.contains("slot 0: vm 2 pool B priority 2 (high)"), "{text}");
+    assert!(text.contains("mediator: never attached"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "--json", region.to_str().unwrap()])).unwrap();
+    assert_eq!(json["slots"][0]["vm_id"], 2);
+    assert_eq!(json["slots"][0]["pool"], "B");
+    assert_eq!(json["slots"][0]["request_ring"]["used"], 0);
+    assert_eq!(json["ring_entries"], 256);
+
+    let stub = std::fs::read(dir.path().join("vgpu-vm1.stub")).unwrap();
+    assert_eq!(
+        StubRegisters::parse(&stub).unwrap(),
+        StubRegisters { pool: b'A', priority: 0, vm_id: 1 }
+    );
+}
+
+#[test]
+fn create_single_region_by_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one");
+    let p = path.to_str().unwrap();
+    ok(&["create", "--path", p, "--vm", "9", "--pool", "C", "--priority", "high", "--size", "2M"]);
+    let region = Region::open(&path, Access::ReadOnly).unwrap();
+    assert_eq!(region.identity(0).unwrap(), vgpu_ring::SlotIdentity::new(9, b'C', 2));
+    drop(region); // a mapped region is in use and would be refused below
+    assert!(
+        fails(&["create", "--path", p, "--vm", "9", "--pool", "C", "--priority", "7"])
+            .contains("priority")
+    );
+    assert!(
+        fails(&[
+            "create",
+            "--path",
+            p,
+            "--vm",
+            "9",
+            "--pool",
+            "C",
+            "--priority",
+            "1",
+            "--size",
+            "3M"
+        ])
+        .contains("not a power of two")
+    );
+    assert!(
+        fails(&[
+            "create",
+            "--path",
+            p,
+            "--vm",
+            "9",
+            "--pool",
+            "C",
+            "--priority",
+            "1",
+            "--size",
+            "64K"
+        ])
+        .contains("too small")
+    );
+}
+
+#[test]
+fn create_refuses_a_region_in_use_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    ok(&["create", "--config", cfg]);
+    // Recreating an unused region is fine.
+    ok(&["create", "--config", cfg]);
+    // This test process maps VM 1's region, as QEMU or the mediator would.
+    let mapped = Region::open(&dir.path().join("vgpu-vm1"), Access::ReadWrite).unwrap();
+    let err = fails(&["create", "--config", cfg]);
+    assert!(err.contains("in use") && err.contains(&std::process::id().to_string()), "{err}");
+    ok(&["create", "--config", cfg, "--force"]);
+    drop(mapped);
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("pool = \"B\"", "pool = \"Z\"", "vm[1].pool: unknown pool"),
+        ("id = 2", "id = 1", "vm[1].id: duplicate VM id 1"),
+        ("priority = 2", "priority = 5", "vm[1].priority"),
+        ("size = \"2M\"", "size = \"3M\"", "regions.size: 3145728 is not a power of two"),
+        ("size = \"2M\"", "size = \"16K\"", "regions.size: 16384 bytes is too small"),
+        ("size = \"2M\"", "size = \"2M\"\nshade = 3", "unknown field `shade`"),
+    ];
+    for (from, to, want) in cases {
+        let cfg = config(dir.path(), "");
+        let text = std::fs::read_to_string(&cfg).unwrap().replacen(from, to, 1);
+        std::fs::write(&cfg, text).unwrap();
+        let err = fails(&["create", "--config", cfg.to_str().unwrap()]);
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+    let missing = dir.path().join("missing-dir");
+    let cfg = config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&dir.path().display().to_string(), missing.to_str().unwrap());
+    std::fs::write(&cfg, text).unwrap();
+    assert!(fails(&["create", "--config", cfg.to_str().unwrap()]).contains("regions.dir"));
+    assert!(
+        fails(&["create", "--config", "/nonexistent/vgpu.toml"]).contains("/nonexistent/vgpu.toml")
+    );
+}
+
+#[test]
+fn inspect_rejects_what_is_not_a_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let random = dir.path().join("random");
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    std::fs::write(&random, bytes).unwrap();
+    let err = fails(&["inspect", random.to_str().unwrap()]);
+    assert!(err.contains("not a vgpu region"), "{err}");
+    let short = dir.path().join("short");
+    std::fs::write(&short, b"tiny").unwrap();
+    assert!(fails(&["inspect", short.to_str().unwrap()]).contains("too small"));
+    assert!(
+        fails(&["inspect", dir.path().join("none").to_str().unwrap()]).contains("No such file")
+    );
+    // Another layout version.
+    let cfg = config(dir.path(), "");
+    ok(&["create", "--config", cfg.to_str().unwrap()]);
+    let region = dir.path().join("vgpu-vm1");
+    let mut bytes = std::fs::read(&region).unwrap();
+    bytes[8] = 9;
+    std::fs::write(&region, bytes).unwrap();
+    assert!(fails(&["inspect", region.to_str().unwrap()]).contains("version 9.0"));
+}
+
+#[test]
+fn stub_writes_the_register_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stub.bin");
+    ok(&["stub", "--vm", "100", "--pool", "A", "--priority", "2", "--out", out.to_str().unwrap()]);
+    let image = std::fs::read(&out).unwrap();
+    assert_eq!(image.len(), 4096);
+    assert_eq!(
+        StubRegisters::parse(&image).unwrap(),
+        StubRegisters { pool: b'A', priority: 2, vm_id: 100 }
+    );
+    assert!(
+        fails(&["stub", "--vm", "1", "--pool", "AB", "--priority", "2", "--out", "/dev/null"])
+            .contains("pool")
+    );
+}
+
+#[test]
+fn qemu_args_and_libvirt_xml_use_the_real_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    let region = dir.path().join("vgpu-vm1");
+    let args = ok(&["qemu-args", "--config", cfg, "--vm", "1"]);
+    assert_eq!(
+        args.trim(),
+        format!(
+            "-object memory-backend-file,id=vgpu-vm1,size=2M,share=on,mem-path={} -device ivshmem-plain,memdev=vgpu-vm1",
+            region.display()
+        )
+    );
+    // A region created with another size: the file's size wins.
+    ok(&[
+        "create",
+        "--path",
+        region.to_str().unwrap(),
+        "--vm",
+        "1",
+        "--pool",
+        "A",
+        "--priority",
+        "0",
+        "--size",
+        "8M",
+    ]);
+    assert!(ok(&["qemu-args", "--config", cfg, "--vm", "1"]).contains("size=8M"));
+    let xml = setup(&["libvirt-xml", "--config", cfg, "--vm", "1"]);
+    let stdout = String::from_utf8(xml.stdout).unwrap();
+    assert!(stdout.contains("<shmem name='vgpu-vm1'>"), "{stdout}");
+    assert!(
+        stdout.contains("<model type='ivshmem-plain'/>")
+            && stdout.contains("<size unit='M'>8</size>")
+    );
+    assert!(String::from_utf8(xml.stderr).unwrap().contains("libvirt maps /dev/shm/vgpu-vm1"));
+    assert!(fails(&["qemu-args", "--config", cfg, "--vm", "77"]).contains("no VM with id 77"));
+}
+
+/// QEMU's own argument parser accepts what `qemu-args` prints: QEMU starts with the
+/// device, paused, and quits when told to on its monitor.
+#[test]
+fn qemu_accepts_the_printed_arguments() {
+    let Ok(qemu) = which("qemu-system-x86_64") else {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    ok(&["create", "--config", cfg.to_str().unwrap()]);
+    let args = ok(&["qemu-args", "--config", cfg.to_str().unwrap(), "--vm", "1"]);
+    let mut child = Command::new(qemu)
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-monitor",
+            "stdio",
+        ])
+        .args(args.split_whitespace())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"info pci\nquit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "qemu refused: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1af4") && stdout.contains("1110"), "no ivshmem device in {stdout}");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+        .ok_or(())
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["create", "stub", "inspect", "qemu-args", "libvirt-xml"] {
+        assert!(ok(&[sub, "--help"]).contains("Usage"), "{sub}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The vgpu-stub PCI device's MMIO registers (BAR 0), from which a guest reads the
+//! identity the host administrator gave its VM (as in the original design).
+
+use thiserror::Error;
+
+/// Size of the register window.
+pub const STUB_SIZE: usize = 4096;
+/// Offset of the pool register: the pool's name as one ASCII byte, in a u32.
+pub const STUB_POOL: usize = 0x008;
+/// Offset of the priority register (0–2).
+pub const STUB_PRIORITY: usize = 0x00C;
+/// Offset of the VM id register.
+pub const STUB_VM_ID: usize = 0x010;
+
+/// The identity registers of a vgpu-stub device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StubRegisters {
+    /// Pool name (ASCII byte).
+    pub pool: u8,
+    /// Priority.
+    pub priority: u32,
+    /// VM id.
+    pub vm_id: u32,
+}
+
+/// Why register bytes are not a valid stub identity.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StubError {
+    /// Fewer bytes than the registers need.
+    #[error("stub register window too short: {0} bytes, need at least {min}", min = STUB_VM_ID + 4)]
+    TooShort(usize),
+    /// The pool register is not an ASCII letter or digit.
+    #[error("stub pool register {0:#x} is not an ASCII letter or digit")]
+    BadPool(u32),
+    /// The priority register is above 2.
+    #[error("stub priority register {0} out of range 0..=2")]
+    BadPriority(u32),
+}
+
+fn register(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes([bytes[offset], bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]])
+}
+
+impl StubRegisters {
+    /// The 4 KiB register window, as the device presents it.
+    ///
+    /// ```
+    /// use vgpu_ring::stub::StubRegisters;
+    /// let regs = StubRegisters { pool: b'A', priority: 2, vm_id: 100 };
+    /// assert_eq!(StubRegisters::parse(&regs.to_image()), Ok(regs));
+    /// ```
+    #[must_use]
+    pub fn to_image(&self) -> Vec<u8> {
+        let mut image = vec![0; STUB_SIZE];
+        image[STUB_POOL..STUB_POOL + 4].copy_from_slice(&u32::from(self.pool).to_le_bytes());
+        image[STUB_PRIORITY..STUB_PRIORITY + 4].copy_from_slice(&self.priority.to_le_bytes());
+        image[STUB_VM_ID..STUB_VM_ID + 4].copy_from_slice(&self.vm_id.to_le_bytes());
+        image
+    }
+
+    /// Read the registers from the window's bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`StubError`] if the window is short or a register holds an invalid value.
+    pub fn parse(bytes: &[u8]) -> Result<Self, StubError> {
+        if bytes.len() < STUB_VM_ID + 4 {
+            return Err(StubError::TooShort(bytes.len()));
+        }
+        let pool = register(bytes, STUB_POOL);
+        let pool = u8::try_from(pool)
+            .ok()
+            .filter(u8::is_ascii_alphanumeric)
+            .ok_or(StubError::BadPool(pool))?;
+        let priority = register(bytes, STUB_PRIORITY);
+        if priority > 2 {
+            return Err(StubError::BadPriority(priority));
+        }
+        Ok(Self { pool, priority, vm_id: register(bytes, STUB_VM_ID) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_sit_at_the_original_offsets() {
+        let image = StubRegisters { pool: b'B', priority: 1, vm_id: 0x0102_0304 }.to_image();
+        assert_eq!(image.len(), 4096);
+        assert_eq!(&image[8..12], &[b'B', 0, 0, 0]);
+        assert_eq!(&image[12..16], &[1, 0, 0, 0]);
+        assert_eq!(&image[16..20], &[4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn invalid_registers_are_refused() {
+        let mut image = StubRegisters { pool: b'A', priority: 0, vm_id: 1 }.to_image();
+        image[12] = 3;
+        assert_eq!(StubRegisters::parse(&image), Err(StubError::BadPriority(3)));
+        image[12] = 0;
+        image[8] = b'\n';
+        assert_eq!(StubRegisters::parse(&image), Err(StubError::BadPool(10)));
+        assert_eq!(StubRegisters::parse(&image[..10]), Err(StubError::TooShort(10)));
+    }
+}
