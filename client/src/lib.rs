@@ -1,2 +1,698 @@
-//! The guest library.
+//! The guest library: attach to the VM's region, submit GPU requests to the host
+//! mediator through the request ring and collect the answers from the response ring.
+//!
+//! ```no_run
+//! use vgpu_client::{Client, ClientOptions};
+//! let mut client = Client::attach(&ClientOptions::default())?;
+//! let sum = client.vector_add(&[1.0, 2.0], &[10.0, 20.0])?;
+//! assert_eq!(sum, [11.0, 22.0]);
+//! // Pipelining: several requests in flight, then collect them.
+//! let tickets: Vec<_> = (0..8).map(|_| client.submit(&vgpu_client::Call::noop("PING"))).collect::<Result<_, _>>()?;
+//! for t in tickets {
+//!     client.wait(t, std::time::Duration::from_secs(1))?;
+//! }
+//! # Ok::<(), vgpu_client::ClientError>(())
+//! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod arena;
+pub mod discover;
+
+use arena::ArenaAllocator;
+use nix::fcntl::{Flock, FlockArg};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use vgpu_ring::stub::{StubFileError, StubRegisters};
+use vgpu_ring::{
+    ErrorCode, GuestEndpoints, Opcode, PushError, Region, RegionError, Request, Response,
+    RingError, SlotIdentity, Status, encode_label,
+};
+
+/// Everything that can go wrong for a client.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No ivshmem device holds a vgpu region.
+    #[error("no vgpu region found under {searched}: {details}")]
+    NoDevice {
+        /// The sysfs directory searched.
+        searched: PathBuf,
+        /// What was found instead.
+        details: String,
+    },
+    /// The region could not be opened or is invalid (wrong magic, version, ...).
+    #[error("region: {0}")]
+    Region(#[from] RegionError),
+    /// The vgpu-stub registers could not be read.
+    #[error("vgpu-stub: {0}")]
+    Stub(#[from] StubFileError),
+    /// The host never assigned the slot and there is no stub to say who we are.
+    #[error("the region's slot has no identity and no vgpu-stub device was found")]
+    NoIdentity,
+    /// No mediator has attached to the region since it was created.
+    #[error("no mediator has attached to this region (is vgpu-mediator running?)")]
+    NoMediator,
+    /// The mediator restarted: requests in flight were lost.
+    #[error("the mediator restarted (epoch {old:#x} -> {new:#x}); requests in flight are lost")]
+    MediatorRestarted {
+        /// Epoch at attach.
+        old: u64,
+        /// Epoch now.
+        new: u64,
+    },
+    /// The mediator's heartbeat stopped.
+    #[error("the mediator is not responding (heartbeat unchanged for {0:?})")]
+    MediatorDead(Duration),
+    /// Another client holds the slot.
+    #[error("slot in use by pid {pid} (one client per VM; pass --wait-slot to wait)")]
+    SlotInUse {
+        /// The other client's pid, as it recorded it.
+        pid: u32,
+    },
+    /// Locking the region file failed.
+    #[error("lock {path}: {source}")]
+    Lock {
+        /// The region.
+        path: PathBuf,
+        /// The error.
+        source: nix::Error,
+    },
+    /// The request ring is full: complete some requests first.
+    #[error("request ring full ({0} requests in flight)")]
+    RingFull(usize),
+    /// The arena has no room for the buffers: complete some requests first.
+    #[error("no room in the arena for {0} bytes")]
+    ArenaFull(u64),
+    /// A ring endpoint found the mediator's index corrupt.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// The request was not answered in time.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The mediator answered with status 2.
+    #[error("request failed: {0}")]
+    Failed(ErrorCode),
+    /// The arguments are inconsistent (e.g. vectors of different lengths).
+    #[error("invalid arguments: {0}")]
+    InvalidArgument(String),
+}
+
+/// How a waiting client polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Busy-poll without pause: lowest latency, one core busy while waiting.
+    Spin,
+    /// Busy-poll for `spin`, then yield, then sleep with a growing interval up to
+    /// `max_sleep`.
+    Adaptive {
+        /// How long to busy-poll first.
+        spin: Duration,
+        /// Longest sleep between polls.
+        max_sleep: Duration,
+    },
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Self::Adaptive { spin: Duration::from_micros(200), max_sleep: Duration::from_micros(500) }
+    }
+}
+
+/// How to attach.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The region file; `None` searches the ivshmem devices under `sysfs_root`.
+    pub region: Option<PathBuf>,
+    /// The vgpu-stub register file; `None` tries [`discover::DEFAULT_STUB`] and falls
+    /// back to the identity in the region.
+    pub stub: Option<PathBuf>,
+    /// Root of sysfs (`/sys`), configurable for tests.
+    pub sysfs_root: PathBuf,
+    /// Waiting strategy.
+    pub wait: Wait,
+    /// Wait for another client to release the slot instead of failing.
+    pub wait_for_slot: bool,
+    /// Default timeout of the typed helpers.
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            region: None,
+            stub: None,
+            sysfs_root: PathBuf::from("/sys"),
+            wait: Wait::default(),
+            wait_for_slot: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request to submit.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// The operation.
+    pub op: Opcode,
+    /// The label (command name) shown in the mediator's log.
+    pub label: &'a str,
+    /// Operation arguments.
+    pub args: [u32; 3],
+    /// Input bytes, copied into the arena.
+    pub input: &'a [u8],
+    /// Output capacity to reserve in the arena.
+    pub output_len: u32,
+}
+
+impl<'a> Call<'a> {
+    /// A NOOP carrying `label` (the original protocol's plain commands, e.g. `TEST_HIGH`).
+    #[must_use]
+    pub fn noop(label: &'a str) -> Self {
+        Self { op: Opcode::Noop, label, args: [0; 3], input: &[], output_len: 0 }
+    }
+}
+
+/// A submitted request; redeem it with [`Client::try_complete`] or [`Client::wait`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a ticket must be waited for, or its arena buffers stay reserved"]
+pub struct Ticket {
+    tag: u32,
+}
+
+impl Ticket {
+    /// The request's tag.
+    #[must_use]
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+}
+
+/// An answered request.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The response entry.
+    pub response: Response,
+    /// The output bytes the mediator wrote (`response.out_len` of them).
+    pub output: Vec<u8>,
+}
+
+impl Completion {
+    /// Whether the status is 1 (success).
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.response.status == Status::Success as u32
+    }
+
+    /// The original protocol's response line, e.g.
+    /// `1:Pool A processed: VECTOR_ADD (prio=2, vm=100)`.
+    #[must_use]
+    pub fn text(&self) -> String {
+        vgpu_ring::response_text(&self.response)
+    }
+
+    fn into_result(self) -> Result<Vec<u8>, ClientError> {
+        if self.succeeded() {
+            Ok(self.output)
+        } else {
+            Err(ClientError::Failed(
+                ErrorCode::try_from(self.response.error).unwrap_or(ErrorCode::ExecutorFailed),
+            ))
+        }
+    }
+}
+
+/// Where the client's identity came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The vgpu-stub device's registers.
+    Stub,
+    /// The host-written identity in the region's slot.
+    Region,
+}
+
+struct InFlight {
+    input: (u32, u32),
+    output: (u32, u32),
+}
+
+/// An attached client: the only producer of its slot's request ring.
+pub struct Client {
+    region: Arc<Region>,
+    guest: GuestEndpoints,
+    identity: SlotIdentity,
+    identity_source: IdentitySource,
+    identity_warning: Option<String>,
+    epoch: u64,
+    last_beat: u64,
+    beat_changed: Instant,
+    arena: ArenaAllocator,
+    next_tag: u32,
+    in_flight: HashMap<u32, InFlight>,
+    done: HashMap<u32, Response>,
+    abandoned: HashSet<u32>,
+    wait: Wait,
+    timeout: Duration,
+    _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("region", &self.region.path())
+            .field("identity", &self.identity)
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn bytes_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes.as_chunks::<4>().0.iter().map(|c| f32::from_le_bytes(*c)).collect()
+}
+
+fn len_u32(n: usize) -> Result<u32, ClientError> {
+    u32::try_from(n).map_err(|_| ClientError::InvalidArgument(format!("{n} elements is too many")))
+}
+
+impl Client {
+    /// Find the region and identity, take the slot, and check a mediator is attached.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NoDevice`], [`ClientError::Region`] (wrong magic, version, ...),
+    /// [`ClientError::Stub`], [`ClientError::NoIdentity`], [`ClientError::SlotInUse`],
+    /// [`ClientError::NoMediator`].
+    pub fn attach(options: &ClientOptions) -> Result<Self, ClientError> {
+        let region =
+            Arc::new(discover::find_region(options.region.as_deref(), &options.sysfs_root)?);
+        let host_copy = region.identity(0)?;
+        let stub = match &options.stub {
+            Some(path) => Some(StubRegisters::read_file(path)?),
+            None => {
+                let default = std::path::Path::new(discover::DEFAULT_STUB);
+                default.exists().then(|| StubRegisters::read_file(default)).transpose()?
+            }
+        };
+        let (identity, identity_source, identity_warning) = match (stub, host_copy.is_assigned()) {
+            (Some(s), true) => {
+                let from_stub = SlotIdentity::new(s.vm_id, s.pool, s.priority as u8);
+                let warning = (from_stub != host_copy).then(|| {
+                    format!(
+                        "vgpu-stub says vm {} pool {} priority {}, the region says vm {} pool {} priority {}; \
+                         using the region's (the mediator enforces it)",
+                        s.vm_id,
+                        char::from(s.pool),
+                        s.priority,
+                        host_copy.vm_id,
+                        char::from(host_copy.pool as u8),
+                        host_copy.priority
+                    )
+                });
+                (host_copy, IdentitySource::Stub, warning)
+            }
+            (Some(s), false) => {
+                (SlotIdentity::new(s.vm_id, s.pool, s.priority as u8), IdentitySource::Stub, None)
+            }
+            (None, true) => (host_copy, IdentitySource::Region, None),
+            (None, false) => return Err(ClientError::NoIdentity),
+        };
+
+        let file = File::open(region.path())
+            .map_err(|e| RegionError::Io { path: region.path().to_owned(), source: e })?;
+        let mode = if options.wait_for_slot {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let lock = match Flock::lock(file, mode) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(ClientError::SlotInUse { pid: region.client_pid(0)? });
+            }
+            Err((_, source)) => {
+                return Err(ClientError::Lock { path: region.path().to_owned(), source });
+            }
+        };
+        let epoch = region.epoch();
+        if epoch == 0 {
+            return Err(ClientError::NoMediator);
+        }
+        region.set_client_pid(0, std::process::id())?;
+        let guest = vgpu_ring::guest_endpoints(&region, 0)?;
+        let (last_beat, _) = region.heartbeat();
+        Ok(Self {
+            arena: ArenaAllocator::new(region.geometry().arena_size),
+            guest,
+            identity,
+            identity_source,
+            identity_warning,
+            epoch,
+            last_beat,
+            beat_changed: Instant::now(),
+            // Tags start at a per-process value, so responses a crashed predecessor left
+            // behind are not mistaken for ours.
+            next_tag: std::process::id().rotate_left(20)
+                ^ nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map_or(0, |t| t.tv_nsec() as u32),
+            in_flight: HashMap::new(),
+            done: HashMap::new(),
+            abandoned: HashSet::new(),
+            wait: options.wait,
+            timeout: options.timeout,
+            region,
+            _lock: lock,
+        })
+    }
+
+    /// The identity requests carry (the host's copy when both exist).
+    #[must_use]
+    pub fn identity(&self) -> SlotIdentity {
+        self.identity
+    }
+
+    /// Where [`identity`](Self::identity) came from.
+    #[must_use]
+    pub fn identity_source(&self) -> IdentitySource {
+        self.identity_source
+    }
+
+    /// A warning if the stub and the region disagree about the identity.
+    #[must_use]
+    pub fn identity_warning(&self) -> Option<&str> {
+        self.identity_warning.as_deref()
+    }
+
+    /// The region.
+    #[must_use]
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// Requests submitted and not yet redeemed.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Submit a request without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::RingFull`], [`ClientError::ArenaFull`],
+    /// [`ClientError::MediatorRestarted`], [`ClientError::Ring`].
+    pub fn submit(&mut self, call: &Call<'_>) -> Result<Ticket, ClientError> {
+        self.check_epoch()?;
+        let in_len = len_u32(call.input.len())?;
+        let input = self.arena.alloc(in_len).ok_or(ClientError::ArenaFull(u64::from(in_len)))?;
+        let Some(output) = self.arena.alloc(call.output_len) else {
+            self.arena.free(input);
+            return Err(ClientError::ArenaFull(u64::from(call.output_len)));
+        };
+        let release = |arena: &mut ArenaAllocator| {
+            arena.free(input);
+            arena.free(output);
+        };
+        if let Err(e) = self.region.arena_write(0, u64::from(input.0), call.input) {
+            release(&mut self.arena);
+            return Err(e.into());
+        }
+        let tag = self.next_tag;
+        let request = Request {
+            tag,
+            opcode: call.op as u16,
+            pool: self.identity.pool as u8,
+            priority: self.identity.priority as u8,
+            vm_id: self.identity.vm_id,
+            label: encode_label(call.label),
+            in_offset: input.0,
+            in_len,
+            out_offset: output.0,
+            out_len: call.output_len,
+            args: call.args,
+        };
+        match self.guest.requests.push(request) {
+            Ok(()) => {}
+            Err(PushError::Full(_)) => {
+                release(&mut self.arena);
+                return Err(ClientError::RingFull(self.in_flight.len()));
+            }
+            Err(PushError::Poisoned(e)) => {
+                release(&mut self.arena);
+                return Err(e.into());
+            }
+        }
+        self.next_tag = self.next_tag.wrapping_add(1);
+        self.in_flight.insert(tag, InFlight { input, output: (output.0, call.output_len) });
+        Ok(Ticket { tag })
+    }
+
+    /// Collect every response that has arrived.
+    fn poll_responses(&mut self) -> Result<(), ClientError> {
+        while let Some(response) = self.guest.responses.take()? {
+            let tag = response.tag;
+            if self.abandoned.remove(&tag) {
+                self.finish(tag);
+            } else if self.in_flight.contains_key(&tag) {
+                self.done.insert(tag, response);
+            }
+            // Anything else is a stale answer to a previous client of this slot.
+        }
+        self.guest.responses.release();
+        Ok(())
+    }
+
+    fn finish(&mut self, tag: u32) -> Option<InFlight> {
+        let entry = self.in_flight.remove(&tag)?;
+        self.arena.free(entry.input);
+        self.arena.free((entry.output.0, entry.output.1.next_multiple_of(64)));
+        Some(entry)
+    }
+
+    /// The completion of `ticket` if its response has arrived. The ticket is given back
+    /// (inside `Err`) when it has not.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Ring`] if the response ring is corrupt.
+    pub fn try_complete(
+        &mut self,
+        ticket: Ticket,
+    ) -> Result<Result<Completion, Ticket>, ClientError> {
+        if !self.done.contains_key(&ticket.tag) {
+            self.poll_responses()?;
+        }
+        let Some(response) = self.done.remove(&ticket.tag) else { return Ok(Err(ticket)) };
+        // A done tag is always in flight (see `poll_responses`).
+        let (offset, capacity) = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
+        let mut output = vec![0; response.out_len.min(capacity) as usize];
+        self.region.arena_read(0, u64::from(offset), &mut output)?;
+        Ok(Ok(Completion { response, output }))
+    }
+
+    /// Wait up to `timeout` for `ticket`'s completion, polling as the [`Wait`] strategy
+    /// says and watching the mediator's epoch and heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`], [`ClientError::MediatorRestarted`],
+    /// [`ClientError::MediatorDead`], [`ClientError::Ring`].
+    pub fn wait(&mut self, ticket: Ticket, timeout: Duration) -> Result<Completion, ClientError> {
+        let start = Instant::now();
+        let mut ticket = ticket;
+        let mut sleep = Duration::from_micros(1);
+        let mut polls: u32 = 0;
+        loop {
+            ticket = match self.try_complete(ticket)? {
+                Ok(done) => return Ok(done),
+                Err(t) => t,
+            };
+            polls = polls.wrapping_add(1);
+            // Liveness checks are cheap loads but not free: every 1024 polls.
+            if polls.is_multiple_of(1024)
+                || !matches!(self.wait, Wait::Spin) && start.elapsed() > Duration::from_millis(1)
+            {
+                let waited = start.elapsed();
+                let failure = if waited > timeout {
+                    Some(ClientError::Timeout(timeout))
+                } else {
+                    self.check_alive().err()
+                };
+                if let Some(e) = failure {
+                    self.abandoned.insert(ticket.tag);
+                    return Err(e);
+                }
+                if let Wait::Adaptive { spin, max_sleep } = self.wait
+                    && waited > spin
+                {
+                    std::thread::sleep(sleep);
+                    sleep = (sleep * 2).min(max_sleep);
+                }
+            }
+        }
+    }
+
+    fn check_epoch(&self) -> Result<(), ClientError> {
+        let now = self.region.epoch();
+        if now == self.epoch {
+            Ok(())
+        } else {
+            Err(ClientError::MediatorRestarted { old: self.epoch, new: now })
+        }
+    }
+
+    /// Check the mediator is the one we attached to and its heartbeat moves.
+    fn check_alive(&mut self) -> Result<(), ClientError> {
+        self.check_epoch()?;
+        let (beat, interval_ms) = self.region.heartbeat();
+        if beat != self.last_beat {
+            self.last_beat = beat;
+            self.beat_changed = Instant::now();
+            return Ok(());
+        }
+        let limit =
+            (Duration::from_millis(u64::from(interval_ms)) * 10).max(Duration::from_millis(500));
+        let stale = self.beat_changed.elapsed();
+        if stale > limit { Err(ClientError::MediatorDead(stale)) } else { Ok(()) }
+    }
+
+    /// Submit and wait (with the default timeout).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit) and [`wait`](Self::wait).
+    pub fn call(&mut self, call: &Call<'_>) -> Result<Completion, ClientError> {
+        let ticket = self.submit(call)?;
+        self.wait(ticket, self.timeout)
+    }
+
+    fn call_f32(
+        &mut self,
+        op: Opcode,
+        args: [u32; 3],
+        input: &[f32],
+        out: usize,
+    ) -> Result<Vec<f32>, ClientError> {
+        let bytes = f32_bytes(input);
+        let output_len = len_u32(out * 4)?;
+        let call = Call { op, label: op.name(), args, input: &bytes, output_len };
+        Ok(bytes_f32(&self.call(&call)?.into_result()?))
+    }
+
+    fn same_len(a: &[f32], b: &[f32]) -> Result<u32, ClientError> {
+        if a.len() != b.len() || a.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "vector lengths {} and {}",
+                a.len(),
+                b.len()
+            )));
+        }
+        len_u32(a.len())
+    }
+
+    /// `a + b` on the host.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call); [`ClientError::Failed`] on status 2.
+    pub fn vector_add(&mut self, a: &[f32], b: &[f32]) -> Result<Vec<f32>, ClientError> {
+        let n = Self::same_len(a, b)?;
+        self.call_f32(Opcode::VectorAdd, [n, 0, 0], &[a, b].concat(), a.len())
+    }
+
+    /// `alpha * x + y` on the host.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add).
+    pub fn saxpy(&mut self, alpha: f32, x: &[f32], y: &[f32]) -> Result<Vec<f32>, ClientError> {
+        let n = Self::same_len(x, y)?;
+        self.call_f32(Opcode::Saxpy, [n, alpha.to_bits(), 0], &[x, y].concat(), x.len())
+    }
+
+    /// `Σ x[i] * y[i]` on the host.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add).
+    pub fn dot(&mut self, x: &[f32], y: &[f32]) -> Result<f32, ClientError> {
+        let n = Self::same_len(x, y)?;
+        let out = self.call_f32(Opcode::Dot, [n, 0, 0], &[x, y].concat(), 1)?;
+        out.first().copied().ok_or(ClientError::Failed(ErrorCode::OutputTooSmall))
+    }
+
+    /// `A (m×k) × B (k×n)`, row-major, on the host.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add); [`ClientError::InvalidArgument`] if the
+    /// slices do not match the shape.
+    pub fn matmul(
+        &mut self,
+        a: &[f32],
+        b: &[f32],
+        m: u32,
+        k: u32,
+        n: u32,
+    ) -> Result<Vec<f32>, ClientError> {
+        let (mu, ku, nu) = (m as usize, k as usize, n as usize);
+        if a.len() != mu * ku || b.len() != ku * nu || a.is_empty() || b.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "matmul {m}x{k} by {k}x{n} needs {} and {} elements, got {} and {}",
+                mu * ku,
+                ku * nu,
+                a.len(),
+                b.len()
+            )));
+        }
+        self.call_f32(Opcode::Matmul, [m, k, n], &[a, b].concat(), mu * nu)
+    }
+
+    /// Send `bytes` and get them back.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add).
+    pub fn echo(&mut self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let call = Call {
+            op: Opcode::Echo,
+            label: "ECHO",
+            args: [0; 3],
+            input: bytes,
+            output_len: len_u32(bytes.len())?,
+        };
+        self.call(&call)?.into_result()
+    }
+
+    /// Occupy the pool for `us` microseconds.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add).
+    pub fn sleep_us(&mut self, us: u32) -> Result<(), ClientError> {
+        let call =
+            Call { op: Opcode::Sleep, label: "SLEEP", args: [us, 0, 0], input: &[], output_len: 0 };
+        self.call(&call)?.into_result().map(drop)
+    }
+
+    /// A NOOP labelled `label`.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add).
+    pub fn noop(&mut self, label: &str) -> Result<(), ClientError> {
+        self.call(&Call::noop(label))?.into_result().map(drop)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.region.set_client_pid(0, 0);
+    }
+}

@@ -29,7 +29,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Print the QEMU arguments that attach a VM's region as an ivshmem-plain device.
     QemuArgs(qemu::VmArgs),
-    /// Print the libvirt <shmem> element for a VM's region.
+    /// Print the libvirt `<shmem>` element for a VM's region.
     LibvirtXml(qemu::VmArgs),
 }
 

@@ -29,7 +29,7 @@ fn vm_and_size(args: &VmArgs) -> Result<(Config, VmConfig, u64)> {
 
 /// A size as QEMU and libvirt spell it: whole MiB where possible.
 fn mib_or_bytes(size: u64) -> (u64, &'static str) {
-    if size % (1 << 20) == 0 { (size >> 20, "M") } else { (size, "") }
+    if size.is_multiple_of(1 << 20) { (size >> 20, "M") } else { (size, "") }
 }
 
 fn device_id(vm: &VmConfig) -> String {

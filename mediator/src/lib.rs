@@ -1,2 +1,19 @@
-//! The host mediator daemon.
+//! The host mediator daemon: attaches every VM's region, drains the guests' request
+//! rings into per-pool priority queues, executes the requests and answers on the
+//! response rings. See `docs/ARCHITECTURE.md` for the thread model.
+//!
+//! - [`queue`]: a pool's priority queue (strict or aging).
+//! - [`validate()`]: checking an untrusted request against the host's configuration.
+//! - [`executor`]: the [`Executor`](executor::Executor) trait and the CPU executor.
+//! - [`dispatcher`]: a pool's dispatcher thread.
+//! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod daemon;
+pub mod dispatcher;
+pub mod executor;
+pub mod queue;
+mod validate;
+
+pub use validate::validate;

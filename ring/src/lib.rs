@@ -27,7 +27,9 @@ pub use mapped::{
     GuestEndpoints, HostEndpoints, MappedRing, RequestConsumer, RequestProducer, ResponseConsumer,
     ResponseProducer, guest_endpoints, host_endpoints,
 };
-pub use protocol::{ErrorCode, MAX_PRIORITY, Opcode, Status, priority_name};
+pub use protocol::{
+    ErrorCode, MAX_PRIORITY, OpShape, Opcode, Status, priority_name, response_text,
+};
 pub use region::{Access, Geometry, Region, RegionError, RingIndices};
 pub use ring::{Consumer, Producer, PushError, RingBackend, RingError};
 pub use sync::spin_hint;

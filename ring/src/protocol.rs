@@ -197,3 +197,80 @@ mod tests {
         assert_eq!(priority_name(1), "medium");
     }
 }
+
+/// The original protocol's response line, from a response entry:
+/// `1:Pool A processed: VECTOR_ADD (prio=2, vm=100)`, or for an error
+/// `2:Pool A error: VECTOR_ADD (output range too small; prio=2, vm=100)`.
+///
+/// ```
+/// let r = vgpu_ring::Response {
+///     status: 1, pool: b'A', priority: 2, vm_id: 100,
+///     label: vgpu_ring::encode_label("VECTOR_ADD"), ..Default::default()
+/// };
+/// assert_eq!(vgpu_ring::response_text(&r), "1:Pool A processed: VECTOR_ADD (prio=2, vm=100)");
+/// ```
+#[must_use]
+pub fn response_text(r: &crate::Response) -> String {
+    let label = crate::decode_label(&r.label);
+    let pool = if r.pool.is_ascii_graphic() { char::from(r.pool) } else { '?' };
+    if r.status == Status::Success as u32 {
+        format!("{}:Pool {pool} processed: {label} (prio={}, vm={})", r.status, r.priority, r.vm_id)
+    } else {
+        let error = ErrorCode::try_from(r.error).map_or("unknown error", ErrorCode::describe);
+        format!(
+            "{}:Pool {pool} error: {label} ({error}; prio={}, vm={})",
+            r.status, r.priority, r.vm_id
+        )
+    }
+}
+
+/// Byte sizes an operation needs, derived from its arguments: the contract both sides
+/// check (see the opcode table in `docs/LAYOUT.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpShape {
+    /// Exact input length in bytes, or `None` for "any" (ECHO).
+    pub input: Option<u64>,
+    /// Minimum output capacity in bytes, or `None` for "as long as the input" (ECHO).
+    pub output: Option<u64>,
+}
+
+impl OpShape {
+    /// Longest SLEEP a request may ask for, in microseconds (10 s).
+    pub const MAX_SLEEP_US: u32 = 10_000_000;
+
+    /// The sizes `op` needs with arguments `args`, or [`ErrorCode::BadShape`] if the
+    /// arguments are invalid (zero or overflowing dimensions, an over-long sleep).
+    ///
+    /// ```
+    /// use vgpu_ring::{Opcode, OpShape};
+    /// let shape = OpShape::of(Opcode::Matmul, [2, 3, 4]).unwrap();
+    /// assert_eq!((shape.input, shape.output), (Some(4 * (6 + 12)), Some(4 * 8)));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::BadShape`].
+    pub fn of(op: Opcode, args: [u32; 3]) -> Result<Self, ErrorCode> {
+        let f32s = |n: u64| n.checked_mul(4).ok_or(ErrorCode::BadShape);
+        let n = u64::from(args[0]);
+        let exact = |input: u64, output: u64| Ok(Self { input: Some(input), output: Some(output) });
+        match op {
+            Opcode::Noop => exact(0, 0),
+            Opcode::Echo => Ok(Self { input: None, output: None }),
+            Opcode::Sleep if args[0] <= Self::MAX_SLEEP_US => exact(0, 0),
+            Opcode::Sleep => Err(ErrorCode::BadShape),
+            _ if n == 0 => Err(ErrorCode::BadShape),
+            Opcode::VectorAdd | Opcode::Saxpy => exact(f32s(2 * n)?, f32s(n)?),
+            Opcode::Dot => exact(f32s(2 * n)?, 4),
+            Opcode::Matmul => {
+                let (m, k, n) = (u64::from(args[0]), u64::from(args[1]), u64::from(args[2]));
+                if k == 0 || n == 0 {
+                    return Err(ErrorCode::BadShape);
+                }
+                let input =
+                    m.checked_mul(k).zip(k.checked_mul(n)).and_then(|(a, b)| a.checked_add(b));
+                exact(f32s(input.ok_or(ErrorCode::BadShape)?)?, f32s(m * n)?)
+            }
+        }
+    }
+}

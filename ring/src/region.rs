@@ -57,7 +57,7 @@ impl Geometry {
                 self.ring_entries
             ));
         }
-        if self.arena_size == 0 || self.arena_size % 64 != 0 {
+        if self.arena_size == 0 || !self.arena_size.is_multiple_of(64) {
             return bad(format!("arena size {} not a positive multiple of 64", self.arena_size));
         }
         Ok(())

@@ -104,3 +104,59 @@ mod tests {
         assert_eq!(StubRegisters::parse(&image[..10]), Err(StubError::TooShort(10)));
     }
 }
+
+impl StubRegisters {
+    /// Read the registers from a vgpu-stub BAR 0 file (`/sys/bus/pci/devices/<BDF>/resource0`)
+    /// or an image of it, as the original client did: map it read-only and load each
+    /// register with one aligned 32-bit volatile read (what MMIO needs).
+    ///
+    /// # Errors
+    ///
+    /// [`StubFileError`] naming the file.
+    pub fn read_file(path: &std::path::Path) -> Result<Self, StubFileError> {
+        let io = |source| StubFileError::Io { path: path.to_owned(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < (STUB_VM_ID + 4) as u64 {
+            return Err(StubFileError::Invalid {
+                path: path.to_owned(),
+                source: StubError::TooShort(len as usize),
+            });
+        }
+        let map = memmap2::MmapOptions::new()
+            .len(STUB_SIZE.min(len as usize))
+            .map_raw_read_only(&file)
+            .map_err(io)?;
+        let mut image = [0u8; STUB_VM_ID + 4];
+        for offset in [STUB_POOL, STUB_PRIORITY, STUB_VM_ID] {
+            // SAFETY: offset + 4 <= the mapped length (checked above), the mapping is
+            // page-aligned so `offset` (a multiple of 4) is aligned for u32, and the
+            // mapping lives until the end of this function.
+            let value = unsafe { map.as_ptr().add(offset).cast::<u32>().read_volatile() };
+            image[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+        }
+        Self::parse(&image)
+            .map_err(|source| StubFileError::Invalid { path: path.to_owned(), source })
+    }
+}
+
+/// Why a stub register file could not be read.
+#[derive(Debug, Error)]
+pub enum StubFileError {
+    /// The file could not be opened or mapped.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The registers hold invalid values.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        source: StubError,
+    },
+}

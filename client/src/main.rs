@@ -1,0 +1,310 @@
+//! `vgpu-client`: the guest's command-line client, the successor of the original
+//! `vm_client`.
+#![forbid(unsafe_code)]
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vgpu_client::{Call, Client, ClientOptions, Completion, Wait};
+use vgpu_ring::{Opcode, priority_name};
+
+/// Send a GPU request to the host mediator and print its answer.
+///
+/// COMMAND is an operation (NOOP, ECHO, SLEEP, VECTOR_ADD, SAXPY, DOT, MATMUL) or any
+/// other name, sent as a labelled NOOP (e.g. TEST_HIGH).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Region file (default: the ivshmem device's BAR 2 found in sysfs).
+    #[arg(long, value_name = "PATH")]
+    region: Option<PathBuf>,
+    /// vgpu-stub register file (default: the device at 0000:00:06.0 if present, else the
+    /// identity the host wrote into the region).
+    #[arg(long, value_name = "PATH")]
+    stub: Option<PathBuf>,
+    /// sysfs root for device discovery.
+    #[arg(long, value_name = "PATH", default_value = "/sys", hide = true)]
+    sysfs: PathBuf,
+    /// Seconds to wait for the response.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Wait for the slot if another client holds it.
+    #[arg(long)]
+    wait_slot: bool,
+    /// Busy-poll while waiting (lowest latency).
+    #[arg(long)]
+    spin: bool,
+    /// Print a JSON result instead of the console text.
+    #[arg(long)]
+    json: bool,
+    /// Send the request this many times and print latency percentiles.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// ECHO: bytes to send.
+    #[arg(long, default_value_t = 64)]
+    bytes: u32,
+    /// SLEEP: microseconds.
+    #[arg(long, default_value_t = 1000)]
+    us: u32,
+    /// VECTOR_ADD, SAXPY, DOT: vector length; MATMUL: columns of B.
+    #[arg(long, default_value_t = 1024)]
+    n: u32,
+    /// SAXPY: the scalar.
+    #[arg(long, default_value_t = 2.5)]
+    a: f32,
+    /// MATMUL: rows of A.
+    #[arg(long, default_value_t = 16)]
+    m: u32,
+    /// MATMUL: columns of A, rows of B.
+    #[arg(long, default_value_t = 16)]
+    k: u32,
+    /// The command.
+    #[arg(default_value = "VECTOR_ADD")]
+    command: String,
+}
+
+/// A request built from the command line, with the result a local computation expects.
+struct Plan {
+    op: Opcode,
+    args: [u32; 3],
+    input: Vec<u8>,
+    output_len: u32,
+    expected: Expected,
+}
+
+enum Expected {
+    Nothing,
+    Bytes(Vec<u8>),
+    Floats { values: Vec<f32>, tolerance: f32 },
+}
+
+/// Deterministic inputs whose sums and products are exact in f32.
+fn inputs(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32).map(|i| ((i.wrapping_mul(7919).wrapping_add(seed)) % 64) as f32 / 8.0).collect()
+}
+
+fn floats(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn plan(cli: &Cli) -> Result<Plan> {
+    let n = cli.n as usize;
+    let op = Opcode::from_name(&cli.command).unwrap_or(Opcode::Noop);
+    let exact = |values| Expected::Floats { values, tolerance: 0.0 };
+    let plan = match op {
+        Opcode::Noop => {
+            Plan { op, args: [0; 3], input: Vec::new(), output_len: 0, expected: Expected::Nothing }
+        }
+        Opcode::Sleep => Plan {
+            op,
+            args: [cli.us, 0, 0],
+            input: Vec::new(),
+            output_len: 0,
+            expected: Expected::Nothing,
+        },
+        Opcode::Echo => {
+            let bytes: Vec<u8> = (0..cli.bytes).map(|i| (i % 251) as u8).collect();
+            Plan {
+                op,
+                args: [0; 3],
+                output_len: cli.bytes,
+                expected: Expected::Bytes(bytes.clone()),
+                input: bytes,
+            }
+        }
+        Opcode::VectorAdd | Opcode::Saxpy | Opcode::Dot => {
+            let (x, y) = (inputs(n, 1), inputs(n, 2));
+            let (args, expected, out) = match op {
+                Opcode::VectorAdd => {
+                    ([cli.n, 0, 0], exact(x.iter().zip(&y).map(|(a, b)| a + b).collect()), n)
+                }
+                Opcode::Saxpy => (
+                    [cli.n, cli.a.to_bits(), 0],
+                    exact(x.iter().zip(&y).map(|(a, b)| cli.a * a + b).collect()),
+                    n,
+                ),
+                _ => {
+                    let sum: f64 =
+                        x.iter().zip(&y).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                    (
+                        [cli.n, 0, 0],
+                        Expected::Floats { values: vec![sum as f32], tolerance: 1e-4 },
+                        1,
+                    )
+                }
+            };
+            Plan {
+                op,
+                args,
+                input: floats(&[x, y].concat()),
+                output_len: u32::try_from(out * 4)?,
+                expected,
+            }
+        }
+        Opcode::Matmul => {
+            let (m, k) = (cli.m as usize, cli.k as usize);
+            let (a, b) = (inputs(m * k, 3), inputs(k * n, 4));
+            let mut c = vec![0.0f64; m * n];
+            for i in 0..m {
+                for p in 0..k {
+                    for j in 0..n {
+                        c[i * n + j] += f64::from(a[i * k + p]) * f64::from(b[p * n + j]);
+                    }
+                }
+            }
+            let values = c.into_iter().map(|v| v as f32).collect();
+            Plan {
+                op,
+                args: [cli.m, cli.k, cli.n],
+                input: floats(&[a, b].concat()),
+                output_len: u32::try_from(m * n * 4)?,
+                expected: Expected::Floats { values, tolerance: 1e-4 },
+            }
+        }
+    };
+    Ok(plan)
+}
+
+/// Compare the output with the local computation; `None` if it matches.
+fn mismatch(expected: &Expected, output: &[u8]) -> Option<String> {
+    match expected {
+        Expected::Nothing => None,
+        Expected::Bytes(want) => {
+            (output != want.as_slice()).then(|| "echoed bytes differ".to_owned())
+        }
+        Expected::Floats { values, tolerance } => {
+            let got: Vec<f32> =
+                output.as_chunks::<4>().0.iter().map(|c| f32::from_le_bytes(*c)).collect();
+            if got.len() != values.len() {
+                return Some(format!("{} values returned, {} expected", got.len(), values.len()));
+            }
+            got.iter()
+                .zip(values)
+                .position(|(g, w)| (g - w).abs() > tolerance * w.abs().max(1.0))
+                .map(|i| format!("element {i}: got {}, expected {}", got[i], values[i]))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonResult {
+    command: String,
+    status: u32,
+    error: u32,
+    response: String,
+    vm_id: u32,
+    pool: String,
+    priority: u32,
+    result_checked: bool,
+    result_error: Option<String>,
+    latency_ns: Vec<u64>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn run(cli: &Cli) -> Result<bool> {
+    if !cli.timeout.is_finite() || cli.timeout <= 0.0 || cli.count == 0 {
+        bail!("--timeout and --count must be positive");
+    }
+    let options = ClientOptions {
+        region: cli.region.clone(),
+        stub: cli.stub.clone(),
+        sysfs_root: cli.sysfs.clone(),
+        wait: if cli.spin { Wait::Spin } else { Wait::default() },
+        wait_for_slot: cli.wait_slot,
+        timeout: Duration::from_secs_f64(cli.timeout),
+    };
+    let plan = plan(cli)?;
+    let mut client = Client::attach(&options)?;
+    let id = client.identity();
+    let pool = char::from(id.pool as u8);
+    if !cli.json {
+        println!("=== VM GPU Request Client ===");
+        println!("vGPU Properties:");
+        println!("  Pool ID:  {pool}");
+        println!("  Priority: {} ({})", id.priority, priority_name(id.priority));
+        println!("  VM ID:    {}", id.vm_id);
+        println!();
+    }
+    if let Some(warning) = client.identity_warning() {
+        eprintln!("warning: {warning}");
+    }
+    let call = Call {
+        op: plan.op,
+        label: &cli.command,
+        args: plan.args,
+        input: &plan.input,
+        output_len: plan.output_len,
+    };
+    let mut latencies = Vec::with_capacity(cli.count as usize);
+    let mut last: Option<Completion> = None;
+    for i in 0..cli.count {
+        let start = Instant::now();
+        let ticket = client.submit(&call)?;
+        if !cli.json && i == 0 {
+            println!("Sent request: {pool}:{}:{}:{}", id.priority, id.vm_id, cli.command);
+            println!("Waiting for response...");
+        }
+        let done = client.wait(ticket, options.timeout)?;
+        latencies.push(start.elapsed().as_nanos() as u64);
+        let failed = !done.succeeded();
+        last = Some(done);
+        if failed {
+            break;
+        }
+    }
+    let done = last.expect("count is positive");
+    let problem = if done.succeeded() { mismatch(&plan.expected, &done.output) } else { None };
+    let ok = done.succeeded() && problem.is_none();
+    if cli.json {
+        let result = JsonResult {
+            command: cli.command.clone(),
+            status: done.response.status,
+            error: done.response.error,
+            response: done.text(),
+            vm_id: id.vm_id,
+            pool: pool.to_string(),
+            priority: id.priority,
+            result_checked: !matches!(plan.expected, Expected::Nothing),
+            result_error: problem,
+            latency_ns: latencies,
+        };
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(ok);
+    }
+    println!("Response: {}", done.text());
+    if latencies.len() > 1 {
+        latencies.sort_unstable();
+        println!(
+            "{} round trips: min {} ns, median {} ns, p99 {} ns, max {} ns",
+            latencies.len(),
+            latencies[0],
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1]
+        );
+    }
+    match (done.succeeded(), problem) {
+        (true, None) => println!("✅ SUCCESS!"),
+        (true, Some(p)) => println!("❌ ERROR: wrong result: {p}"),
+        (false, _) => println!("❌ ERROR from daemon"),
+    }
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ERROR: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

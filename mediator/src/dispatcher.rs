@@ -1,0 +1,468 @@
+//! A pool's dispatcher: drains its VMs' request rings into the pool's queue,
+//! continuously (also while a long job executes), runs short jobs inline, hands long ones
+//! to the pool's executor thread one at a time, and publishes the responses.
+
+use crate::executor::{Arena, CpuExecutor, Executor, Job};
+use crate::queue::{Ordering as QueueOrdering, PoolQueue};
+use crate::validate::validate;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vgpu_config::{MediatorConfig, PoolConfig, VmConfig};
+use vgpu_ring::{
+    ErrorCode, HostEndpoints, PushError, Region, Request, Response, SlotControl, SlotIdentity,
+    Status, decode_label,
+};
+
+/// One VM attached to a pool.
+pub struct VmPort {
+    vm: VmConfig,
+    identity: SlotIdentity,
+    region: Arc<Region>,
+    arena: Arena,
+    host: HostEndpoints,
+    /// Requests of this VM queued or executing.
+    in_flight: u32,
+    /// Responses that did not fit in the response ring, oldest first.
+    parked: VecDeque<Response>,
+    request_poisoned: bool,
+    response_poisoned: bool,
+}
+
+impl VmPort {
+    /// Attach to slot 0 of `region` for `vm`.
+    ///
+    /// # Errors
+    ///
+    /// If the region is read-only.
+    pub fn new(vm: VmConfig, region: Arc<Region>) -> Result<Self, vgpu_ring::RegionError> {
+        let host = vgpu_ring::host_endpoints(&region, 0)?;
+        Ok(Self {
+            identity: vm.identity(),
+            arena: Arena::new(Arc::clone(&region), 0),
+            vm,
+            region,
+            host,
+            in_flight: 0,
+            parked: VecDeque::new(),
+            request_poisoned: false,
+            response_poisoned: false,
+        })
+    }
+}
+
+/// A request waiting in the pool's queue or executing.
+struct Pending {
+    vm: usize,
+    tag: u32,
+    opcode: u16,
+    label: [u8; vgpu_ring::layout::LABEL_LEN],
+    job: Job,
+    arrived: Instant,
+}
+
+struct Finished {
+    pending: Pending,
+    result: Result<u32, ErrorCode>,
+    exec: Duration,
+}
+
+/// The pool's executor thread: runs one long job at a time.
+struct ExecutorThread {
+    jobs: Option<Sender<Pending>>,
+    done: Receiver<Finished>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ExecutorThread {
+    fn spawn(
+        pool: char,
+        arenas: Vec<Arena>,
+        mut executor: Box<dyn Executor>,
+    ) -> std::io::Result<Self> {
+        let (jobs, job_rx) = channel::<Pending>();
+        let (done_tx, done) = channel();
+        let thread =
+            std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
+                for pending in job_rx {
+                    let start = Instant::now();
+                    let result = executor.execute(&pending.job, &arenas[pending.vm]);
+                    if done_tx.send(Finished { pending, result, exec: start.elapsed() }).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { jobs: Some(jobs), done, thread: Some(thread) })
+    }
+}
+
+impl Drop for ExecutorThread {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counters a dispatcher keeps (reported at shutdown).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DispatcherStats {
+    /// Requests answered with status 1.
+    pub succeeded: u64,
+    /// Requests answered with status 2.
+    pub failed: u64,
+}
+
+/// A pool's dispatcher.
+pub struct Dispatcher {
+    pool: char,
+    vms: Vec<VmPort>,
+    queue: PoolQueue<Pending>,
+    inline: CpuExecutor,
+    executor: ExecutorThread,
+    busy: bool,
+    quota: u32,
+    idle_spin: Duration,
+    max_idle_sleep: Duration,
+    log_requests: bool,
+    stats: DispatcherStats,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `pool` serving `vms`, with `executor` for long jobs.
+    ///
+    /// # Errors
+    ///
+    /// If the executor thread cannot be started.
+    pub fn new(
+        pool: &PoolConfig,
+        vms: Vec<VmPort>,
+        executor: Box<dyn Executor>,
+        settings: &MediatorConfig,
+        log_requests: bool,
+    ) -> std::io::Result<Self> {
+        let arenas = vms.iter().map(|p| p.arena.clone()).collect();
+        Ok(Self {
+            pool: pool.name,
+            queue: PoolQueue::new(QueueOrdering::from_policy(pool.policy, pool.aging_interval)),
+            executor: ExecutorThread::spawn(pool.name, arenas, executor)?,
+            vms,
+            inline: CpuExecutor,
+            busy: false,
+            quota: settings.max_queued_per_vm,
+            idle_spin: settings.idle_spin,
+            max_idle_sleep: settings.max_idle_sleep,
+            log_requests,
+            stats: DispatcherStats::default(),
+        })
+    }
+
+    /// Serve until `shutdown` is set, then finish the job in hand, answer queued
+    /// requests with [`ErrorCode::ShuttingDown`] and return the counters. Requests
+    /// still in the rings stay there for the next mediator.
+    pub fn run(mut self, shutdown: &AtomicBool) -> DispatcherStats {
+        let mut last_work = Instant::now();
+        let mut sleep = Duration::from_micros(1);
+        while !shutdown.load(Ordering::Relaxed) {
+            let work = self.drain() + self.poll_executor() + self.dispatch() + self.flush_parked();
+            if work > 0 {
+                last_work = Instant::now();
+                sleep = Duration::from_micros(1);
+            } else if last_work.elapsed() > self.idle_spin {
+                // Idle: back off with a bounded, growing sleep.
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(self.max_idle_sleep);
+            }
+        }
+        self.stop()
+    }
+
+    /// Drain every VM's request ring; returns the number of requests taken.
+    fn drain(&mut self) -> usize {
+        let now = Instant::now();
+        let mut taken = 0;
+        for index in 0..self.vms.len() {
+            let port = &mut self.vms[index];
+            if port.request_poisoned {
+                continue;
+            }
+            // A guest that does not read its responses gets no more requests taken:
+            // its own request ring fills up, nobody else waits.
+            while port.parked.len() < port.host.responses.capacity() as usize {
+                match port.host.requests.take() {
+                    Ok(Some(req)) => {
+                        taken += 1;
+                        accept(
+                            self.pool,
+                            index,
+                            port,
+                            &mut self.queue,
+                            &req,
+                            now,
+                            self.quota,
+                            self.log_requests,
+                            &mut self.stats,
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        port.request_poisoned = true;
+                        tracing::warn!(
+                            "Pool {}: vm{} request ring isolated: {e}",
+                            self.pool,
+                            port.vm.id
+                        );
+                        mark_status(port, SlotControl::REQUEST_POISONED);
+                        break;
+                    }
+                }
+            }
+            port.host.requests.release();
+        }
+        taken
+    }
+
+    /// Start jobs while the pool is free: short ones inline, a long one on the executor.
+    fn dispatch(&mut self) -> usize {
+        let mut started = 0;
+        while !self.busy {
+            let Some(queued) = self.queue.pop(Instant::now()) else { break };
+            let pending = queued.item;
+            started += 1;
+            if self.log_requests {
+                tracing::info!(
+                    "[PROCESS] Pool {}: Processing vm={}, priority={}, command={}",
+                    self.pool,
+                    self.vms[pending.vm].vm.id,
+                    queued.priority,
+                    decode_label(&pending.label)
+                );
+            }
+            if pending.job.is_long() {
+                // The sender lives until the executor is dropped; a send fails only if
+                // the executor thread died.
+                let sent = match &self.executor.jobs {
+                    Some(tx) => tx.send(pending).map_err(|e| e.0),
+                    None => Err(pending),
+                };
+                match sent {
+                    Ok(()) => self.busy = true,
+                    Err(pending) => {
+                        let result = Err(ErrorCode::ExecutorFailed);
+                        self.finish(Finished { pending, result, exec: Duration::ZERO });
+                    }
+                }
+            } else {
+                let start = Instant::now();
+                let result = self.inline.execute(&pending.job, &self.vms[pending.vm].arena);
+                self.finish(Finished { pending, result, exec: start.elapsed() });
+            }
+        }
+        started
+    }
+
+    fn poll_executor(&mut self) -> usize {
+        if !self.busy {
+            return 0;
+        }
+        match self.executor.done.try_recv() {
+            Ok(finished) => {
+                self.busy = false;
+                self.finish(finished);
+                1
+            }
+            Err(TryRecvError::Empty) => 0,
+            Err(TryRecvError::Disconnected) => {
+                tracing::error!("Pool {}: executor thread died", self.pool);
+                self.busy = false;
+                0
+            }
+        }
+    }
+
+    fn finish(&mut self, f: Finished) {
+        let p = f.pending;
+        let port = &mut self.vms[p.vm];
+        port.in_flight = port.in_flight.saturating_sub(1);
+        let (status, error, out_len) = match f.result {
+            Ok(n) => (Status::Success, ErrorCode::None, n),
+            Err(e) => (Status::Error, e, 0),
+        };
+        let response = Response {
+            tag: p.tag,
+            status: status as u32,
+            error: error as u32,
+            out_len,
+            vm_id: port.identity.vm_id,
+            pool: port.identity.pool as u8,
+            priority: port.identity.priority as u8,
+            opcode: p.opcode,
+            label: p.label,
+            queued_ns: p.arrived.elapsed().saturating_sub(f.exec).as_nanos() as u64,
+            exec_ns: f.exec.as_nanos() as u64,
+        };
+        respond(self.pool, port, response, self.log_requests, &mut self.stats);
+    }
+
+    /// Retry parked responses; returns how many went out.
+    fn flush_parked(&mut self) -> usize {
+        let mut sent = 0;
+        for port in &mut self.vms {
+            while let Some(&r) = port.parked.front() {
+                match port.host.responses.push(r) {
+                    Ok(()) => {
+                        port.parked.pop_front();
+                        sent += 1;
+                    }
+                    Err(PushError::Full(_)) => break,
+                    Err(PushError::Poisoned(e)) => {
+                        isolate_responses(self.pool, port, &e);
+                        break;
+                    }
+                }
+            }
+        }
+        sent
+    }
+
+    fn stop(mut self) -> DispatcherStats {
+        if self.busy
+            && let Ok(finished) = self.executor.done.recv()
+        {
+            self.busy = false;
+            self.finish(finished);
+        }
+        let waiting: Vec<Pending> = self.queue.drain().map(|q| q.item).collect();
+        for pending in waiting {
+            self.finish(Finished {
+                pending,
+                result: Err(ErrorCode::ShuttingDown),
+                exec: Duration::ZERO,
+            });
+        }
+        self.flush_parked();
+        self.stats
+    }
+}
+
+fn mark_status(port: &VmPort, bit: u32) {
+    let status = port.region.host_status(0).unwrap_or(0);
+    let _ = port.region.set_host_status(0, status | bit);
+}
+
+fn isolate_responses(pool: char, port: &mut VmPort, e: &vgpu_ring::RingError) {
+    if !port.response_poisoned {
+        port.response_poisoned = true;
+        port.parked.clear();
+        tracing::warn!("Pool {pool}: vm{} response ring isolated: {e}", port.vm.id);
+        mark_status(port, SlotControl::RESPONSE_POISONED);
+    }
+}
+
+/// Validate a request just taken from `port`'s ring and queue it, or answer it with
+/// an error at once.
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    pool: char,
+    index: usize,
+    port: &mut VmPort,
+    queue: &mut PoolQueue<Pending>,
+    req: &Request,
+    now: Instant,
+    quota: u32,
+    log_requests: bool,
+    stats: &mut DispatcherStats,
+) {
+    let arena_size = port.region.geometry().arena_size;
+    let verdict = validate(req, &port.identity, arena_size).and_then(|job| {
+        if port.in_flight >= quota { Err(ErrorCode::QuotaExceeded) } else { Ok(job) }
+    });
+    match verdict {
+        Ok(job) => {
+            port.in_flight += 1;
+            let priority = port.identity.priority as u8;
+            queue.push(
+                priority,
+                now,
+                Pending {
+                    vm: index,
+                    tag: req.tag,
+                    opcode: req.opcode,
+                    label: req.label,
+                    job,
+                    arrived: now,
+                },
+            );
+            if log_requests {
+                tracing::info!(
+                    "[QUEUE] Pool {pool}: Added priority={priority}, vm={}, count={}",
+                    port.vm.id,
+                    queue.len()
+                );
+            }
+        }
+        Err(code) => {
+            if code == ErrorCode::IdentityMismatch {
+                tracing::warn!(
+                    "Pool {pool}: vm{} claimed pool {:?} priority {} vm {}; configured pool {} priority {}: refused",
+                    port.vm.id,
+                    char::from(req.pool),
+                    req.priority,
+                    req.vm_id,
+                    port.vm.pool,
+                    port.vm.priority
+                );
+            }
+            let response = Response {
+                tag: req.tag,
+                status: Status::Error as u32,
+                error: code as u32,
+                vm_id: port.identity.vm_id,
+                pool: port.identity.pool as u8,
+                priority: port.identity.priority as u8,
+                opcode: req.opcode,
+                label: req.label,
+                ..Response::default()
+            };
+            respond(pool, port, response, log_requests, stats);
+        }
+    }
+}
+
+/// Publish `response` to `port`, parking it if the ring is full (order is kept).
+fn respond(
+    pool: char,
+    port: &mut VmPort,
+    response: Response,
+    log_requests: bool,
+    stats: &mut DispatcherStats,
+) {
+    if response.status == Status::Success as u32 {
+        stats.succeeded += 1;
+    } else {
+        stats.failed += 1;
+    }
+    if log_requests {
+        tracing::info!(
+            "[RESPONSE] Sent to vm{}: {}",
+            port.vm.id,
+            vgpu_ring::response_text(&response)
+        );
+    }
+    if port.response_poisoned {
+        return;
+    }
+    if !port.parked.is_empty() {
+        port.parked.push_back(response);
+        return;
+    }
+    match port.host.responses.push(response) {
+        Ok(()) => {}
+        Err(PushError::Full(r)) => port.parked.push_back(r),
+        Err(PushError::Poisoned(e)) => isolate_responses(pool, port, &e),
+    }
+}

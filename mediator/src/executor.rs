@@ -1,0 +1,204 @@
+//! Executors run validated jobs on a slot's arena data. All of them sit behind
+//! [`Executor`]; the CPU executor is always built.
+
+use std::sync::Arc;
+use std::time::Duration;
+use vgpu_ring::{ErrorCode, Opcode, Region};
+
+/// A validated request: the operation and arena ranges that were checked against the
+/// slot's arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// The operation.
+    pub op: Opcode,
+    /// Its arguments.
+    pub args: [u32; 3],
+    /// Input range (offset, length) in the arena.
+    pub input: (u32, u32),
+    /// Output range (offset, capacity) in the arena.
+    pub output: (u32, u32),
+}
+
+impl Job {
+    /// Work this large or larger goes to the pool's executor thread; smaller jobs run
+    /// inline on the dispatcher (cheaper than a thread handoff).
+    pub const INLINE_LIMIT: u64 = 64 * 1024;
+
+    /// Whether the job is long enough to run off the dispatcher thread.
+    #[must_use]
+    pub fn is_long(&self) -> bool {
+        let [a, b, c] = self.args.map(u64::from);
+        match self.op {
+            Opcode::Noop => false,
+            Opcode::Sleep => a > 0,
+            Opcode::Echo => u64::from(self.input.1) >= Self::INLINE_LIMIT,
+            Opcode::VectorAdd | Opcode::Saxpy | Opcode::Dot => a * 8 >= Self::INLINE_LIMIT,
+            Opcode::Matmul => a * b * c >= Self::INLINE_LIMIT,
+        }
+    }
+}
+
+/// One slot's data arena, reached by copies.
+#[derive(Debug, Clone)]
+pub struct Arena {
+    region: Arc<Region>,
+    slot: u32,
+}
+
+impl Arena {
+    /// The arena of slot `slot` of `region`.
+    #[must_use]
+    pub fn new(region: Arc<Region>, slot: u32) -> Self {
+        Self { region, slot }
+    }
+
+    /// Copy `(offset, len)` out of the arena, once.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::BadRange`] if the range is outside the arena.
+    pub fn read(&self, (offset, len): (u32, u32)) -> Result<Vec<u8>, ErrorCode> {
+        let mut bytes = vec![0; len as usize];
+        self.region
+            .arena_read(self.slot, u64::from(offset), &mut bytes)
+            .map_err(|_| ErrorCode::BadRange)?;
+        Ok(bytes)
+    }
+
+    /// Read `(offset, len)` as little-endian f32s.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_f32s(&self, range: (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
+        let bytes = self.read(range)?;
+        let (chunks, _) = bytes.as_chunks::<4>();
+        Ok(chunks.iter().map(|c| f32::from_le_bytes(*c)).collect())
+    }
+
+    /// Copy `bytes` into the arena at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::BadRange`] if the range is outside the arena.
+    pub fn write(&self, offset: u32, bytes: &[u8]) -> Result<(), ErrorCode> {
+        self.region
+            .arena_write(self.slot, u64::from(offset), bytes)
+            .map_err(|_| ErrorCode::BadRange)
+    }
+
+    /// Write f32s little-endian at `offset`; returns the bytes written.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn write_f32s(&self, offset: u32, values: &[f32]) -> Result<u32, ErrorCode> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.write(offset, &bytes)?;
+        u32::try_from(bytes.len()).map_err(|_| ErrorCode::OutputTooSmall)
+    }
+}
+
+/// Something that runs jobs.
+pub trait Executor: Send {
+    /// Run `job` on `arena`; returns the number of output bytes written.
+    ///
+    /// # Errors
+    ///
+    /// The [`ErrorCode`] to answer with.
+    fn execute(&mut self, job: &Job, arena: &Arena) -> Result<u32, ErrorCode>;
+}
+
+/// Runs every operation on the CPU.
+#[derive(Debug, Default)]
+pub struct CpuExecutor;
+
+impl Executor for CpuExecutor {
+    fn execute(&mut self, job: &Job, arena: &Arena) -> Result<u32, ErrorCode> {
+        match job.op {
+            Opcode::Noop => Ok(0),
+            Opcode::Sleep => {
+                std::thread::sleep(Duration::from_micros(u64::from(job.args[0])));
+                Ok(0)
+            }
+            Opcode::Echo => {
+                let bytes = arena.read(job.input)?;
+                arena.write(job.output.0, &bytes)?;
+                Ok(job.input.1)
+            }
+            Opcode::VectorAdd => {
+                let data = arena.read_f32s(job.input)?;
+                let (a, b) = data.split_at(data.len() / 2);
+                arena.write_f32s(job.output.0, &vector_add(a, b))
+            }
+            Opcode::Saxpy => {
+                let data = arena.read_f32s(job.input)?;
+                let (x, y) = data.split_at(data.len() / 2);
+                arena.write_f32s(job.output.0, &saxpy(f32::from_bits(job.args[1]), x, y))
+            }
+            Opcode::Dot => {
+                let data = arena.read_f32s(job.input)?;
+                let (x, y) = data.split_at(data.len() / 2);
+                arena.write_f32s(job.output.0, &[dot(x, y)])
+            }
+            Opcode::Matmul => {
+                let [m, k, n] = job.args.map(|v| v as usize);
+                let data = arena.read_f32s(job.input)?;
+                let (a, b) = data.split_at(m * k);
+                arena.write_f32s(job.output.0, &matmul(a, b, m, k, n))
+            }
+        }
+    }
+}
+
+/// `a + b`, element-wise.
+#[must_use]
+pub fn vector_add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// `alpha * x + y`, element-wise.
+#[must_use]
+pub fn saxpy(alpha: f32, x: &[f32], y: &[f32]) -> Vec<f32> {
+    x.iter().zip(y).map(|(x, y)| alpha * x + y).collect()
+}
+
+/// `Σ x[i] * y[i]`, summed in order.
+#[must_use]
+pub fn dot(x: &[f32], y: &[f32]) -> f32 {
+    x.iter().zip(y).map(|(x, y)| x * y).sum()
+}
+
+/// `A (m×k) × B (k×n)`, row-major; each element summed in order of k.
+#[must_use]
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let aip = a[i * k + p];
+            for j in 0..n {
+                c[i * n + j] += aip * b[p * n + j];
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_match_hand_computed_values() {
+        assert_eq!(vector_add(&[1.0, 2.0], &[10.0, 20.0]), [11.0, 22.0]);
+        assert_eq!(saxpy(2.0, &[1.0, 2.0], &[0.5, 0.5]), [2.5, 4.5]);
+        assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+        // [1 2; 3 4] x [5 6; 7 8] = [19 22; 43 50]
+        assert_eq!(
+            matmul(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0], 2, 2, 2),
+            [19.0, 22.0, 43.0, 50.0]
+        );
+        // 1x3 times 3x1.
+        assert_eq!(matmul(&[1.0, 2.0, 3.0], &[1.0, 1.0, 1.0], 1, 3, 1), [6.0]);
+    }
+}

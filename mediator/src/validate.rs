@@ -1,0 +1,119 @@
+//! Checking a request copied out of shared memory. The guest is untrusted: everything
+//! it wrote is checked against the host's own configuration and the slot's arena.
+
+use crate::executor::Job;
+use vgpu_ring::{ErrorCode, OpShape, Opcode, Request, SlotIdentity};
+
+/// Turn a private copy of a request into a [`Job`], or the error to answer with.
+///
+/// # Errors
+///
+/// [`ErrorCode::IdentityMismatch`] if the request claims another pool, priority or VM
+/// id than the host configured for the slot; [`ErrorCode::UnknownOpcode`];
+/// [`ErrorCode::BadShape`]; [`ErrorCode::BadRange`] if a range leaves the arena;
+/// [`ErrorCode::OutputTooSmall`].
+pub fn validate(req: &Request, identity: &SlotIdentity, arena_size: u32) -> Result<Job, ErrorCode> {
+    if u32::from(req.pool) != identity.pool
+        || u32::from(req.priority) != identity.priority
+        || req.vm_id != identity.vm_id
+    {
+        return Err(ErrorCode::IdentityMismatch);
+    }
+    let op = Opcode::try_from(req.opcode).map_err(|_| ErrorCode::UnknownOpcode)?;
+    let shape = OpShape::of(op, req.args)?;
+    let input = (req.in_offset, req.in_len);
+    let output = (req.out_offset, req.out_len);
+    let uses_input = shape.input != Some(0);
+    let uses_output = shape.output != Some(0);
+    let inside =
+        |(offset, len): (u32, u32)| u64::from(offset) + u64::from(len) <= u64::from(arena_size);
+    if (uses_input && !inside(input)) || (uses_output && !inside(output)) {
+        return Err(ErrorCode::BadRange);
+    }
+    if let Some(want) = shape.input
+        && uses_input
+        && want != u64::from(req.in_len)
+    {
+        return Err(ErrorCode::BadShape);
+    }
+    let need_out = shape.output.unwrap_or(u64::from(req.in_len));
+    if u64::from(req.out_len) < need_out {
+        return Err(ErrorCode::OutputTooSmall);
+    }
+    Ok(Job { op, args: req.args, input, output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: SlotIdentity = SlotIdentity::new(7, b'A', 1);
+
+    fn req(op: Opcode, args: [u32; 3], input: (u32, u32), output: (u32, u32)) -> Request {
+        Request {
+            opcode: op as u16,
+            pool: b'A',
+            priority: 1,
+            vm_id: 7,
+            args,
+            in_offset: input.0,
+            in_len: input.1,
+            out_offset: output.0,
+            out_len: output.1,
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn accepts_well_formed_requests() {
+        let job =
+            validate(&req(Opcode::VectorAdd, [4, 0, 0], (0, 32), (32, 16)), &ID, 4096).unwrap();
+        assert_eq!(job.op, Opcode::VectorAdd);
+        assert!(
+            validate(&req(Opcode::Noop, [0; 3], (u32::MAX, u32::MAX), (0, 0)), &ID, 4096).is_ok()
+        );
+        assert!(validate(&req(Opcode::Matmul, [2, 3, 4], (0, 72), (100, 32)), &ID, 4096).is_ok());
+        assert!(validate(&req(Opcode::Echo, [0; 3], (0, 10), (10, 10)), &ID, 4096).is_ok());
+    }
+
+    #[test]
+    fn identity_must_match_the_host_configuration() {
+        let mut r = req(Opcode::Noop, [0; 3], (0, 0), (0, 0));
+        r.priority = 2;
+        assert_eq!(validate(&r, &ID, 4096), Err(ErrorCode::IdentityMismatch));
+        r.priority = 1;
+        r.pool = b'B';
+        assert_eq!(validate(&r, &ID, 4096), Err(ErrorCode::IdentityMismatch));
+        r.pool = b'A';
+        r.vm_id = 8;
+        assert_eq!(validate(&r, &ID, 4096), Err(ErrorCode::IdentityMismatch));
+    }
+
+    #[test]
+    fn rejects_bad_opcodes_shapes_and_ranges() {
+        let mut r = req(Opcode::Noop, [0; 3], (0, 0), (0, 0));
+        r.opcode = 99;
+        assert_eq!(validate(&r, &ID, 4096), Err(ErrorCode::UnknownOpcode));
+        let v = |op, args, i, o| validate(&req(op, args, i, o), &ID, 4096);
+        assert_eq!(v(Opcode::VectorAdd, [4, 0, 0], (4090, 32), (0, 16)), Err(ErrorCode::BadRange));
+        assert_eq!(
+            v(Opcode::VectorAdd, [4, 0, 0], (0, 32), (u32::MAX, 16)),
+            Err(ErrorCode::BadRange)
+        );
+        assert_eq!(v(Opcode::VectorAdd, [4, 0, 0], (0, 24), (32, 16)), Err(ErrorCode::BadShape));
+        assert_eq!(
+            v(Opcode::VectorAdd, [4, 0, 0], (0, 32), (32, 8)),
+            Err(ErrorCode::OutputTooSmall)
+        );
+        assert_eq!(v(Opcode::VectorAdd, [0, 0, 0], (0, 0), (0, 0)), Err(ErrorCode::BadShape));
+        assert_eq!(
+            v(Opcode::Matmul, [u32::MAX, u32::MAX, u32::MAX], (0, 8), (0, 8)),
+            Err(ErrorCode::BadShape)
+        );
+        assert_eq!(
+            v(Opcode::Sleep, [OpShape::MAX_SLEEP_US + 1, 0, 0], (0, 0), (0, 0)),
+            Err(ErrorCode::BadShape)
+        );
+        assert_eq!(v(Opcode::Echo, [0; 3], (0, 10), (10, 9)), Err(ErrorCode::OutputTooSmall));
+    }
+}
