@@ -53,7 +53,7 @@ struct Cli {
     #[arg(long, default_value_t = 1024)]
     n: u32,
     /// SAXPY: the scalar.
-    #[arg(long, default_value_t = 2.5)]
+    #[arg(long, default_value_t = 2.5, allow_negative_numbers = true)]
     a: f32,
     /// MATMUL: rows of A.
     #[arg(long, default_value_t = 16)]

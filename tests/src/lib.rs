@@ -4,6 +4,7 @@
 
 pub mod peer;
 pub mod stats;
+pub mod system;
 
 use anyhow::{Context, Result};
 use nix::sched::{CpuSet, sched_setaffinity};

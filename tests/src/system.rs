@@ -1,0 +1,292 @@
+//! A whole system on temporary files for the multi-process tests: a config, regions
+//! made by the real `ivshmem-setup`, the real `vgpu-mediator` with its log captured,
+//! and clients (the real `vgpu-client` or the library).
+
+use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+use vgpu_client::{Client, ClientOptions, Wait};
+use vgpu_ring::{Access, Region};
+
+/// The project's binaries, next to the running test's own directory
+/// (`target/<profile>/`). `cargo test --workspace` builds them.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `vgpu-mediator`.
+    pub mediator: PathBuf,
+    /// `vgpu-client`.
+    pub client: PathBuf,
+    /// `ivshmem-setup`.
+    pub setup: PathBuf,
+}
+
+impl Binaries {
+    /// Locate the binaries.
+    ///
+    /// # Panics
+    ///
+    /// If they are not built (run the tests with `cargo test --workspace`).
+    #[must_use]
+    pub fn locate() -> Self {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bin = |name: &str| {
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{} not built: run `cargo test --workspace` (or `cargo build --workspace`)",
+                path.display()
+            );
+            path
+        };
+        Self {
+            mediator: bin("vgpu-mediator"),
+            client: bin("vgpu-client"),
+            setup: bin("ivshmem-setup"),
+        }
+    }
+}
+
+/// One VM of a test system.
+#[derive(Debug, Clone, Copy)]
+pub struct Vm {
+    /// VM id.
+    pub id: u32,
+    /// Pool name.
+    pub pool: char,
+    /// Priority.
+    pub priority: u8,
+}
+
+/// A running system; the mediator is killed if the value is dropped without `stop`.
+pub struct System {
+    dir: tempfile::TempDir,
+    /// The binaries.
+    pub bin: Binaries,
+    config: PathBuf,
+    log: PathBuf,
+    mediator: Option<Child>,
+}
+
+/// Shorthand for a VM.
+#[must_use]
+pub const fn vm(id: u32, pool: char, priority: u8) -> Vm {
+    Vm { id, pool, priority }
+}
+
+/// Wait for `condition` to hold, polling every millisecond, up to `timeout`.
+///
+/// # Errors
+///
+/// Naming `what` when the time runs out.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+impl System {
+    /// Write a config with `pools` (name, extra TOML lines) and `vms`, plus
+    /// `mediator_toml` lines in `[mediator]`; create the regions; start the mediator and
+    /// wait until it has attached every region.
+    ///
+    /// # Errors
+    ///
+    /// If a step fails.
+    pub fn start(pools: &[(char, &str)], vms: &[Vm], mediator_toml: &str) -> Result<Self> {
+        let bin = Binaries::locate();
+        let dir = tempfile::tempdir()?;
+        let mut text = format!(
+            "[regions]\ndir = \"{}\"\nsize = \"256K\"\nring_entries = 64\narena_size = \"128K\"\n\
+             [mediator]\nheartbeat_interval_ms = 20\n{mediator_toml}\n",
+            dir.path().display()
+        );
+        for (name, extra) in pools {
+            let _ = writeln!(text, "[pools.{name}]\n{extra}");
+        }
+        for v in vms {
+            let _ = writeln!(
+                text,
+                "[[vm]]\nid = {}\npool = \"{}\"\npriority = {}",
+                v.id, v.pool, v.priority
+            );
+        }
+        let config = dir.path().join("vgpu.toml");
+        std::fs::write(&config, text)?;
+        let out = Command::new(&bin.setup).arg("create").arg("--config").arg(&config).output()?;
+        if !out.status.success() {
+            bail!("ivshmem-setup create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut system =
+            Self { log: dir.path().join("mediator.log"), dir, bin, config, mediator: None };
+        system.start_mediator(&[])?;
+        Ok(system)
+    }
+
+    /// Start (or restart) the mediator with extra arguments and wait until every region
+    /// shows its new session.
+    ///
+    /// # Errors
+    ///
+    /// If it does not start or attach.
+    pub fn start_mediator(&mut self, extra: &[&str]) -> Result<()> {
+        let vms = vgpu_config::Config::load(&self.config)?.vms;
+        let before: Vec<u64> = vms.iter().map(|v| self.epoch(v.id)).collect::<Result<_>>()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin.mediator)
+            .arg("--config")
+            .arg(&self.config)
+            .args(extra)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start vgpu-mediator")?;
+        self.mediator = Some(child);
+        wait_for("the mediator to attach every region", Duration::from_secs(20), || {
+            vms.iter()
+                .zip(&before)
+                .all(|(v, old)| self.epoch(v.id).is_ok_and(|e| e != 0 && e != *old))
+        })
+    }
+
+    fn epoch(&self, vm: u32) -> Result<u64> {
+        Ok(Region::open(&self.region(vm), Access::ReadOnly)?.epoch())
+    }
+
+    /// The temporary directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file.
+    #[must_use]
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// VM `vm`'s region file.
+    #[must_use]
+    pub fn region(&self, vm: u32) -> PathBuf {
+        self.dir.path().join(format!("vgpu-vm{vm}"))
+    }
+
+    /// A library client on VM `vm`'s region.
+    ///
+    /// # Errors
+    ///
+    /// If it cannot attach.
+    pub fn client(&self, vm: u32, wait: Wait) -> Result<Client> {
+        let options = ClientOptions {
+            region: Some(self.region(vm)),
+            wait,
+            timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        };
+        Ok(Client::attach(&options)?)
+    }
+
+    /// A `vgpu-client` command on VM `vm`'s region with `args`.
+    #[must_use]
+    pub fn client_command(&self, vm: u32, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin.client);
+        cmd.arg("--region").arg(self.region(vm)).args(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Run `vgpu-client` to completion.
+    ///
+    /// # Errors
+    ///
+    /// If it cannot be started.
+    pub fn run_client(&self, vm: u32, args: &[&str]) -> Result<Output> {
+        Ok(self.client_command(vm, args).output()?)
+    }
+
+    /// The mediator's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log lines containing `marker` (e.g. `[PROCESS]`), from the marker on.
+    #[must_use]
+    pub fn lines(&self, marker: &str) -> Vec<String> {
+        self.log().lines().filter_map(|l| l.find(marker).map(|i| l[i..].to_owned())).collect()
+    }
+
+    /// Wait until the log has at least `n` lines containing `marker`.
+    ///
+    /// # Errors
+    ///
+    /// On timeout.
+    pub fn wait_lines(&self, marker: &str, n: usize) -> Result<()> {
+        wait_for(&format!("{n} log lines with {marker:?}"), Duration::from_secs(20), || {
+            self.lines(marker).len() >= n
+        })
+    }
+
+    /// The mediator's process id.
+    #[must_use]
+    pub fn mediator_pid(&self) -> Option<u32> {
+        self.mediator.as_ref().map(Child::id)
+    }
+
+    /// Whether the mediator is still running.
+    pub fn mediator_running(&mut self) -> bool {
+        self.mediator.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The mediator's resident memory, in KiB.
+    #[must_use]
+    pub fn mediator_rss_kib(&self) -> Option<u64> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.mediator_pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Stop the mediator with SIGTERM and return its exit status.
+    ///
+    /// # Errors
+    ///
+    /// If it is not running or does not stop within 20 s.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self.mediator.take().context("mediator not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("mediator did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.mediator.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

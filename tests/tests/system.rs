@@ -1,0 +1,295 @@
+//! The original guide's scenarios and the mediator's guarantees, with the real binaries
+//! as separate processes on real region files.
+
+use std::time::{Duration, Instant};
+use vgpu_client::{Call, Wait};
+use vgpu_ring::{ErrorCode, Opcode, Request, Status, encode_label, guest_endpoints};
+use vgpu_tests::system::{System, vm, wait_for};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `[PROCESS]` lines' `vm=N` values for commands starting with `prefix`.
+fn processed(system: &System, prefix: &str) -> Vec<u32> {
+    system
+        .lines("[PROCESS]")
+        .iter()
+        .filter(|l| l.contains(&format!("command={prefix}")))
+        .filter_map(|l| l.split("vm=").nth(1)?.split(',').next()?.parse().ok())
+        .collect()
+}
+
+/// The guide's priority test, made deterministic: the pool is kept busy by a SLEEP, so
+/// the three requests are all queued before any runs.
+#[test]
+fn priority_scenario_processes_high_medium_low() {
+    let mut system = System::start(
+        &[('A', "")],
+        &[vm(1, 'A', 0), vm(2, 'A', 2), vm(3, 'A', 1), vm(9, 'A', 0)],
+        "",
+    )
+    .unwrap();
+    let busy = system.client_command(9, &["SLEEP", "--us", "1500000"]).spawn().unwrap();
+    system.wait_lines("command=SLEEP", 1).unwrap();
+    let mut clients = Vec::new();
+    for (vm, command) in [(1, "TEST_LOW"), (2, "TEST_HIGH"), (3, "TEST_MEDIUM")] {
+        clients.push((vm, command, system.client_command(vm, &[command]).spawn().unwrap()));
+        system.wait_lines("[QUEUE]", clients.len() + 1).unwrap();
+    }
+    assert!(processed(&system, "TEST_").is_empty(), "the SLEEP ended before all three were queued");
+    for (vm, command, child) in clients {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "vm{vm}: {}", stdout(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("Response: 1:Pool A processed: {command} (prio=")),
+            "{text}"
+        );
+        assert!(text.contains("✅ SUCCESS!"));
+    }
+    assert!(busy.wait_with_output().unwrap().status.success());
+    assert_eq!(processed(&system, "TEST_"), [2, 3, 1]);
+    assert!(system.stop().unwrap().success());
+}
+
+/// Pools are independent: both answered when submitting together, and pool B's round
+/// trip is unaffected by a backlog of long jobs in pool A.
+#[test]
+fn pools_do_not_interfere() {
+    let mut system =
+        System::start(&[('A', ""), ('B', "")], &[vm(1, 'A', 1), vm(2, 'B', 1)], "").unwrap();
+    let a = system.client_command(1, &["VECTOR_ADD"]).spawn().unwrap();
+    let b = system.client_command(2, &["VECTOR_ADD"]).spawn().unwrap();
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+
+    let mut pool_b = system.client(2, Wait::Spin).unwrap();
+    let mut round_trips = |client: &mut vgpu_client::Client| -> Vec<Duration> {
+        (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                client.noop("PING").unwrap();
+                start.elapsed()
+            })
+            .collect()
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (unloaded, _) = median(round_trips(&mut pool_b));
+    // Flood pool A with 200 ms jobs, several queued.
+    let mut pool_a = system.client(1, Wait::default()).unwrap();
+    let sleeps: Vec<_> = (0..4)
+        .map(|_| {
+            pool_a
+                .submit(&Call {
+                    op: Opcode::Sleep,
+                    label: "SLEEP",
+                    args: [200_000, 0, 0],
+                    input: &[],
+                    output_len: 0,
+                })
+                .unwrap()
+        })
+        .collect();
+    system.wait_lines("command=SLEEP", 1).unwrap();
+    let (loaded, worst) = median(round_trips(&mut pool_b));
+    eprintln!(
+        "pool B NOOP round trip: unloaded median {unloaded:?}, with pool A flooded median {loaded:?} (worst {worst:?})"
+    );
+    // Not a timing benchmark: pool B never waited behind a 200 ms job of pool A.
+    assert!(worst < Duration::from_millis(200), "pool B waited behind pool A: {worst:?}");
+    assert_eq!(processed(&system, "SLEEP").len(), 1, "pool A still busy while B was measured");
+    for t in sleeps {
+        assert!(pool_a.wait(t, Duration::from_secs(10)).unwrap().succeeded());
+    }
+}
+
+/// Requests of equal priority from several VMs are processed in arrival order.
+#[test]
+fn fifo_within_one_priority() {
+    let system = System::start(
+        &[('A', "")],
+        &[vm(1, 'A', 1), vm(2, 'A', 1), vm(3, 'A', 1), vm(9, 'A', 1)],
+        "",
+    )
+    .unwrap();
+    let mut clients: Vec<_> =
+        [1, 2, 3].iter().map(|&v| system.client(v, Wait::default()).unwrap()).collect();
+    let mut busy = system.client(9, Wait::default()).unwrap();
+    let sleep = busy
+        .submit(&Call {
+            op: Opcode::Sleep,
+            label: "SLEEP",
+            args: [800_000, 0, 0],
+            input: &[],
+            output_len: 0,
+        })
+        .unwrap();
+    system.wait_lines("command=SLEEP", 1).unwrap();
+    let mut tickets = Vec::new();
+    let mut order = Vec::new();
+    for i in 0..9 {
+        let v = [2, 0, 1, 1, 2, 0, 0, 1, 2][i];
+        let label = format!("F{i}");
+        tickets.push((v, clients[v].submit(&Call::noop(&label)).unwrap()));
+        order.push(v as u32 + 1);
+        system.wait_lines("[QUEUE]", i + 2).unwrap();
+    }
+    assert!(processed(&system, "F").is_empty(), "the SLEEP ended before all were queued");
+    for (v, t) in tickets {
+        assert!(clients[v].wait(t, Duration::from_secs(10)).unwrap().succeeded());
+    }
+    assert!(busy.wait(sleep, Duration::from_secs(10)).unwrap().succeeded());
+    let labels: Vec<String> = system
+        .lines("[PROCESS]")
+        .iter()
+        .filter_map(|l| {
+            l.split("command=").nth(1).filter(|c| c.starts_with('F')).map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(labels, (0..9).map(|i| format!("F{i}")).collect::<Vec<_>>());
+    assert_eq!(processed(&system, "F"), order);
+}
+
+/// Under a sustained flood of priority-2 work, a priority-0 request overtakes the flood
+/// in an aging pool and waits for the flood's end in a strict one.
+#[test]
+fn aging_lets_low_priority_through_strict_does_not() {
+    let pools = [('A', "policy = \"strict\""), ('B', "policy = \"aging\"\naging_interval_ms = 30")];
+    let system =
+        System::start(&pools, &[vm(1, 'A', 2), vm(2, 'A', 0), vm(3, 'B', 2), vm(4, 'B', 0)], "")
+            .unwrap();
+    for (high, low) in [(1u32, 2u32), (3, 4)] {
+        let mut flooder = system.client(high, Wait::default()).unwrap();
+        let mut lowly = system.client(low, Wait::default()).unwrap();
+        let job = Call {
+            op: Opcode::Sleep,
+            label: "FLOOD",
+            args: [10_000, 0, 0],
+            input: &[],
+            output_len: 0,
+        };
+        // Keep 4 jobs in flight for 60 jobs (about 0.6 s of work).
+        let mut in_flight: std::collections::VecDeque<_> =
+            (0..4).map(|_| flooder.submit(&job).unwrap()).collect();
+        system.wait_lines(&format!("vm={high}, priority=2, command=FLOOD"), 1).unwrap();
+        let low_ticket = lowly.submit(&Call::noop("LOWLY")).unwrap();
+        let mut sent = 4;
+        while let Some(t) = in_flight.pop_front() {
+            assert!(flooder.wait(t, Duration::from_secs(10)).unwrap().succeeded());
+            if sent < 60 {
+                in_flight.push_back(flooder.submit(&job).unwrap());
+                sent += 1;
+            }
+        }
+        assert!(lowly.wait(low_ticket, Duration::from_secs(10)).unwrap().succeeded());
+    }
+    let process = system.lines("[PROCESS]");
+    let position = |vm: u32, what: &str| -> Vec<usize> {
+        process
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(&format!("vm={vm},")) && l.contains(what))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let strict_low = position(2, "LOWLY")[0];
+    let strict_last_flood = *position(1, "FLOOD").last().unwrap();
+    assert!(strict_low > strict_last_flood, "strict: low priority must wait for the flood");
+    let aging_low = position(4, "LOWLY")[0];
+    let aging_floods_after = position(3, "FLOOD").iter().filter(|&&i| i > aging_low).count();
+    assert!(
+        aging_floods_after > 10,
+        "aging: low priority ran before the flood ended ({aging_floods_after} flood jobs after it)"
+    );
+}
+
+/// A guest cannot raise its own priority: a request claiming priority 2 from a slot
+/// configured 0 is answered with an error and logged.
+#[test]
+fn a_false_priority_claim_is_refused() {
+    let system = System::start(&[('A', "")], &[vm(5, 'A', 0)], "").unwrap();
+    let region = std::sync::Arc::new(
+        vgpu_ring::Region::open(&system.region(5), vgpu_ring::Access::ReadWrite).unwrap(),
+    );
+    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let claim = Request {
+        tag: 77,
+        opcode: Opcode::Noop as u16,
+        pool: b'A',
+        priority: 2,
+        vm_id: 5,
+        label: encode_label("TEST_HIGH"),
+        ..Request::default()
+    };
+    guest.requests.push(claim).unwrap();
+    let mut response = None;
+    wait_for("the answer", Duration::from_secs(10), || {
+        response = guest.responses.pop().unwrap();
+        response.is_some()
+    })
+    .unwrap();
+    let response = response.unwrap();
+    assert_eq!(
+        (response.tag, response.status, response.error),
+        (77, Status::Error as u32, ErrorCode::IdentityMismatch as u32)
+    );
+    assert_eq!(response.priority, 0, "the response carries the configured priority");
+    system.wait_lines("claimed pool 'A' priority 2", 1).unwrap();
+    assert!(system.lines("[PROCESS]").is_empty());
+}
+
+#[test]
+fn sigterm_stops_the_mediator_cleanly() {
+    let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let out = system.run_client(1, &["NOOP"]).unwrap();
+    assert!(out.status.success());
+    let status = system.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(system.log().contains("Pool A: 1 succeeded, 0 failed"), "{}", system.log());
+}
+
+/// Every operation through the real CLI: the client checks each result against its own
+/// local computation and exits non-zero on a mismatch.
+#[test]
+fn every_operation_through_the_cli() {
+    let system = System::start(&[('A', "")], &[vm(1, 'A', 2)], "").unwrap();
+    let cases: [&[&str]; 9] = [
+        &["NOOP"],
+        &["ECHO", "--bytes", "1000"],
+        &["SLEEP", "--us", "1000"],
+        &["VECTOR_ADD", "--n", "4096"],
+        &["SAXPY", "--n", "777", "--a", "-1.5"],
+        &["DOT", "--n", "5000"],
+        &["MATMUL", "--m", "17", "--k", "9", "--n", "13"],
+        &["MATMUL", "--m", "64", "--k", "64", "--n", "64"],
+        &["TEST_HIGH"],
+    ];
+    for args in cases {
+        let out = system.run_client(1, args).unwrap();
+        let text = stdout(&out);
+        assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("✅ SUCCESS!"), "{text}");
+    }
+    // A request the mediator refuses exits 1 with the error shown.
+    let out = system.run_client(1, &["VECTOR_ADD", "--n", "200000"]).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+}
+
+/// Killing a client mid-request leaves the mediator serving, and a new client on the
+/// same region works (the stale answer is not mistaken for its own).
+#[test]
+fn a_crashed_client_does_not_disturb_the_mediator() {
+    let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let mut victim = system.client_command(1, &["SLEEP", "--us", "300000"]).spawn().unwrap();
+    system.wait_lines("command=SLEEP", 1).unwrap();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let out = system.run_client(1, &["--wait-slot", "VECTOR_ADD"]).unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(system.mediator_running());
+    assert!(system.stop().unwrap().success());
+}
