@@ -57,7 +57,7 @@ fn priority_scenario_processes_high_medium_low() {
 /// trip is unaffected by a backlog of long jobs in pool A.
 #[test]
 fn pools_do_not_interfere() {
-    let mut system =
+    let system =
         System::start(&[('A', ""), ('B', "")], &[vm(1, 'A', 1), vm(2, 'B', 1)], "").unwrap();
     let a = system.client_command(1, &["VECTOR_ADD"]).spawn().unwrap();
     let b = system.client_command(2, &["VECTOR_ADD"]).spawn().unwrap();
@@ -65,7 +65,7 @@ fn pools_do_not_interfere() {
     assert!(b.wait_with_output().unwrap().status.success());
 
     let mut pool_b = system.client(2, Wait::Spin).unwrap();
-    let mut round_trips = |client: &mut vgpu_client::Client| -> Vec<Duration> {
+    let round_trips = |client: &mut vgpu_client::Client| -> Vec<Duration> {
         (0..200)
             .map(|_| {
                 let start = Instant::now();
