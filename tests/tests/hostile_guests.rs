@@ -1,0 +1,202 @@
+//! Hostile guests against the real mediator: garbage over a slot, a guest that stops
+//! reading responses, a flood past the quota. Honest VMs must not notice.
+//!
+//! `VGPU_LONG=1` runs the garbage test for 20 s instead of 3 s.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use vgpu_client::{Call, Wait};
+use vgpu_ring::{
+    Access, ErrorCode, Opcode, PushError, Region, Request, Response, Status, encode_label,
+    guest_endpoints,
+};
+use vgpu_tests::system::{System, vm, wait_for};
+
+fn long() -> bool {
+    std::env::var_os("VGPU_LONG").is_some()
+}
+
+fn noop(tag: u32, vm_id: u32, priority: u8) -> Request {
+    Request {
+        tag,
+        opcode: Opcode::Noop as u16,
+        pool: b'A',
+        priority,
+        vm_id,
+        label: encode_label("RAW"),
+        ..Request::default()
+    }
+}
+
+#[test]
+fn random_bytes_over_a_slot_leave_honest_vms_and_other_regions_untouched() {
+    let mut system = System::start(
+        &[('A', ""), ('B', "")],
+        &[vm(1, 'A', 0), vm(2, 'A', 1), vm(3, 'B', 1), vm(4, 'B', 0)],
+        "",
+    )
+    .unwrap();
+    let watched = std::fs::read(system.region(4)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = if long() { Duration::from_secs(20) } else { Duration::from_secs(3) };
+
+    let hostile = {
+        let path = system.region(1);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let len = file.metadata().unwrap().len();
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Mostly the slot's control page (identity, indices) and rings, sometimes
+                // anywhere in the region, header included.
+                let span = if x % 4 == 0 { len } else { 4096 + 2 * 64 * 64 };
+                let offset = (x >> 8) % (span - 8);
+                let offset = if x % 4 == 0 { offset } else { 4096 + offset };
+                file.write_all_at(&x.to_le_bytes(), offset.min(len - 8)).unwrap();
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let honest: Vec<_> = [2u32, 3]
+        .into_iter()
+        .map(|id| {
+            let mut client = system.client(id, Wait::default()).unwrap();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut done = 0u64;
+                let a: Vec<f32> = (0..256).map(|i| i as f32).collect();
+                let b: Vec<f32> = (0..256).map(|i| (i * 3) as f32).collect();
+                let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(
+                        client.vector_add(&a, &b).unwrap(),
+                        want,
+                        "vm{id} got a wrong result"
+                    );
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let writes = hostile.join().unwrap();
+    let answered: Vec<u64> = honest.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("hostile writes: {writes}; honest requests answered correctly: {answered:?}");
+    assert!(answered.iter().all(|&n| n > 0));
+    assert!(system.mediator_running(), "the mediator died");
+    // The idle region changed only in the header's heartbeat (bytes 136..144).
+    let after = std::fs::read(system.region(4)).unwrap();
+    let changed: Vec<usize> = watched
+        .iter()
+        .zip(&after)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        changed.iter().all(|i| (136..144).contains(i)),
+        "bytes outside the heartbeat changed: {:?}",
+        &changed[..changed.len().min(8)]
+    );
+    let log = system.log();
+    assert!(
+        log.contains("vm1 request ring isolated")
+            || log.contains("vm1 claimed")
+            || log.contains("vm1 response ring isolated"),
+        "the hostile VM was neither refused nor isolated"
+    );
+    // The mediator still serves the honest VMs after the attack, and stops cleanly.
+    assert!(system.run_client(3, &["VECTOR_ADD"]).unwrap().status.success());
+    assert!(system.stop().unwrap().success());
+}
+
+#[test]
+fn a_guest_that_stops_reading_responses_only_blocks_itself() {
+    let system = System::start(&[('A', "")], &[vm(1, 'A', 0), vm(2, 'A', 0)], "").unwrap();
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
+    let mut guest = guest_endpoints(&region, 0).unwrap();
+    // Push until the request ring stays full: the responses ring (64) and the parked
+    // responses (64) fill, then the mediator stops taking this VM's requests.
+    let mut tag = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut full_since: Option<Instant> = None;
+    loop {
+        match guest.requests.push(noop(tag, 1, 0)) {
+            Ok(()) => {
+                tag += 1;
+                full_since = None;
+            }
+            Err(PushError::Full(_)) => {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            Err(PushError::Poisoned(e)) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "the mediator kept taking requests");
+    }
+    assert!(tag >= 64 * 3, "only {tag} requests pushed");
+    // Another VM of the same pool is served meanwhile.
+    assert!(system.run_client(2, &["NOOP"]).unwrap().status.success());
+    // Reading now yields every answer, in order, none lost.
+    let mut next = 0;
+    wait_for("every parked answer", Duration::from_secs(20), || {
+        while let Some(r) = guest.responses.pop().unwrap() {
+            assert_eq!((r.tag, r.status), (next, Status::Success as u32));
+            next += 1;
+        }
+        next == tag
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_flood_past_the_quota_is_refused_and_others_are_served() {
+    let system = System::start(
+        &[('A', "")],
+        &[vm(1, 'A', 1), vm(2, 'A', 1), vm(9, 'A', 2)],
+        "max_queued_per_vm = 4",
+    )
+    .unwrap();
+    let mut busy = system.client(9, Wait::default()).unwrap();
+    let sleep = busy
+        .submit(&Call {
+            op: Opcode::Sleep,
+            label: "SLEEP",
+            args: [400_000, 0, 0],
+            input: &[],
+            output_len: 0,
+        })
+        .unwrap();
+    system.wait_lines("command=SLEEP", 1).unwrap();
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
+    let mut guest = guest_endpoints(&region, 0).unwrap();
+    for tag in 0..20 {
+        guest.requests.push(noop(tag, 1, 1)).unwrap();
+    }
+    let mut answers: Vec<Response> = Vec::new();
+    wait_for("20 answers", Duration::from_secs(20), || {
+        while let Some(r) = guest.responses.pop().unwrap() {
+            answers.push(r);
+        }
+        answers.len() == 20
+    })
+    .unwrap();
+    let refused = answers.iter().filter(|r| r.error == ErrorCode::QuotaExceeded as u32).count();
+    let ok = answers.iter().filter(|r| r.status == Status::Success as u32).count();
+    assert_eq!((ok, refused), (4, 16), "{answers:?}");
+    assert!(system.run_client(2, &["NOOP"]).unwrap().status.success());
+    assert!(busy.wait(sleep, Duration::from_secs(10)).unwrap().succeeded());
+}
