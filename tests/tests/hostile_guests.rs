@@ -56,9 +56,10 @@ fn random_bytes_over_a_slot_leave_honest_vms_and_other_regions_untouched() {
                 x ^= x << 17;
                 // Mostly the slot's control page (identity, indices) and rings, sometimes
                 // anywhere in the region, header included.
-                let span = if x % 4 == 0 { len } else { 4096 + 2 * 64 * 64 };
+                let anywhere = x.is_multiple_of(4);
+                let span = if anywhere { len } else { 4096 + 2 * 64 * 64 };
                 let offset = (x >> 8) % (span - 8);
-                let offset = if x % 4 == 0 { offset } else { 4096 + offset };
+                let offset = if anywhere { offset } else { 4096 + offset };
                 file.write_all_at(&x.to_le_bytes(), offset.min(len - 8)).unwrap();
                 writes += 1;
             }
