@@ -293,3 +293,32 @@ fn a_crashed_client_does_not_disturb_the_mediator() {
     assert!(system.mediator_running());
     assert!(system.stop().unwrap().success());
 }
+
+/// The client reads its identity from an image made by `ivshmem-setup stub`, and says
+/// so when it disagrees with the host's copy (which the mediator enforces).
+#[test]
+fn client_identity_from_an_ivshmem_setup_stub_image() {
+    let system = System::start(&[('A', "")], &[vm(100, 'A', 2)], "").unwrap();
+    let stub = system.dir().join("stub.bin");
+    let make = |priority: &str| {
+        let out = std::process::Command::new(&system.bin.setup)
+            .args(["stub", "--vm", "100", "--pool", "A", "--priority", priority, "--out"])
+            .arg(&stub)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    make("2");
+    let out = system.run_client(100, &["--stub", stub.to_str().unwrap(), "VECTOR_ADD"]).unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("  Pool ID:  A\n  Priority: 2 (high)\n  VM ID:    100\n"), "{text}");
+    assert!(text.contains("Sent request: A:2:100:VECTOR_ADD"), "{text}");
+    assert!(text.contains("Response: 1:Pool A processed: VECTOR_ADD (prio=2, vm=100)"), "{text}");
+    make("0");
+    let out = system.run_client(100, &["--stub", stub.to_str().unwrap(), "NOOP"]).unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vgpu-stub says vm 100 pool A priority 0")
+    );
+}
