@@ -7,9 +7,11 @@
 //! - [`executor`]: the [`Executor`](executor::Executor) trait and the CPU executor.
 //! - [`dispatcher`]: a pool's dispatcher thread.
 //! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
+//! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod daemon;
 pub mod dispatcher;
 pub mod executor;

@@ -63,11 +63,26 @@ pub struct Vm {
     pub priority: u8,
 }
 
+/// How a system's mediator is started and its regions created.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    /// The real binaries: `ivshmem-setup create` and `vgpu-mediator`.
+    Binaries(Binaries),
+    /// A program that runs the mediator's command line when given `flag` first (the
+    /// demo re-executing itself); regions are created with the same library
+    /// `ivshmem-setup` uses.
+    SelfHosted {
+        /// The program.
+        program: PathBuf,
+        /// Its first argument.
+        flag: String,
+    },
+}
+
 /// A running system; the mediator is killed if the value is dropped without `stop`.
 pub struct System {
     dir: tempfile::TempDir,
-    /// The binaries.
-    pub bin: Binaries,
+    launcher: Launcher,
     config: PathBuf,
     log: PathBuf,
     mediator: Option<Child>,
@@ -104,7 +119,20 @@ impl System {
     ///
     /// If a step fails.
     pub fn start(pools: &[(char, &str)], vms: &[Vm], mediator_toml: &str) -> Result<Self> {
-        let bin = Binaries::locate();
+        Self::start_with(Launcher::Binaries(Binaries::locate()), pools, vms, mediator_toml)
+    }
+
+    /// [`start`](Self::start) with another launcher.
+    ///
+    /// # Errors
+    ///
+    /// If a step fails.
+    pub fn start_with(
+        launcher: Launcher,
+        pools: &[(char, &str)],
+        vms: &[Vm],
+        mediator_toml: &str,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut text = format!(
             "[regions]\ndir = \"{}\"\nsize = \"256K\"\nring_entries = 64\narena_size = \"128K\"\n\
@@ -123,12 +151,29 @@ impl System {
         }
         let config = dir.path().join("vgpu.toml");
         std::fs::write(&config, text)?;
-        let out = Command::new(&bin.setup).arg("create").arg("--config").arg(&config).output()?;
-        if !out.status.success() {
-            bail!("ivshmem-setup create failed: {}", String::from_utf8_lossy(&out.stderr));
+        match &launcher {
+            Launcher::Binaries(bin) => {
+                let out =
+                    Command::new(&bin.setup).arg("create").arg("--config").arg(&config).output()?;
+                if !out.status.success() {
+                    bail!("ivshmem-setup create failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            Launcher::SelfHosted { .. } => {
+                let parsed = vgpu_config::Config::load(&config)?;
+                for vm in &parsed.vms {
+                    Region::create(
+                        &vm.region,
+                        parsed.region_size,
+                        parsed.geometry,
+                        &[vm.identity()],
+                        false,
+                    )?;
+                }
+            }
         }
         let mut system =
-            Self { log: dir.path().join("mediator.log"), dir, bin, config, mediator: None };
+            Self { log: dir.path().join("mediator.log"), dir, launcher, config, mediator: None };
         system.start_mediator(&[])?;
         Ok(system)
     }
@@ -143,7 +188,15 @@ impl System {
         let vms = vgpu_config::Config::load(&self.config)?.vms;
         let before: Vec<u64> = vms.iter().map(|v| self.epoch(v.id)).collect::<Result<_>>()?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(&self.bin.mediator)
+        let mut command = match &self.launcher {
+            Launcher::Binaries(bin) => Command::new(&bin.mediator),
+            Launcher::SelfHosted { program, flag } => {
+                let mut c = Command::new(program);
+                c.arg(flag);
+                c
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .args(extra)
@@ -196,10 +249,27 @@ impl System {
         Ok(Client::attach(&options)?)
     }
 
+    /// The real binaries.
+    ///
+    /// # Panics
+    ///
+    /// If the system was started with [`Launcher::SelfHosted`].
+    #[must_use]
+    pub fn binaries(&self) -> &Binaries {
+        match &self.launcher {
+            Launcher::Binaries(bin) => bin,
+            Launcher::SelfHosted { .. } => panic!("this system runs without the separate binaries"),
+        }
+    }
+
     /// A `vgpu-client` command on VM `vm`'s region with `args`.
+    ///
+    /// # Panics
+    ///
+    /// As [`binaries`](Self::binaries).
     #[must_use]
     pub fn client_command(&self, vm: u32, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin.client);
+        let mut cmd = Command::new(&self.binaries().client);
         cmd.arg("--region").arg(self.region(vm)).args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd

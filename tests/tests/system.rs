@@ -301,7 +301,7 @@ fn client_identity_from_an_ivshmem_setup_stub_image() {
     let system = System::start(&[('A', "")], &[vm(100, 'A', 2)], "").unwrap();
     let stub = system.dir().join("stub.bin");
     let make = |priority: &str| {
-        let out = std::process::Command::new(&system.bin.setup)
+        let out = std::process::Command::new(&system.binaries().setup)
             .args(["stub", "--vm", "100", "--pool", "A", "--priority", priority, "--out"])
             .arg(&stub)
             .output()
