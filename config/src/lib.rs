@@ -397,7 +397,7 @@ impl Config {
                 n => n,
             },
             idle_spin: Duration::from_micros(m.idle_spin_us.unwrap_or(100)),
-            max_idle_sleep: Duration::from_micros(match m.max_idle_sleep_us.unwrap_or(50) {
+            max_idle_sleep: Duration::from_micros(match m.max_idle_sleep_us.unwrap_or(10_000) {
                 0 => return Err(invalid("mediator.max_idle_sleep_us", "must be positive")),
                 n => n,
             }),

@@ -24,8 +24,8 @@ mod sync;
 pub use heap::{HeapRing, heap_ring};
 pub use layout::{Request, Response, SlotControl, SlotIdentity, decode_label, encode_label};
 pub use mapped::{
-    GuestEndpoints, HostEndpoints, MappedRing, RequestConsumer, RequestProducer, ResponseConsumer,
-    ResponseProducer, guest_endpoints, host_endpoints,
+    GuestEndpoints, HeadWatch, HostEndpoints, MappedRing, RequestConsumer, RequestProducer,
+    ResponseConsumer, ResponseProducer, guest_endpoints, host_endpoints,
 };
 pub use protocol::{
     ErrorCode, MAX_PRIORITY, OpShape, Opcode, Status, priority_name, response_text,

@@ -196,3 +196,34 @@ pub fn host_endpoints(region: &Arc<Region>, slot: u32) -> Result<HostEndpoints, 
         responses: Producer::new(MappedRing::new(region, slot, RingKind::Response)?),
     })
 }
+
+/// A cheap, read-only view of one ring's producer index, for a host polling many
+/// rings: loading it touches only the index's own cache line, so an idle VM costs one
+/// load per pass. Keeps the region mapped.
+#[derive(Debug, Clone)]
+pub struct HeadWatch {
+    head: *const AtomicU32,
+    _region: Arc<Region>,
+}
+
+// SAFETY: the pointer targets an atomic in a mapping kept alive by the Arc; it is only
+// loaded atomically, so sharing or moving the watch across threads is sound.
+unsafe impl Send for HeadWatch {}
+
+impl HeadWatch {
+    /// The producer index now (Relaxed: a hint only; the consumer's own Acquire load
+    /// orders the entries before they are read).
+    #[must_use]
+    pub fn load(&self) -> u32 {
+        // SAFETY: checked when the ring was built, kept alive by `_region`.
+        unsafe { &*self.head }.load(Ordering::Relaxed)
+    }
+}
+
+impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
+    /// A [`HeadWatch`] on this ring's producer index.
+    #[must_use]
+    pub fn head_watch(&self) -> HeadWatch {
+        HeadWatch { head: self.head, _region: Arc::clone(&self.region) }
+    }
+}

@@ -7,21 +7,21 @@
 //!
 //! `cargo bench -p vgpu-tests --bench ring` (add `-- --quick` for a short run).
 
-use anyhow::{Context, Result, bail};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
+use anyhow::{Result, bail};
 use std::path::Path;
-use std::process::{Child, Command};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vgpu_ring::{Geometry, PushError, Region, Request, SlotIdentity, guest_endpoints, spin_hint};
-use vgpu_tests::peer::{MESSAGE_SIZE, message};
+use vgpu_ring::{PushError, guest_endpoints, spin_hint};
+use vgpu_tests::baseline::{Counts, Peer, bench_region, finish, ring_round_trips, uds_round_trips};
+use vgpu_tests::peer::message;
 use vgpu_tests::pin_to_core;
-use vgpu_tests::stats::{Summary, latency_histogram};
 
 const PEER: &str = env!("CARGO_BIN_EXE_ring-peer");
 const PARENT_CORE: usize = 0;
 const CHILD_CORE: usize = 1;
+
+fn peer() -> Peer {
+    Peer { exe: PEER.into(), core: CHILD_CORE }
+}
 
 struct Params {
     throughput_messages: u64,
@@ -30,37 +30,10 @@ struct Params {
     warmup: u64,
 }
 
-fn create_region(dir: &Path) -> Result<Arc<Region>> {
-    let geometry = Geometry { slot_count: 1, ring_entries: 256, arena_size: 4096 };
-    let path = dir.join("bench-region");
-    let _ = std::fs::remove_file(&path);
-    Ok(Arc::new(Region::create(&path, 1 << 16, geometry, &[SlotIdentity::new(1, b'A', 0)], false)?))
-}
-
-fn spawn(role: &str, path: &Path, count: u64) -> Result<Child> {
-    Command::new(PEER)
-        .args([
-            role,
-            path.to_str().context("utf-8 path")?,
-            &count.to_string(),
-            &CHILD_CORE.to_string(),
-        ])
-        .spawn()
-        .context("spawn ring-peer")
-}
-
-fn finish(mut child: Child) -> Result<()> {
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("peer failed: {status}");
-    }
-    Ok(())
-}
-
 /// Messages per second for one run of `count` messages, batched publish.
 fn throughput_run(dir: &Path, count: u64) -> Result<f64> {
-    let region = create_region(dir)?;
-    let child = spawn("consume", region.path(), count)?;
+    let region = bench_region(dir, "throughput-region")?;
+    let child = peer().spawn("consume", region.path(), count)?;
     let mut guest = guest_endpoints(&region, 0)?;
     // Let the child map and pin before the clock starts.
     std::thread::sleep(Duration::from_millis(50));
@@ -88,61 +61,6 @@ fn throughput_run(dir: &Path, count: u64) -> Result<f64> {
     let elapsed = start.elapsed();
     finish(child)?;
     Ok(count as f64 / elapsed.as_secs_f64())
-}
-
-fn ring_round_trips(dir: &Path, p: &Params) -> Result<Summary> {
-    let region = create_region(dir)?;
-    let total = p.warmup + p.round_trips;
-    let child = spawn("echo", region.path(), total)?;
-    let mut guest = guest_endpoints(&region, 0)?;
-    let mut hist = latency_histogram();
-    for i in 0..total {
-        let start = Instant::now();
-        if guest.requests.push(Request { tag: i as u32, ..message(i) }).is_err() {
-            bail!("request ring unexpectedly full");
-        }
-        let response = loop {
-            if let Some(r) = guest.responses.pop()? {
-                break r;
-            }
-            spin_hint();
-        };
-        let ns = start.elapsed().as_nanos() as u64;
-        if response.tag != i as u32 {
-            bail!("response {} for request {i}", response.tag);
-        }
-        if i >= p.warmup {
-            hist.record(ns.max(1))?;
-        }
-    }
-    finish(child)?;
-    Ok(Summary::of(&hist))
-}
-
-fn uds_round_trips(dir: &Path, p: &Params) -> Result<Summary> {
-    let socket = dir.join("bench.sock");
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)?;
-    let total = p.warmup + p.round_trips;
-    let child = spawn("uds-echo", &socket, total)?;
-    let (mut stream, _) = listener.accept()?;
-    let mut buf = [0u8; MESSAGE_SIZE];
-    let mut hist = latency_histogram();
-    for i in 0..total {
-        buf[..8].copy_from_slice(&i.to_le_bytes());
-        let start = Instant::now();
-        stream.write_all(&buf)?;
-        stream.read_exact(&mut buf)?;
-        let ns = start.elapsed().as_nanos() as u64;
-        if u64::from_le_bytes(buf[..8].try_into()?) != i {
-            bail!("socket echo out of order");
-        }
-        if i >= p.warmup {
-            hist.record(ns.max(1))?;
-        }
-    }
-    finish(child)?;
-    Ok(Summary::of(&hist))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -194,9 +112,10 @@ fn main() -> Result<()> {
         hi / 1e6
     );
 
-    let ring = ring_round_trips(dir.path(), &p)?;
+    let counts = Counts { warmup: p.warmup, measured: p.round_trips };
+    let ring = ring_round_trips(dir.path(), &peer(), counts)?;
     println!("ring ping-pong round trip:   {ring}");
-    let uds = uds_round_trips(dir.path(), &p)?;
+    let uds = uds_round_trips(dir.path(), &peer(), counts)?;
     println!("unix socket round trip:      {uds}");
     println!(
         "ratio unix socket / ring: median {:.1}x, p99 {:.1}x",

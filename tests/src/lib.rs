@@ -2,6 +2,7 @@
 //! child process plays over a shared region, CPU pinning, and latency summaries.
 #![forbid(unsafe_code)]
 
+pub mod baseline;
 pub mod peer;
 pub mod stats;
 pub mod system;

@@ -79,6 +79,22 @@ pub enum Launcher {
     },
 }
 
+/// Region sizes of a test system.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionSpec {
+    /// Region file size (config syntax).
+    pub size: &'static str,
+    /// Entries per ring.
+    pub ring_entries: u32,
+    /// Arena size (config syntax).
+    pub arena_size: &'static str,
+}
+
+impl RegionSpec {
+    /// Small regions (256 KiB, 64-entry rings, 128 KiB arena), for many-VM tests.
+    pub const SMALL: Self = Self { size: "256K", ring_entries: 64, arena_size: "128K" };
+}
+
 /// A running system; the mediator is killed if the value is dropped without `stop`.
 pub struct System {
     dir: tempfile::TempDir,
@@ -119,7 +135,13 @@ impl System {
     ///
     /// If a step fails.
     pub fn start(pools: &[(char, &str)], vms: &[Vm], mediator_toml: &str) -> Result<Self> {
-        Self::start_with(Launcher::Binaries(Binaries::locate()), pools, vms, mediator_toml)
+        Self::start_with(
+            Launcher::Binaries(Binaries::locate()),
+            RegionSpec::SMALL,
+            pools,
+            vms,
+            mediator_toml,
+        )
     }
 
     /// [`start`](Self::start) with another launcher.
@@ -129,15 +151,19 @@ impl System {
     /// If a step fails.
     pub fn start_with(
         launcher: Launcher,
+        regions: RegionSpec,
         pools: &[(char, &str)],
         vms: &[Vm],
         mediator_toml: &str,
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut text = format!(
-            "[regions]\ndir = \"{}\"\nsize = \"256K\"\nring_entries = 64\narena_size = \"128K\"\n\
+            "[regions]\ndir = \"{}\"\nsize = \"{}\"\nring_entries = {}\narena_size = \"{}\"\n\
              [mediator]\nheartbeat_interval_ms = 20\n{mediator_toml}\n",
-            dir.path().display()
+            dir.path().display(),
+            regions.size,
+            regions.ring_entries,
+            regions.arena_size
         );
         for (name, extra) in pools {
             let _ = writeln!(text, "[pools.{name}]\n{extra}");

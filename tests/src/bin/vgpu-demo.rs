@@ -7,7 +7,7 @@ use anyhow::{Result, bail, ensure};
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, Ticket, Wait};
 use vgpu_ring::{Opcode, priority_name};
-use vgpu_tests::system::{Launcher, System, vm};
+use vgpu_tests::system::{Launcher, RegionSpec, System, vm};
 
 /// First argument that makes this program run the mediator's command line.
 const MEDIATOR_FLAG: &str = "--run-mediator";
@@ -147,7 +147,8 @@ fn main() -> Result<()> {
     let launcher =
         Launcher::SelfHosted { program: std::env::current_exe()?, flag: MEDIATOR_FLAG.to_owned() };
     let vms = [vm(1, 'A', 0), vm(2, 'A', 2), vm(3, 'A', 1), vm(9, 'A', 0), vm(10, 'B', 1)];
-    let mut system = System::start_with(launcher, &[('A', ""), ('B', "")], &vms, "")?;
+    let mut system =
+        System::start_with(launcher, RegionSpec::SMALL, &[('A', ""), ('B', "")], &vms, "")?;
     println!(
         "config and regions in {} (pools A and B, VMs 1, 2, 3, 9 in A, 10 in B)",
         system.dir().display()

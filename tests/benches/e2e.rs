@@ -1,0 +1,278 @@
+//! End-to-end benchmark: client process → mediator process → client, side by side with
+//! the alternatives, in one run. Busy sides are pinned: the client (this process) to
+//! core 0, the mediator and the baseline peers to core 1.
+//!
+//! `cargo bench -p vgpu-tests --bench e2e` (`-- --quick` for a shorter run). Prints a
+//! table and writes `results/e2e.json`.
+
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use vgpu_client::{Call, Client, ClientError, Wait};
+use vgpu_tests::baseline::{
+    Counts, Peer, file_protocol_round_trips, ring_round_trips, uds_round_trips,
+};
+use vgpu_tests::pin_to_core;
+use vgpu_tests::stats::{Summary, latency_histogram};
+use vgpu_tests::system::{Launcher, RegionSpec, System, Vm, vm};
+
+const MEDIATOR_FLAG: &str = "--run-mediator";
+const CLIENT_CORE: usize = 0;
+const SERVER_CORE: usize = 1;
+
+struct Params {
+    counts: Counts,
+    file_round_trips: u64,
+    throughput_for: Duration,
+    idle_for: Duration,
+    big_runs: usize,
+}
+
+fn launcher() -> Result<Launcher> {
+    Ok(Launcher::SelfHosted { program: std::env::current_exe()?, flag: MEDIATOR_FLAG.to_owned() })
+}
+
+const BIG: RegionSpec = RegionSpec { size: "32M", ring_entries: 256, arena_size: "16M" };
+
+fn start(regions: RegionSpec, vms: &[Vm]) -> Result<System> {
+    System::start_with(launcher()?, regions, &[('A', "")], vms, "")
+}
+
+fn noop_round_trips(client: &mut Client, counts: Counts) -> Result<Summary> {
+    let mut hist = latency_histogram();
+    let call = Call::noop("NOOP");
+    for i in 0..counts.warmup + counts.measured {
+        let start = Instant::now();
+        let ticket = client.submit(&call)?;
+        client.wait(ticket, Duration::from_secs(10))?;
+        if i >= counts.warmup {
+            hist.record((start.elapsed().as_nanos() as u64).max(1))?;
+        }
+    }
+    Ok(Summary::of(&hist))
+}
+
+/// NOOPs per second from one client keeping up to `depth` in flight.
+fn pipelined(client: &mut Client, depth: usize, duration: Duration) -> Result<u64> {
+    let call = Call::noop("NOOP");
+    let mut in_flight = VecDeque::with_capacity(depth);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while start.elapsed() < duration {
+        while in_flight.len() < depth {
+            match client.submit(&call) {
+                Ok(t) => in_flight.push_back(t),
+                Err(ClientError::RingFull(_)) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(t) = in_flight.pop_front() {
+            client.wait(t, Duration::from_secs(10))?;
+            done += 1;
+        }
+    }
+    for t in in_flight {
+        client.wait(t, Duration::from_secs(10))?;
+        done += 1;
+    }
+    Ok((done as f64 / start.elapsed().as_secs_f64()) as u64)
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn row(name: &str, s: &Summary) -> String {
+    format!("| {name} | {} | {} | {} | {} |", s.min, s.p50, s.p99, s.p999)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(MEDIATOR_FLAG) {
+        pin_to_core(SERVER_CORE)?;
+        let mut mediator_args = vec!["vgpu-mediator".to_owned(), "--quiet-requests".to_owned()];
+        mediator_args.extend(args.into_iter().skip(2));
+        let code = vgpu_mediator::cli::main_from(mediator_args);
+        std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
+    }
+    let bench = args.iter().any(|a| a == "--bench");
+    let quick = args.iter().any(|a| a == "--quick");
+    let p = if !bench {
+        // `cargo test --all-targets`: a smoke run that only checks everything works.
+        Params {
+            counts: Counts { warmup: 100, measured: 1_000 },
+            file_round_trips: 1,
+            throughput_for: Duration::from_millis(200),
+            idle_for: Duration::from_millis(300),
+            big_runs: 2,
+        }
+    } else if quick {
+        Params {
+            counts: Counts { warmup: 2_000, measured: 20_000 },
+            file_round_trips: 2,
+            throughput_for: Duration::from_secs(1),
+            idle_for: Duration::from_secs(3),
+            big_runs: 5,
+        }
+    } else {
+        Params {
+            counts: Counts { warmup: 10_000, measured: 100_000 },
+            file_round_trips: 3,
+            throughput_for: Duration::from_secs(3),
+            idle_for: Duration::from_secs(10),
+            big_runs: 20,
+        }
+    };
+    pin_to_core(CLIENT_CORE)?;
+    let dir = tempfile::tempdir()?;
+    let peer = Peer { exe: env!("CARGO_BIN_EXE_ring-peer").into(), core: SERVER_CORE };
+
+    // 1. Round trips, ours and the alternatives.
+    let mut system = start(BIG, &[vm(1, 'A', 2)])?;
+    let mut client = system.client(1, Wait::Spin)?;
+    let ours = noop_round_trips(&mut client, p.counts)?;
+    let floor = ring_round_trips(dir.path(), &peer, p.counts)?;
+    let uds = uds_round_trips(dir.path(), &peer, p.counts)?;
+    let file = file_protocol_round_trips(dir.path(), p.file_round_trips)?;
+
+    // 2. Throughput: one VM pipelined.
+    let one_vm = pipelined(&mut client, 128, p.throughput_for)?;
+
+    // 5. Work: VECTOR_ADD through the mediator against the same computation in-process.
+    let mut work = Vec::new();
+    for n in [1_024usize, 1 << 20] {
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let runs = if n > 1024 { p.big_runs } else { p.big_runs * 100 };
+        let mut via = Vec::new();
+        let mut direct = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            let sum = client.vector_add(&a, &b)?;
+            via.push(start.elapsed());
+            let start = Instant::now();
+            let local = vgpu_mediator::executor::vector_add(&a, &b);
+            direct.push(start.elapsed());
+            anyhow::ensure!(sum == local, "VECTOR_ADD result differs");
+        }
+        work.push((n, median(via), median(direct)));
+    }
+
+    // 4. Idle cost and the first request after idle.
+    let pid = system.mediator_pid().context("mediator pid")?;
+    let before = cpu_seconds(pid)?;
+    std::thread::sleep(p.idle_for);
+    let idle_cpu = (cpu_seconds(pid)? - before) / p.idle_for.as_secs_f64();
+    let mut after_idle = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1).min(p.idle_for));
+        let start = Instant::now();
+        client.noop("WAKE")?;
+        after_idle.push(start.elapsed());
+    }
+    drop(client);
+    system.stop()?;
+
+    // 2b. Eight VMs at once.
+    let vms: Vec<Vm> = (1..=8).map(|i| vm(i, 'A', 1)).collect();
+    let mut system = start(RegionSpec::SMALL, &vms)?;
+    let threads: Vec<_> = (1..=8)
+        .map(|i| {
+            let mut c = system.client(i, Wait::Spin)?;
+            let d = p.throughput_for;
+            Ok(std::thread::spawn(move || -> Result<u64> {
+                pin_to_core(CLIENT_CORE)?;
+                pipelined(&mut c, 32, d)
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let eight_vms: u64 =
+        threads.into_iter().map(|t| t.join().expect("sender thread")).sum::<Result<u64>>()?;
+    system.stop()?;
+
+    // 3. Scale: 256 registered VMs, one active, against 1 VM (measured above on BIG;
+    // measured again here on the same small geometry for a fair ratio).
+    let mut one = start(RegionSpec::SMALL, &[vm(1, 'A', 1)])?;
+    let scale_1 = noop_round_trips(&mut one.client(1, Wait::Spin)?, p.counts)?;
+    one.stop()?;
+    let vms: Vec<Vm> = (1..=256).map(|i| vm(i, 'A', 1)).collect();
+    let mut many = start(RegionSpec::SMALL, &vms)?;
+    let scale_256 = noop_round_trips(&mut many.client(77, Wait::Spin)?, p.counts)?;
+    many.stop()?;
+
+    let ratio = |a: u64, b: u64| a as f64 / b as f64;
+    let mut table = vec![
+        "| round trip, ns | min | median | p99 | p99.9 |".to_owned(),
+        "|---|---:|---:|---:|---:|".to_owned(),
+        row("vgpu: client → mediator → client (NOOP)", &ours),
+        row("raw floor: bare ring ping-pong", &floor),
+        row("Unix domain socket ping-pong", &uds),
+        row(&format!("original file protocol ({} round trips)", file.count), &file),
+    ];
+    table.push(String::new());
+    table.push(format!(
+        "ratios of our median: {:.2}x the floor, {:.4}x the Unix socket, {:.6}x the file protocol; our p99 / our median: {:.2}",
+        ratio(ours.p50, floor.p50),
+        ratio(ours.p50, uds.p50),
+        ratio(ours.p50, file.p50),
+        ratio(ours.p99, ours.p50)
+    ));
+    table.push(format!(
+        "ratios of our p99: {:.2}x the floor, {:.4}x the Unix socket",
+        ratio(ours.p99, floor.p99),
+        ratio(ours.p99, uds.p99)
+    ));
+    table.push(format!(
+        "throughput, pipelined NOOPs: one VM {one_vm} req/s; 8 VMs at once {eight_vms} req/s"
+    ));
+    table.push(format!(
+        "scale: median round trip {} ns with 1 VM, {} ns with 256 VMs registered (one active): ratio {:.2}",
+        scale_1.p50,
+        scale_256.p50,
+        ratio(scale_256.p50, scale_1.p50)
+    ));
+    table.push(format!(
+        "idle mediator: {:.2}% of a core over {:?}; first request after 1 s idle: median {:?}, max {:?}",
+        idle_cpu * 100.0,
+        p.idle_for,
+        median(after_idle.clone()),
+        after_idle.iter().max().copied().unwrap_or_default()
+    ));
+    for (n, via, direct) in &work {
+        table.push(format!(
+            "VECTOR_ADD of {n} floats: {via:?} through the mediator, {direct:?} computed in-process (transport and copies: {:?})",
+            via.saturating_sub(*direct)
+        ));
+    }
+    println!("{}", table.join("\n"));
+
+    let json = serde_json::json!({
+        "round_trip_ns": {
+            "vgpu": [ours.min, ours.p50, ours.p99, ours.p999],
+            "ring_floor": [floor.min, floor.p50, floor.p99, floor.p999],
+            "unix_socket": [uds.min, uds.p50, uds.p99, uds.p999],
+            "file_protocol": [file.min, file.p50, file.p99, file.p999],
+        },
+        "throughput_rps": { "one_vm": one_vm, "eight_vms": eight_vms },
+        "scale_median_ns": { "one_vm": scale_1.p50, "vms_256": scale_256.p50 },
+        "idle_cpu_fraction": idle_cpu,
+        "first_after_idle_ns": after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
+        "vector_add_ns": work.iter().map(|(n, v, d)| serde_json::json!({"n": n, "mediator": v.as_nanos() as u64, "in_process": d.as_nanos() as u64})).collect::<Vec<_>>(),
+    });
+    if bench {
+        std::fs::create_dir_all("results")?;
+        std::fs::write("results/e2e.json", serde_json::to_string_pretty(&json)?)?;
+        println!("wrote results/e2e.json");
+    }
+    Ok(())
+}

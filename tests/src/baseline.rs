@@ -1,0 +1,192 @@
+//! The transports our mediator is compared with, measured the same way: the bare ring
+//! ping-pong (the floor), a Unix domain socket ping-pong, and the original guide's file
+//! protocol. Each runs against a peer process (the `ring-peer` binary) pinned to its own
+//! core.
+
+use crate::peer::{MESSAGE_SIZE, message};
+use crate::stats::{Summary, latency_histogram};
+use anyhow::{Context, Result, bail};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vgpu_ring::{Geometry, Region, Request, SlotIdentity, guest_endpoints, spin_hint};
+
+/// The peer process: the `ring-peer` binary and the core it is pinned to.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Path of `ring-peer`.
+    pub exe: PathBuf,
+    /// Core for the peer.
+    pub core: usize,
+}
+
+/// Round trips to measure and to discard first.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    /// Discarded warm-up round trips.
+    pub warmup: u64,
+    /// Measured round trips.
+    pub measured: u64,
+}
+
+impl Peer {
+    /// Start the peer in `role` on `path` for `count` messages.
+    ///
+    /// # Errors
+    ///
+    /// If it cannot start.
+    pub fn spawn(&self, role: &str, path: &Path, count: u64) -> Result<Child> {
+        Command::new(&self.exe)
+            .args([
+                role,
+                path.to_str().context("utf-8 path")?,
+                &count.to_string(),
+                &self.core.to_string(),
+            ])
+            .spawn()
+            .context("spawn ring-peer")
+    }
+}
+
+/// Wait for a peer and require success.
+///
+/// # Errors
+///
+/// If the peer failed.
+pub fn finish(mut child: Child) -> Result<()> {
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("peer failed: {status}");
+    }
+    Ok(())
+}
+
+/// A fresh one-slot region for a benchmark at `dir/name`.
+///
+/// # Errors
+///
+/// If it cannot be created.
+pub fn bench_region(dir: &Path, name: &str) -> Result<Arc<Region>> {
+    let geometry = Geometry { slot_count: 1, ring_entries: 256, arena_size: 4096 };
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    Ok(Arc::new(Region::create(&path, 1 << 16, geometry, &[SlotIdentity::new(1, b'A', 0)], false)?))
+}
+
+/// Ping-pong through the request and response rings with a bare echo peer: the floor
+/// under any mediator.
+///
+/// # Errors
+///
+/// If the peer fails or answers out of order.
+pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summary> {
+    let region = bench_region(dir, "floor-region")?;
+    let total = counts.warmup + counts.measured;
+    let child = peer.spawn("echo", region.path(), total)?;
+    let mut guest = guest_endpoints(&region, 0)?;
+    let mut hist = latency_histogram();
+    for i in 0..total {
+        let start = Instant::now();
+        if guest.requests.push(Request { tag: i as u32, ..message(i) }).is_err() {
+            bail!("request ring unexpectedly full");
+        }
+        let response = loop {
+            if let Some(r) = guest.responses.pop()? {
+                break r;
+            }
+            spin_hint();
+        };
+        let ns = start.elapsed().as_nanos() as u64;
+        if response.tag != i as u32 {
+            bail!("response {} for request {i}", response.tag);
+        }
+        if i >= counts.warmup {
+            hist.record(ns.max(1))?;
+        }
+    }
+    finish(child)?;
+    Ok(Summary::of(&hist))
+}
+
+/// Ping-pong of [`MESSAGE_SIZE`]-byte messages over a Unix domain stream socket.
+///
+/// # Errors
+///
+/// On a socket error.
+pub fn uds_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summary> {
+    let socket = dir.join("bench.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    let total = counts.warmup + counts.measured;
+    let child = peer.spawn("uds-echo", &socket, total)?;
+    let (mut stream, _) = listener.accept()?;
+    let mut buf = [0u8; MESSAGE_SIZE];
+    let mut hist = latency_histogram();
+    for i in 0..total {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        let start = Instant::now();
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        let ns = start.elapsed().as_nanos() as u64;
+        if u64::from_le_bytes(buf[..8].try_into()?) != i {
+            bail!("socket echo out of order");
+        }
+        if i >= counts.warmup {
+            hist.record(ns.max(1))?;
+        }
+    }
+    finish(child)?;
+    Ok(Summary::of(&hist))
+}
+
+/// The original guide's transport: the guest writes `request.txt`, the daemon polls it
+/// every 100 ms and writes `response.txt`, which the guest polls every second.
+/// `count` round trips (each takes about a second).
+///
+/// # Errors
+///
+/// On a file error.
+pub fn file_protocol_round_trips(dir: &Path, count: u64) -> Result<Summary> {
+    let request = dir.join("request.txt");
+    let response = dir.join("response.txt");
+    std::fs::write(&request, "")?;
+    std::fs::write(&response, "0:Ready\n")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let daemon = {
+        let (request, response, stop) = (request.clone(), response.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || -> Result<()> {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let line = std::fs::read_to_string(&request)?;
+                if line.len() > 2 {
+                    let command = line.trim().rsplit(':').next().unwrap_or_default().to_owned();
+                    std::fs::write(&request, "")?;
+                    std::fs::write(
+                        &response,
+                        format!("1:Pool A processed: {command} (prio=2, vm=1)\n"),
+                    )?;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        })
+    };
+    let mut hist = latency_histogram();
+    for i in 0..count {
+        std::fs::write(&response, "0:Ready\n")?;
+        let start = Instant::now();
+        std::fs::write(&request, format!("A:2:1:NOOP{i}\n"))?;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if std::fs::read_to_string(&response)?.starts_with("1:") {
+                break;
+            }
+        }
+        hist.record(start.elapsed().as_nanos() as u64)?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    daemon.join().map_err(|_| anyhow::anyhow!("file daemon panicked"))??;
+    Ok(Summary::of(&hist))
+}
