@@ -32,6 +32,7 @@ use vgpu_ring::{
     ErrorCode, GuestEndpoints, Opcode, PushError, Region, RegionError, Request, Response,
     RingError, SlotIdentity, Status, encode_label,
 };
+use zerocopy::IntoBytes;
 
 /// Everything that can go wrong for a client.
 #[derive(Debug, Error)]
@@ -293,12 +294,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 fn bytes_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes.as_chunks::<4>().0.iter().map(|c| f32::from_le_bytes(*c)).collect()
+    let n = bytes.len() / 4;
+    let mut values = vec![0f32; n];
+    values.as_mut_bytes().copy_from_slice(&bytes[..n * 4]);
+    values
 }
 
 fn len_u32(n: usize) -> Result<u32, ClientError> {
@@ -603,9 +603,8 @@ impl Client {
         input: &[f32],
         out: usize,
     ) -> Result<Vec<f32>, ClientError> {
-        let bytes = f32_bytes(input);
         let output_len = len_u32(out * 4)?;
-        let call = Call { op, label: op.name(), args, input: &bytes, output_len };
+        let call = Call { op, label: op.name(), args, input: input.as_bytes(), output_len };
         Ok(bytes_f32(&self.call(&call)?.into_result()?))
     }
 

@@ -293,3 +293,31 @@ fn every_subcommand_has_help() {
         assert!(ok(&[sub, "--help"]).contains("Usage"), "{sub}");
     }
 }
+
+/// `inspect --watch` redraws the live view once a second until interrupted.
+#[test]
+fn inspect_watch_refreshes_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    ok(&["create", "--config", cfg.to_str().unwrap()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ivshmem-setup"))
+        .args(["inspect", "--watch"])
+        .arg(dir.path().join("vgpu-vm1"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read until two frames have been drawn (the watchdog is the read's own EOF if the
+    // process died).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("\x1b[2J\x1b[H").count() < 2 {
+        use std::io::Read;
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "inspect --watch exited: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(seen.matches("slot 0: vm 1 pool A priority 0 (low)").count(), 2, "{seen}");
+}

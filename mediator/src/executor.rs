@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use vgpu_ring::{ErrorCode, Opcode, Region};
+use zerocopy::IntoBytes;
 
 /// A validated request: the operation and arena ranges that were checked against the
 /// slot's arena.
@@ -65,15 +66,17 @@ impl Arena {
         Ok(bytes)
     }
 
-    /// Read `(offset, len)` as little-endian f32s.
+    /// Read `(offset, len)` as little-endian f32s (`len / 4` of them), copied once.
     ///
     /// # Errors
     ///
     /// As [`read`](Self::read).
-    pub fn read_f32s(&self, range: (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
-        let bytes = self.read(range)?;
-        let (chunks, _) = bytes.as_chunks::<4>();
-        Ok(chunks.iter().map(|c| f32::from_le_bytes(*c)).collect())
+    pub fn read_f32s(&self, (offset, len): (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
+        let mut values = vec![0f32; len as usize / 4];
+        self.region
+            .arena_read(self.slot, u64::from(offset), values.as_mut_bytes())
+            .map_err(|_| ErrorCode::BadRange)?;
+        Ok(values)
     }
 
     /// Copy `bytes` into the arena at `offset`.
@@ -93,8 +96,8 @@ impl Arena {
     ///
     /// As [`write`](Self::write).
     pub fn write_f32s(&self, offset: u32, values: &[f32]) -> Result<u32, ErrorCode> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.write(offset, &bytes)?;
+        let bytes = values.as_bytes();
+        self.write(offset, bytes)?;
         u32::try_from(bytes.len()).map_err(|_| ErrorCode::OutputTooSmall)
     }
 }
