@@ -67,6 +67,8 @@ struct Pending {
 struct Finished {
     pending: Pending,
     result: Result<u32, ErrorCode>,
+    /// When execution started (the end of the request's wait in the queue).
+    started: Instant,
     exec: Duration,
 }
 
@@ -88,9 +90,10 @@ impl ExecutorThread {
         let thread =
             std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
                 for pending in job_rx {
-                    let start = Instant::now();
+                    let started = Instant::now();
                     let result = executor.execute(&pending.job, &arenas[pending.vm]);
-                    if done_tx.send(Finished { pending, result, exec: start.elapsed() }).is_err() {
+                    let exec = started.elapsed();
+                    if done_tx.send(Finished { pending, result, started, exec }).is_err() {
                         break;
                     }
                 }
@@ -127,6 +130,8 @@ pub struct Dispatcher {
     inline: CpuExecutor,
     executor: ExecutorThread,
     busy: bool,
+    /// Set when a response may have been parked; cleared by a flush that emptied all.
+    maybe_parked: bool,
     quota: u32,
     idle_spin: Duration,
     max_idle_sleep: Duration,
@@ -165,6 +170,7 @@ impl Dispatcher {
             vms,
             inline: CpuExecutor,
             busy: false,
+            maybe_parked: false,
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
             max_idle_sleep: settings.max_idle_sleep,
@@ -245,6 +251,7 @@ impl Dispatcher {
                 }
             }
             port.host.requests.release();
+            self.maybe_parked |= !port.parked.is_empty();
             if emptied {
                 // Everything up to `head` is taken; a later publish changes the index.
                 *seen = head;
@@ -257,7 +264,9 @@ impl Dispatcher {
     fn dispatch(&mut self) -> usize {
         let mut started = 0;
         while !self.busy && !self.queue.is_empty() {
-            let Some(queued) = self.queue.pop(Instant::now()) else { break };
+            // One clock read serves the aging policy and the start of execution.
+            let now = Instant::now();
+            let Some(queued) = self.queue.pop(now) else { break };
             let pending = queued.item;
             started += 1;
             if self.log_requests {
@@ -280,13 +289,18 @@ impl Dispatcher {
                     Ok(()) => self.busy = true,
                     Err(pending) => {
                         let result = Err(ErrorCode::ExecutorFailed);
-                        self.finish(Finished { pending, result, exec: Duration::ZERO });
+                        self.finish(Finished {
+                            pending,
+                            result,
+                            started: now,
+                            exec: Duration::ZERO,
+                        });
                     }
                 }
             } else {
-                let start = Instant::now();
                 let result = self.inline.execute(&pending.job, &self.vms[pending.vm].arena);
-                self.finish(Finished { pending, result, exec: start.elapsed() });
+                let exec = now.elapsed();
+                self.finish(Finished { pending, result, started: now, exec });
             }
         }
         started
@@ -329,14 +343,18 @@ impl Dispatcher {
             priority: port.identity.priority as u8,
             opcode: p.opcode,
             label: p.label,
-            queued_ns: p.arrived.elapsed().saturating_sub(f.exec).as_nanos() as u64,
+            queued_ns: f.started.saturating_duration_since(p.arrived).as_nanos() as u64,
             exec_ns: f.exec.as_nanos() as u64,
         };
         respond(self.pool, port, response, self.log_requests, &mut self.stats);
+        self.maybe_parked |= !port.parked.is_empty();
     }
 
     /// Retry parked responses; returns how many went out.
     fn flush_parked(&mut self) -> usize {
+        if !self.maybe_parked {
+            return 0;
+        }
         let mut sent = 0;
         for port in &mut self.vms {
             while let Some(&r) = port.parked.front() {
@@ -353,6 +371,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.maybe_parked = self.vms.iter().any(|port| !port.parked.is_empty());
         sent
     }
 
@@ -364,9 +383,11 @@ impl Dispatcher {
             self.finish(finished);
         }
         let waiting: Vec<Pending> = self.queue.drain().map(|q| q.item).collect();
+        let now = Instant::now();
         for pending in waiting {
             self.finish(Finished {
                 pending,
+                started: now,
                 result: Err(ErrorCode::ShuttingDown),
                 exec: Duration::ZERO,
             });
