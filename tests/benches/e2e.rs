@@ -17,6 +17,69 @@ use vgpu_tests::stats::{Summary, latency_histogram};
 use vgpu_tests::system::{Launcher, RegionSpec, System, Vm, vm};
 
 const MEDIATOR_FLAG: &str = "--run-mediator";
+const IOX_SERVER_FLAG: &str = "--run-iceoryx2-server";
+/// The iceoryx2 payload: 64 bytes, as a ring entry.
+type IoxMessage = [u64; 8];
+
+/// The iceoryx2 request-response server: answers `count` requests, busy-polling.
+fn iox_server(name: &str, count: u64) -> Result<()> {
+    use iceoryx2::prelude::*;
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let service = node
+        .service_builder(&name.try_into()?)
+        .request_response::<IoxMessage, IoxMessage>()
+        .open_or_create()?;
+    let server = service.server_builder().create()?;
+    let mut answered = 0;
+    while answered < count {
+        if let Some(request) = server.receive()? {
+            let payload = *request.payload();
+            request.send_copy(payload)?;
+            answered += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Round trips through iceoryx2 request-response against [`iox_server`] in a process
+/// pinned to the server core; both sides busy-poll.
+fn iox_round_trips(counts: Counts) -> Result<Summary> {
+    use iceoryx2::prelude::*;
+    let name = format!("vgpu/bench/{}", std::process::id());
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let service = node
+        .service_builder(&name.as_str().try_into()?)
+        .request_response::<IoxMessage, IoxMessage>()
+        .open_or_create()?;
+    let client = service.client_builder().create()?;
+    let total = counts.warmup + counts.measured;
+    let mut server = std::process::Command::new(std::env::current_exe()?)
+        .args([IOX_SERVER_FLAG, &name, &total.to_string()])
+        .spawn()?;
+    // The server's port must exist before the first request is sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.dynamic_config().number_of_servers() == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "iceoryx2 server did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut hist = latency_histogram();
+    for i in 0..total {
+        let start = Instant::now();
+        let pending = client.send_copy([i; 8])?;
+        let response = loop {
+            if let Some(r) = pending.receive()? {
+                break r;
+            }
+        };
+        let ns = start.elapsed().as_nanos() as u64;
+        anyhow::ensure!(response.payload()[0] == i, "iceoryx2 answered out of order");
+        if i >= counts.warmup {
+            hist.record(ns.max(1))?;
+        }
+    }
+    anyhow::ensure!(server.wait()?.success(), "iceoryx2 server failed");
+    Ok(Summary::of(&hist))
+}
 const CLIENT_CORE: usize = 0;
 const SERVER_CORE: usize = 1;
 
@@ -105,6 +168,11 @@ fn main() -> Result<()> {
         let code = vgpu_mediator::cli::main_from(mediator_args);
         std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
     }
+    if args.get(1).map(String::as_str) == Some(IOX_SERVER_FLAG) {
+        pin_to_core(SERVER_CORE)?;
+        let (name, count) = (args.get(2).context("service name")?, args.get(3).context("count")?);
+        return iox_server(name, count.parse()?);
+    }
     let bench = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
     let p = if !bench {
@@ -143,6 +211,7 @@ fn main() -> Result<()> {
     let ours = noop_round_trips(&mut client, p.counts)?;
     let floor = ring_round_trips(dir.path(), &peer, p.counts)?;
     let uds = uds_round_trips(dir.path(), &peer, p.counts)?;
+    let iox = iox_round_trips(p.counts)?;
     let file = file_protocol_round_trips(dir.path(), p.file_round_trips)?;
 
     // 2. Throughput: one VM pipelined.
@@ -217,19 +286,22 @@ fn main() -> Result<()> {
         row("vgpu: client → mediator → client (NOOP)", &ours),
         row("raw floor: bare ring ping-pong", &floor),
         row("Unix domain socket ping-pong", &uds),
+        row("iceoryx2 request-response (busy-polling)", &iox),
         row(&format!("original file protocol ({} round trips)", file.count), &file),
     ];
     table.push(String::new());
     table.push(format!(
-        "ratios of our median: {:.2}x the floor, {:.4}x the Unix socket, {:.6}x the file protocol; our p99 / our median: {:.2}",
+        "ratios of our median: {:.2}x the floor, {:.3}x iceoryx2, {:.4}x the Unix socket, {:.6}x the file protocol; our p99 / our median: {:.2}",
         ratio(ours.p50, floor.p50),
+        ratio(ours.p50, iox.p50),
         ratio(ours.p50, uds.p50),
         ratio(ours.p50, file.p50),
         ratio(ours.p99, ours.p50)
     ));
     table.push(format!(
-        "ratios of our p99: {:.2}x the floor, {:.4}x the Unix socket",
+        "ratios of our p99: {:.2}x the floor, {:.3}x iceoryx2, {:.4}x the Unix socket",
         ratio(ours.p99, floor.p99),
+        ratio(ours.p99, iox.p99),
         ratio(ours.p99, uds.p99)
     ));
     table.push(format!(
@@ -261,6 +333,7 @@ fn main() -> Result<()> {
             "vgpu": [ours.min, ours.p50, ours.p99, ours.p999],
             "ring_floor": [floor.min, floor.p50, floor.p99, floor.p999],
             "unix_socket": [uds.min, uds.p50, uds.p99, uds.p999],
+            "iceoryx2": [iox.min, iox.p50, iox.p99, iox.p999],
             "file_protocol": [file.min, file.p50, file.p99, file.p999],
         },
         "throughput_rps": { "one_vm": one_vm, "eight_vms": eight_vms },
