@@ -175,6 +175,12 @@ impl<'a> Call<'a> {
     pub fn noop(label: &'a str) -> Self {
         Self { op: Opcode::Noop, label, args: [0; 3], input: &[], output_len: 0 }
     }
+
+    /// A SLEEP that occupies the pool for `us` microseconds.
+    #[must_use]
+    pub fn sleep(us: u32) -> Self {
+        Self { op: Opcode::Sleep, label: "SLEEP", args: [us, 0, 0], input: &[], output_len: 0 }
+    }
 }
 
 /// A submitted request; redeem it with [`Client::try_complete`] or [`Client::wait`].
@@ -700,9 +706,7 @@ impl Client {
     ///
     /// As [`vector_add`](Self::vector_add).
     pub fn sleep_us(&mut self, us: u32) -> Result<(), ClientError> {
-        let call =
-            Call { op: Opcode::Sleep, label: "SLEEP", args: [us, 0, 0], input: &[], output_len: 0 };
-        self.call(&call)?.into_result().map(drop)
+        self.call(&Call::sleep(us))?.into_result().map(drop)
     }
 
     /// A NOOP labelled `label`.

@@ -172,15 +172,7 @@ fn a_flood_past_the_quota_is_refused_and_others_are_served() {
     )
     .unwrap();
     let mut busy = system.client(9, Wait::default()).unwrap();
-    let sleep = busy
-        .submit(&Call {
-            op: Opcode::Sleep,
-            label: "SLEEP",
-            args: [400_000, 0, 0],
-            input: &[],
-            output_len: 0,
-        })
-        .unwrap();
+    let sleep = busy.submit(&Call::sleep(400_000)).unwrap();
     system.wait_lines("command=SLEEP", 1).unwrap();
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
     let mut guest = guest_endpoints(&region, 0).unwrap();

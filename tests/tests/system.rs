@@ -81,19 +81,7 @@ fn pools_do_not_interfere() {
     let (unloaded, _) = median(round_trips(&mut pool_b));
     // Flood pool A with 200 ms jobs, several queued.
     let mut pool_a = system.client(1, Wait::default()).unwrap();
-    let sleeps: Vec<_> = (0..4)
-        .map(|_| {
-            pool_a
-                .submit(&Call {
-                    op: Opcode::Sleep,
-                    label: "SLEEP",
-                    args: [200_000, 0, 0],
-                    input: &[],
-                    output_len: 0,
-                })
-                .unwrap()
-        })
-        .collect();
+    let sleeps: Vec<_> = (0..4).map(|_| pool_a.submit(&Call::sleep(200_000)).unwrap()).collect();
     system.wait_lines("command=SLEEP", 1).unwrap();
     let (loaded, worst) = median(round_trips(&mut pool_b));
     eprintln!(
@@ -119,15 +107,7 @@ fn fifo_within_one_priority() {
     let mut clients: Vec<_> =
         [1, 2, 3].iter().map(|&v| system.client(v, Wait::default()).unwrap()).collect();
     let mut busy = system.client(9, Wait::default()).unwrap();
-    let sleep = busy
-        .submit(&Call {
-            op: Opcode::Sleep,
-            label: "SLEEP",
-            args: [800_000, 0, 0],
-            input: &[],
-            output_len: 0,
-        })
-        .unwrap();
+    let sleep = busy.submit(&Call::sleep(800_000)).unwrap();
     system.wait_lines("command=SLEEP", 1).unwrap();
     let mut tickets = Vec::new();
     let mut order = Vec::new();

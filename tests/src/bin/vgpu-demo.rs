@@ -12,10 +12,6 @@ use vgpu_tests::system::{Launcher, RegionSpec, System, vm};
 /// First argument that makes this program run the mediator's command line.
 const MEDIATOR_FLAG: &str = "--run-mediator";
 
-fn sleep_call(us: u32) -> Call<'static> {
-    Call { op: Opcode::Sleep, label: "SLEEP", args: [us, 0, 0], input: &[], output_len: 0 }
-}
-
 fn print_properties(client: &Client) {
     let id = client.identity();
     println!("vGPU Properties:");
@@ -29,7 +25,7 @@ fn priority_scenario(system: &System) -> Result<()> {
     println!("Pool A is kept busy by a SLEEP from VM 9; then VM1 (priority 0) sends TEST_LOW,");
     println!("VM2 (priority 2) TEST_HIGH and VM3 (priority 1) TEST_MEDIUM, in that order.\n");
     let mut busy = system.client(9, Wait::default())?;
-    let sleep = busy.submit(&sleep_call(300_000))?;
+    let sleep = busy.submit(&Call::sleep(300_000))?;
     system.wait_lines("command=SLEEP", 1)?;
     let mut sent: Vec<(Client, Ticket)> = Vec::new();
     for (vm, command) in [(1, "TEST_LOW"), (2, "TEST_HIGH"), (3, "TEST_MEDIUM")] {
@@ -88,7 +84,7 @@ fn pool_separation(system: &System) -> Result<()> {
     println!("Response: {}", pool_b.wait(b, Duration::from_secs(10))?.text());
     let unloaded = median_round_trip(&mut pool_b, 2000)?;
     let flood: Vec<Ticket> =
-        (0..3).map(|_| pool_a.submit(&sleep_call(100_000))).collect::<Result<_, _>>()?;
+        (0..3).map(|_| pool_a.submit(&Call::sleep(100_000))).collect::<Result<_, _>>()?;
     let loaded = median_round_trip(&mut pool_b, 2000)?;
     for t in flood {
         pool_a.wait(t, Duration::from_secs(10))?;
