@@ -449,7 +449,9 @@ impl Client {
             arena.free(input);
             arena.free(output);
         };
-        if let Err(e) = self.region.arena_write(0, u64::from(input.0), call.input) {
+        if !call.input.is_empty()
+            && let Err(e) = self.region.arena_write(0, u64::from(input.0), call.input)
+        {
             release(&mut self.arena);
             return Err(e.into());
         }
@@ -483,11 +485,16 @@ impl Client {
         Ok(Ticket { tag })
     }
 
-    /// Collect every response that has arrived.
-    fn poll_responses(&mut self) -> Result<(), ClientError> {
+    /// Collect every response that has arrived; the one for `wanted` is returned
+    /// rather than stored, so the common case (one request awaited) costs no map
+    /// operation beyond the in-flight entry itself.
+    fn poll_responses(&mut self, wanted: u32) -> Result<Option<Response>, ClientError> {
+        let mut found = None;
         while let Some(response) = self.guest.responses.take()? {
             let tag = response.tag;
-            if self.abandoned.remove(&tag) {
+            if tag == wanted {
+                found = Some(response);
+            } else if !self.abandoned.is_empty() && self.abandoned.remove(&tag) {
                 self.finish(tag);
             } else if self.in_flight.contains_key(&tag) {
                 self.done.insert(tag, response);
@@ -495,7 +502,7 @@ impl Client {
             // Anything else is a stale answer to a previous client of this slot.
         }
         self.guest.responses.release();
-        Ok(())
+        Ok(found)
     }
 
     fn finish(&mut self, tag: u32) -> Option<InFlight> {
@@ -515,14 +522,20 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Completion, Ticket>, ClientError> {
-        if !self.done.contains_key(&ticket.tag) {
-            self.poll_responses()?;
-        }
-        let Some(response) = self.done.remove(&ticket.tag) else { return Ok(Err(ticket)) };
-        // A done tag is always in flight (see `poll_responses`).
+        let stored = if self.done.is_empty() { None } else { self.done.remove(&ticket.tag) };
+        let response = match stored {
+            Some(response) => response,
+            None => match self.poll_responses(ticket.tag)? {
+                Some(response) => response,
+                None => return Ok(Err(ticket)),
+            },
+        };
+        // The ticket's tag is in flight until this call finishes it.
         let (offset, capacity) = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
         let mut output = vec![0; response.out_len.min(capacity) as usize];
-        self.region.arena_read(0, u64::from(offset), &mut output)?;
+        if !output.is_empty() {
+            self.region.arena_read(0, u64::from(offset), &mut output)?;
+        }
         Ok(Ok(Completion { response, output }))
     }
 
