@@ -6,6 +6,7 @@
 //! table and writes `results/e2e.json`.
 
 use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, ClientError, Wait};
@@ -43,7 +44,7 @@ fn iox_server(name: &str, count: u64) -> Result<()> {
 
 /// Round trips through iceoryx2 request-response against [`iox_server`] in a process
 /// pinned to the server core; both sides busy-poll.
-fn iox_round_trips(counts: Counts) -> Result<Summary> {
+fn iox_round_trips(counts: Counts) -> Result<Histogram<u64>> {
     use iceoryx2::prelude::*;
     let name = format!("vgpu/bench/{}", std::process::id());
     let node = NodeBuilder::new().create::<ipc::Service>()?;
@@ -78,7 +79,7 @@ fn iox_round_trips(counts: Counts) -> Result<Summary> {
         }
     }
     anyhow::ensure!(server.wait()?.success(), "iceoryx2 server failed");
-    Ok(Summary::of(&hist))
+    Ok(hist)
 }
 const CLIENT_CORE: usize = 0;
 const SERVER_CORE: usize = 1;
@@ -101,7 +102,7 @@ fn start(regions: RegionSpec, vms: &[Vm]) -> Result<System> {
     System::start_with(launcher()?, regions, &[('A', "")], vms, "")
 }
 
-fn noop_round_trips(client: &mut Client, counts: Counts) -> Result<Summary> {
+fn noop_round_trips(client: &mut Client, counts: Counts) -> Result<Histogram<u64>> {
     let mut hist = latency_histogram();
     let call = Call::noop("NOOP");
     for i in 0..counts.warmup + counts.measured {
@@ -112,7 +113,7 @@ fn noop_round_trips(client: &mut Client, counts: Counts) -> Result<Summary> {
             hist.record((start.elapsed().as_nanos() as u64).max(1))?;
         }
     }
-    Ok(Summary::of(&hist))
+    Ok(hist)
 }
 
 /// NOOPs per second from one client keeping up to `depth` in flight.
@@ -153,6 +154,43 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// Plot the round-trip distributions (percentile against latency, log scale) to `path`.
+fn plot(path: &std::path::Path, series: &[(&str, &Histogram<u64>)]) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max =
+        series.iter().map(|(_, h)| h.value_at_quantile(0.999)).max().unwrap_or(1) as f64 * 1.5;
+    let min = series.iter().map(|(_, h)| h.min()).min().unwrap_or(1).max(1) as f64 / 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Round trip latency distribution (same run, pinned)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((min..max).log_scale(), 0f64..100f64)?;
+    chart.configure_mesh().x_desc("round trip (ns, log scale)").y_desc("percentile").draw()?;
+    let colors = [RED, BLUE, GREEN, MAGENTA, BLACK];
+    for ((name, hist), color) in series.iter().zip(colors) {
+        let points: Vec<(f64, f64)> = (0..=999)
+            .map(|i| {
+                let q = f64::from(i) / 1000.0;
+                (hist.value_at_quantile(q).max(1) as f64, q * 100.0)
+            })
+            .collect();
+        chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?.label(*name).legend(
+            move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)),
+        );
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 fn row(name: &str, s: &Summary) -> String {
@@ -208,11 +246,17 @@ fn main() -> Result<()> {
     // 1. Round trips, ours and the alternatives.
     let mut system = start(BIG, &[vm(1, 'A', 2)])?;
     let mut client = system.client(1, Wait::Spin)?;
-    let ours = noop_round_trips(&mut client, p.counts)?;
-    let floor = ring_round_trips(dir.path(), &peer, p.counts)?;
-    let uds = uds_round_trips(dir.path(), &peer, p.counts)?;
-    let iox = iox_round_trips(p.counts)?;
-    let file = file_protocol_round_trips(dir.path(), p.file_round_trips)?;
+    let ours_hist = noop_round_trips(&mut client, p.counts)?;
+    let floor_hist = ring_round_trips(dir.path(), &peer, p.counts)?;
+    let uds_hist = uds_round_trips(dir.path(), &peer, p.counts)?;
+    let iox_hist = iox_round_trips(p.counts)?;
+    let file = Summary::of(&file_protocol_round_trips(dir.path(), p.file_round_trips)?);
+    let (ours, floor, uds, iox) = (
+        Summary::of(&ours_hist),
+        Summary::of(&floor_hist),
+        Summary::of(&uds_hist),
+        Summary::of(&iox_hist),
+    );
 
     // 2. Throughput: one VM pipelined.
     let one_vm = pipelined(&mut client, 128, p.throughput_for)?;
@@ -272,11 +316,11 @@ fn main() -> Result<()> {
     // 3. Scale: 256 registered VMs, one active, against 1 VM (measured above on BIG;
     // measured again here on the same small geometry for a fair ratio).
     let mut one = start(RegionSpec::SMALL, &[vm(1, 'A', 1)])?;
-    let scale_1 = noop_round_trips(&mut one.client(1, Wait::Spin)?, p.counts)?;
+    let scale_1 = Summary::of(&noop_round_trips(&mut one.client(1, Wait::Spin)?, p.counts)?);
     one.stop()?;
     let vms: Vec<Vm> = (1..=256).map(|i| vm(i, 'A', 1)).collect();
     let mut many = start(RegionSpec::SMALL, &vms)?;
-    let scale_256 = noop_round_trips(&mut many.client(77, Wait::Spin)?, p.counts)?;
+    let scale_256 = Summary::of(&noop_round_trips(&mut many.client(77, Wait::Spin)?, p.counts)?);
     many.stop()?;
 
     let ratio = |a: u64, b: u64| a as f64 / b as f64;
@@ -343,9 +387,18 @@ fn main() -> Result<()> {
         "vector_add_ns": work.iter().map(|(n, v, d)| serde_json::json!({"n": n, "mediator": v.as_nanos() as u64, "in_process": d.as_nanos() as u64})).collect::<Vec<_>>(),
     });
     if bench {
-        std::fs::create_dir_all("results")?;
-        std::fs::write("results/e2e.json", serde_json::to_string_pretty(&json)?)?;
-        println!("wrote results/e2e.json");
+        // The workspace's results folder, wherever cargo runs the benchmark from.
+        let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+        std::fs::create_dir_all(&results)?;
+        std::fs::write(results.join("e2e.json"), serde_json::to_string_pretty(&json)?)?;
+        let series = [
+            ("vgpu via the mediator", &ours_hist),
+            ("raw ring floor", &floor_hist),
+            ("iceoryx2 request-response", &iox_hist),
+            ("Unix domain socket", &uds_hist),
+        ];
+        plot(&results.join("e2e-latency.svg"), &series)?;
+        println!("wrote results/e2e.json and results/e2e-latency.svg");
     }
     Ok(())
 }

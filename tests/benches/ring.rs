@@ -14,6 +14,7 @@ use vgpu_ring::{PushError, guest_endpoints, spin_hint};
 use vgpu_tests::baseline::{Counts, Peer, bench_region, finish, ring_round_trips, uds_round_trips};
 use vgpu_tests::peer::message;
 use vgpu_tests::pin_to_core;
+use vgpu_tests::stats::Summary;
 
 const PEER: &str = env!("CARGO_BIN_EXE_ring-peer");
 const PARENT_CORE: usize = 0;
@@ -113,9 +114,9 @@ fn main() -> Result<()> {
     );
 
     let counts = Counts { warmup: p.warmup, measured: p.round_trips };
-    let ring = ring_round_trips(dir.path(), &peer(), counts)?;
+    let ring = Summary::of(&ring_round_trips(dir.path(), &peer(), counts)?);
     println!("ring ping-pong round trip:   {ring}");
-    let uds = uds_round_trips(dir.path(), &peer(), counts)?;
+    let uds = Summary::of(&uds_round_trips(dir.path(), &peer(), counts)?);
     println!("unix socket round trip:      {uds}");
     println!(
         "ratio unix socket / ring: median {:.1}x, p99 {:.1}x",

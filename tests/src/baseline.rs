@@ -4,8 +4,9 @@
 //! core.
 
 use crate::peer::{MESSAGE_SIZE, message};
-use crate::stats::{Summary, latency_histogram};
+use crate::stats::latency_histogram;
 use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -77,12 +78,12 @@ pub fn bench_region(dir: &Path, name: &str) -> Result<Arc<Region>> {
 }
 
 /// Ping-pong through the request and response rings with a bare echo peer: the floor
-/// under any mediator.
+/// under any mediator. Returns the round trips' histogram (ns).
 ///
 /// # Errors
 ///
 /// If the peer fails or answers out of order.
-pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summary> {
+pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histogram<u64>> {
     let region = bench_region(dir, "floor-region")?;
     let total = counts.warmup + counts.measured;
     let child = peer.spawn("echo", region.path(), total)?;
@@ -108,7 +109,7 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summa
         }
     }
     finish(child)?;
-    Ok(Summary::of(&hist))
+    Ok(hist)
 }
 
 /// Ping-pong of [`MESSAGE_SIZE`]-byte messages over a Unix domain stream socket.
@@ -116,7 +117,7 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summa
 /// # Errors
 ///
 /// On a socket error.
-pub fn uds_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summary> {
+pub fn uds_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histogram<u64>> {
     let socket = dir.join("bench.sock");
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
@@ -139,7 +140,7 @@ pub fn uds_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summar
         }
     }
     finish(child)?;
-    Ok(Summary::of(&hist))
+    Ok(hist)
 }
 
 /// The original guide's transport: the guest writes `request.txt`, the daemon polls it
@@ -149,7 +150,7 @@ pub fn uds_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Summar
 /// # Errors
 ///
 /// On a file error.
-pub fn file_protocol_round_trips(dir: &Path, count: u64) -> Result<Summary> {
+pub fn file_protocol_round_trips(dir: &Path, count: u64) -> Result<Histogram<u64>> {
     let request = dir.join("request.txt");
     let response = dir.join("response.txt");
     std::fs::write(&request, "")?;
@@ -188,5 +189,5 @@ pub fn file_protocol_round_trips(dir: &Path, count: u64) -> Result<Summary> {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     daemon.join().map_err(|_| anyhow::anyhow!("file daemon panicked"))??;
-    Ok(Summary::of(&hist))
+    Ok(hist)
 }
