@@ -74,6 +74,24 @@ pub struct PoolConfig {
     pub policy: Policy,
     /// Aging interval (aging policy only).
     pub aging_interval: Duration,
+    /// Where the pool's operations run.
+    pub backend: Backend,
+}
+
+/// Where a pool's operations run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// On the host CPU (always available).
+    #[default]
+    Cpu,
+    /// On a CUDA GPU.
+    Cuda {
+        /// CUDA device ordinal.
+        device: u32,
+        /// Run on the CPU instead (loudly logged) if the GPU cannot be used; without it
+        /// the mediator refuses to start.
+        fallback_to_cpu: bool,
+    },
 }
 
 /// A validated VM.
@@ -165,6 +183,18 @@ struct RawPool {
     #[serde(default)]
     policy: Policy,
     aging_interval_ms: Option<u64>,
+    #[serde(default)]
+    backend: BackendKind,
+    device: Option<u32>,
+    fallback: Option<BackendKind>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum BackendKind {
+    #[default]
+    Cpu,
+    Cuda,
 }
 
 #[derive(Deserialize)]
@@ -335,7 +365,37 @@ impl Config {
             }
             let aging_interval =
                 millis(&format!("{field}.aging_interval_ms"), pool.aging_interval_ms, 100)?;
-            pools.insert(name, PoolConfig { name, policy: pool.policy, aging_interval });
+            let backend = match pool.backend {
+                BackendKind::Cpu => {
+                    if pool.device.is_some() {
+                        return Err(invalid(
+                            format!("{field}.device"),
+                            "only valid with backend = \"cuda\"",
+                        ));
+                    }
+                    if pool.fallback.is_some() {
+                        return Err(invalid(
+                            format!("{field}.fallback"),
+                            "only valid with backend = \"cuda\"",
+                        ));
+                    }
+                    Backend::Cpu
+                }
+                BackendKind::Cuda => Backend::Cuda {
+                    device: pool.device.unwrap_or(0),
+                    fallback_to_cpu: match pool.fallback {
+                        None => false,
+                        Some(BackendKind::Cpu) => true,
+                        Some(BackendKind::Cuda) => {
+                            return Err(invalid(
+                                format!("{field}.fallback"),
+                                "the fallback of a cuda pool can only be \"cpu\"",
+                            ));
+                        }
+                    },
+                },
+            };
+            pools.insert(name, PoolConfig { name, policy: pool.policy, aging_interval, backend });
         }
         if pools.is_empty() {
             return Err(invalid("pools", "no pool defined (add e.g. [pools.A])"));
@@ -533,6 +593,32 @@ mod tests {
         assert!(
             err(&BASE.replace("[pools.A]", "[pools.A]\naging_interval_ms = 5"))
                 .contains("pools.A.aging_interval_ms")
+        );
+    }
+
+    #[test]
+    fn pool_backends() {
+        let cuda = BASE
+            .replace("[pools.A]", "[pools.A]\nbackend = \"cuda\"\ndevice = 1\nfallback = \"cpu\"");
+        let c = Config::parse(&cuda).unwrap();
+        assert_eq!(c.pools[&'A'].backend, Backend::Cuda { device: 1, fallback_to_cpu: true });
+        assert_eq!(c.pools[&'B'].backend, Backend::Cpu);
+        let plain = BASE.replace("[pools.A]", "[pools.A]\nbackend = \"cuda\"");
+        assert_eq!(
+            Config::parse(&plain).unwrap().pools[&'A'].backend,
+            Backend::Cuda { device: 0, fallback_to_cpu: false }
+        );
+        assert!(
+            err(&BASE.replace("[pools.A]", "[pools.A]\nbackend = \"tpu\""))
+                .contains("unknown variant `tpu`")
+        );
+        assert!(
+            err(&BASE.replace("[pools.A]", "[pools.A]\ndevice = 0"))
+                .contains("pools.A.device: only valid with backend = \"cuda\"")
+        );
+        assert!(
+            err(&BASE.replace("[pools.A]", "[pools.A]\nbackend = \"cuda\"\nfallback = \"cuda\""))
+                .contains("pools.A.fallback")
         );
     }
 

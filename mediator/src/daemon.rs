@@ -2,13 +2,13 @@
 //! control loop (session epoch, heartbeat, shutdown) on the calling thread.
 
 use crate::dispatcher::{Dispatcher, DispatcherStats, VmPort};
-use crate::executor::CpuExecutor;
+use crate::executor::{CpuExecutor, Executor};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use vgpu_config::Config;
+use vgpu_config::{Backend, Config, PoolConfig};
 use vgpu_ring::{Access, Region};
 
 /// Host `CLOCK_MONOTONIC` in nanoseconds (the heartbeat's clock).
@@ -16,6 +16,46 @@ use vgpu_ring::{Access, Region};
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map_or(0, |t| Duration::from(t).as_nanos() as u64)
+}
+
+/// The executor a pool's configuration asks for.
+///
+/// # Errors
+///
+/// If the pool asks for a GPU that cannot be used and has no CPU fallback.
+pub fn executor_for(pool: &PoolConfig) -> Result<Box<dyn Executor>> {
+    match pool.backend {
+        Backend::Cpu => Ok(Box::new(CpuExecutor)),
+        Backend::Cuda { device, fallback_to_cpu } => match cuda_executor(device) {
+            Ok(executor) => {
+                tracing::info!("Pool {}: CUDA device {device}", pool.name);
+                Ok(executor)
+            }
+            Err(reason) if fallback_to_cpu => {
+                tracing::error!(
+                    "Pool {}: CUDA device {device} unusable ({reason}); FALLING BACK TO THE CPU as configured (fallback = \"cpu\")",
+                    pool.name
+                );
+                Ok(Box::new(CpuExecutor))
+            }
+            Err(reason) => bail!(
+                "pool {}: backend = \"cuda\" (device {device}) but {reason}; add fallback = \"cpu\" to run this pool on the CPU instead",
+                pool.name
+            ),
+        },
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_executor(device: u32) -> Result<Box<dyn Executor>, String> {
+    crate::cuda::CudaExecutor::new(device)
+        .map(|e| Box::new(e) as Box<dyn Executor>)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_executor(_device: u32) -> Result<Box<dyn Executor>, String> {
+    Err("this vgpu-mediator was built without the `cuda` feature".to_owned())
 }
 
 /// Open every VM's region and check it against the configuration.
@@ -75,6 +115,13 @@ pub fn serve(
     log_requests: bool,
 ) -> Result<BTreeMap<char, DispatcherStats>> {
     let attached = attach(config)?;
+    // Executors first: a pool that cannot get its GPU stops the start before any
+    // region announces a session.
+    let executors = config
+        .pools
+        .values()
+        .map(|pool| Ok((pool, executor_for(pool)?)))
+        .collect::<Result<Vec<_>>>()?;
     let regions: Vec<Arc<Region>> = attached.iter().map(|(_, r)| Arc::clone(r)).collect();
     let epoch = new_epoch(&regions);
     let interval = config.mediator.heartbeat_interval;
@@ -92,11 +139,11 @@ pub fn serve(
         regions.len()
     );
     let mut threads = Vec::new();
-    for (name, pool) in &config.pools {
+    for (pool, executor) in executors {
+        let name = &pool.name;
         let vms = by_pool.remove(name).unwrap_or_default();
         tracing::info!("Pool {name} Queue: Ready ({} VMs, {:?})", vms.len(), pool.policy);
-        let dispatcher =
-            Dispatcher::new(pool, vms, Box::new(CpuExecutor), &config.mediator, log_requests)?;
+        let dispatcher = Dispatcher::new(pool, vms, executor, &config.mediator, log_requests)?;
         let flag = Arc::clone(shutdown);
         let thread = std::thread::Builder::new()
             .name(format!("pool-{name}"))

@@ -130,6 +130,8 @@ pub struct Dispatcher {
     inline: CpuExecutor,
     executor: ExecutorThread,
     busy: bool,
+    /// Every compute job goes to the executor (a GPU pool), not only long ones.
+    offload_compute: bool,
     /// Set when a response may have been parked; cleared by a flush that emptied all.
     maybe_parked: bool,
     quota: u32,
@@ -153,6 +155,7 @@ impl Dispatcher {
         log_requests: bool,
     ) -> std::io::Result<Self> {
         let arenas = vms.iter().map(|p| p.arena.clone()).collect();
+        let offload_compute = executor.offloads_compute();
         let watches = vms
             .iter()
             .map(|p| {
@@ -170,6 +173,7 @@ impl Dispatcher {
             vms,
             inline: CpuExecutor,
             busy: false,
+            offload_compute,
             maybe_parked: false,
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
@@ -291,7 +295,7 @@ impl Dispatcher {
                     decode_label(&pending.label)
                 );
             }
-            if pending.job.is_long() {
+            if pending.job.is_long() || (self.offload_compute && pending.job.is_compute()) {
                 // The sender lives until the executor is dropped; a send fails only if
                 // the executor thread died.
                 let sent = match &self.executor.jobs {

@@ -25,6 +25,12 @@ impl Job {
     /// inline on the dispatcher (cheaper than a thread handoff).
     pub const INLINE_LIMIT: u64 = 64 * 1024;
 
+    /// Whether the job is arithmetic on f32 data (what a GPU executor runs).
+    #[must_use]
+    pub fn is_compute(&self) -> bool {
+        matches!(self.op, Opcode::VectorAdd | Opcode::Saxpy | Opcode::Dot | Opcode::Matmul)
+    }
+
     /// Whether the job is long enough to run off the dispatcher thread.
     #[must_use]
     pub fn is_long(&self) -> bool {
@@ -110,6 +116,12 @@ pub trait Executor: Send {
     ///
     /// The [`ErrorCode`] to answer with.
     fn execute(&mut self, job: &Job, arena: &Arena) -> Result<u32, ErrorCode>;
+
+    /// Whether every compute job (see [`Job::is_compute`]) should go to this executor,
+    /// however small; otherwise small jobs run inline on the dispatcher, on the CPU.
+    fn offloads_compute(&self) -> bool {
+        false
+    }
 }
 
 /// Runs every operation on the CPU.

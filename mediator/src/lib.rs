@@ -8,10 +8,13 @@
 //! - [`dispatcher`]: a pool's dispatcher thread.
 //! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
 //! - [`cli`]: the command line.
-#![forbid(unsafe_code)]
+// Only the CUDA executor (feature `cuda`) allows `unsafe`, for kernel launches.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod cli;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod daemon;
 pub mod dispatcher;
 pub mod executor;

@@ -71,3 +71,35 @@ fn refuses_missing_regions_bad_config_and_mismatched_regions() {
     let (code, _) = mediator(&dir.path().join("missing.toml"));
     assert_eq!(code, 1);
 }
+
+/// A pool configured for CUDA on a host without a usable GPU (or a build without the
+/// `cuda` feature) stops the start with a message saying what to do.
+#[test]
+fn a_cuda_pool_without_a_gpu_fails_at_start() {
+    #[cfg(feature = "cuda")]
+    if vgpu_mediator::cuda::CudaExecutor::new(0).is_ok() {
+        eprintln!("SKIPPED: this machine has a usable GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[pools.A]", "[pools.A]\nbackend = \"cuda\"");
+    std::fs::write(&cfg, text).unwrap();
+    Region::create(
+        &dir.path().join("vgpu-vm1"),
+        2 << 20,
+        Geometry::default(),
+        &[SlotIdentity::new(1, b'A', 1)],
+        false,
+    )
+    .unwrap();
+    let (code, err) = mediator(&cfg);
+    assert_eq!(code, 1);
+    assert!(err.contains("pool A: backend = \"cuda\" (device 0) but"), "{err}");
+    assert!(err.contains("add fallback = \"cpu\""), "{err}");
+    // No session was announced to the guests.
+    let region = Region::open(&dir.path().join("vgpu-vm1"), vgpu_ring::Access::ReadOnly).unwrap();
+    assert_eq!(region.epoch(), 0);
+}

@@ -302,3 +302,16 @@ fn client_identity_from_an_ivshmem_setup_stub_image() {
         String::from_utf8_lossy(&out.stderr).contains("vgpu-stub says vm 100 pool A priority 0")
     );
 }
+
+/// A CUDA pool with `fallback = "cpu"` on a host without a usable GPU says so loudly and
+/// serves on the CPU. (With a GPU and the `cuda` feature it would run on the GPU; this
+/// test runs the default build.)
+#[test]
+fn a_cuda_pool_falls_back_to_the_cpu_when_configured() {
+    let system =
+        System::start(&[('G', "backend = \"cuda\"\nfallback = \"cpu\"")], &[vm(1, 'G', 1)], "")
+            .unwrap();
+    let out = system.run_client(1, &["VECTOR_ADD", "--n", "1000"]).unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(system.log().contains("FALLING BACK TO THE CPU"), "{}", system.log());
+}
