@@ -77,42 +77,14 @@ fn create_single_region_by_flags() {
     let region = Region::open(&path, Access::ReadOnly).unwrap();
     assert_eq!(region.identity(0).unwrap(), vgpu_ring::SlotIdentity::new(9, b'C', 2));
     drop(region); // a mapped region is in use and would be refused below
-    assert!(
-        fails(&["create", "--path", p, "--vm", "9", "--pool", "C", "--priority", "7"])
-            .contains("priority")
-    );
-    assert!(
-        fails(&[
-            "create",
-            "--path",
-            p,
-            "--vm",
-            "9",
-            "--pool",
-            "C",
-            "--priority",
-            "1",
-            "--size",
-            "3M"
-        ])
-        .contains("not a power of two")
-    );
-    assert!(
-        fails(&[
-            "create",
-            "--path",
-            p,
-            "--vm",
-            "9",
-            "--pool",
-            "C",
-            "--priority",
-            "1",
-            "--size",
-            "64K"
-        ])
-        .contains("too small")
-    );
+    let create = |extra: &[&str]| {
+        let mut args = vec!["create", "--path", p, "--vm", "9", "--pool", "C"];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    assert!(create(&["--priority", "7"]).contains("priority"));
+    assert!(create(&["--priority", "1", "--size", "3M"]).contains("not a power of two"));
+    assert!(create(&["--priority", "1", "--size", "64K"]).contains("too small"));
 }
 
 #[test]
