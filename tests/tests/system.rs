@@ -152,12 +152,13 @@ fn aging_lets_low_priority_through_strict_does_not() {
             input: &[],
             output_len: 0,
         };
-        // Keep 4 jobs in flight for 60 jobs (about 0.6 s of work).
+        // Keep 8 jobs in flight for 60 jobs (about 0.6 s of work): the queue never runs
+        // dry even if this thread is descheduled for tens of milliseconds.
         let mut in_flight: std::collections::VecDeque<_> =
-            (0..4).map(|_| flooder.submit(&job).unwrap()).collect();
+            (0..8).map(|_| flooder.submit(&job).unwrap()).collect();
         system.wait_lines(&format!("vm={high}, priority=2, command=FLOOD"), 1).unwrap();
         let low_ticket = lowly.submit(&Call::noop("LOWLY")).unwrap();
-        let mut sent = 4;
+        let mut sent = 8;
         while let Some(t) = in_flight.pop_front() {
             assert!(flooder.wait(t, Duration::from_secs(10)).unwrap().succeeded());
             if sent < 60 {
