@@ -316,3 +316,68 @@ fn a_cuda_pool_falls_back_to_the_cpu_when_configured() {
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(system.log().contains("FALLING BACK TO THE CPU"), "{}", system.log());
 }
+
+/// The library against the real mediator: every typed helper equals a straightforward
+/// local computation, and 1,000 pipelined requests all complete with their own tags.
+#[test]
+fn library_helpers_and_pipelining_against_the_mediator() {
+    let system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let mut client = system.client(1, vgpu_client::Wait::default()).unwrap();
+    let x: Vec<f32> = (0..3000).map(|i| (i % 97) as f32 * 0.25).collect();
+    let y: Vec<f32> = (0..3000).map(|i| (i % 31) as f32 - 15.0).collect();
+    let sum: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    assert_eq!(client.vector_add(&x, &y).unwrap(), sum);
+    let axpy: Vec<f32> = x.iter().zip(&y).map(|(a, b)| 0.5 * a + b).collect();
+    assert_eq!(client.saxpy(0.5, &x, &y).unwrap(), axpy);
+    let dot: f64 = x.iter().zip(&y).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    assert!((f64::from(client.dot(&x, &y).unwrap()) - dot).abs() <= 1e-4 * dot.abs().max(1.0));
+    let (m, k, n) = (5usize, 7usize, 3usize);
+    let a: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 4) as f32).collect();
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+    assert_eq!(client.matmul(&a, &b, m as u32, k as u32, n as u32).unwrap(), c);
+    let bytes: Vec<u8> = (0..=255).collect();
+    assert_eq!(client.echo(&bytes).unwrap(), bytes);
+    client.sleep_us(100).unwrap();
+    client.noop("TEST_PING").unwrap();
+    // Errors come back as errors: a shape the arena cannot hold.
+    assert!(matches!(
+        client.vector_add(&vec![1.0; 20_000], &vec![1.0; 20_000]),
+        Err(vgpu_client::ClientError::ArenaFull(_) | vgpu_client::ClientError::Failed(_))
+    ));
+
+    // 1,000 pipelined requests, up to the ring's capacity in flight.
+    let labels: Vec<String> = (0..1000).map(|i| format!("PIPE{i}")).collect();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut completed = 0;
+    for label in &labels {
+        loop {
+            match client.submit(&Call::noop(label)) {
+                Ok(ticket) => {
+                    in_flight.push_back((ticket, label));
+                    break;
+                }
+                Err(vgpu_client::ClientError::RingFull(_)) => {
+                    let (ticket, want) = in_flight.pop_front().unwrap();
+                    let done = client.wait(ticket, Duration::from_secs(10)).unwrap();
+                    assert_eq!(&vgpu_ring::decode_label(&done.response.label), want);
+                    completed += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    for (ticket, want) in in_flight {
+        let done = client.wait(ticket, Duration::from_secs(10)).unwrap();
+        assert!(done.succeeded());
+        assert_eq!(&vgpu_ring::decode_label(&done.response.label), want);
+        completed += 1;
+    }
+    assert_eq!(completed, 1000);
+    assert_eq!(client.in_flight(), 0);
+}
