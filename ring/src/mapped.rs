@@ -214,6 +214,7 @@ impl HeadWatch {
     /// The producer index now (Relaxed: a hint only; the consumer's own Acquire load
     /// orders the entries before they are read).
     #[must_use]
+    #[inline]
     pub fn load(&self) -> u32 {
         // SAFETY: checked when the ring was built, kept alive by `_region`.
         unsafe { &*self.head }.load(Ordering::Relaxed)

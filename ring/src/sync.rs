@@ -34,6 +34,7 @@ mod core_atomics {
 
             #[allow(dead_code, reason = "each build uses a subset")]
             impl $name {
+                #[inline]
                 pub(crate) const fn new(value: $int) -> Self {
                     Self(core::sync::atomic::$name::new(value))
                 }
@@ -42,24 +43,29 @@ mod core_atomics {
                 ///
                 /// As `core`'s `from_ptr`: `ptr` is aligned, valid for the lifetime
                 /// `'a`, and only accessed atomically (or by raw copies) meanwhile.
+                #[inline]
                 pub(crate) unsafe fn from_ptr<'a>(ptr: *mut $int) -> &'a Self {
                     // SAFETY: the caller upholds `from_ptr`'s contract, and `Self` is
                     // `repr(transparent)` over the core atomic, so the cast is sound.
                     unsafe { &*ptr.cast_const().cast::<Self>() }
                 }
 
+                #[inline]
                 pub(crate) fn load(&self, order: super::Ordering) -> $int {
                     self.0.load(order)
                 }
 
+                #[inline]
                 pub(crate) fn store(&self, value: $int, order: super::Ordering) {
                     self.0.store(value, order);
                 }
 
+                #[inline]
                 pub(crate) fn swap(&self, value: $int, order: super::Ordering) -> $int {
                     self.0.swap(value, order)
                 }
 
+                #[inline]
                 pub(crate) fn fetch_or(&self, value: $int, order: super::Ordering) -> $int {
                     self.0.fetch_or(value, order)
                 }
