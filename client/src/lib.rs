@@ -57,7 +57,8 @@ pub enum ClientError {
     /// No mediator has attached to the region since it was created.
     #[error("no mediator has attached to this region (is vgpu-mediator running?)")]
     NoMediator,
-    /// The mediator restarted: requests in flight were lost.
+    /// The mediator restarted: requests in flight were lost. Reported once; the client
+    /// then goes on with the new mediator.
     #[error("the mediator restarted (epoch {old:#x} -> {new:#x}); requests in flight are lost")]
     MediatorRestarted {
         /// Epoch at attach.
@@ -506,6 +507,9 @@ impl Client {
     }
 
     fn finish(&mut self, tag: u32) -> Option<InFlight> {
+        if !self.abandoned.is_empty() {
+            self.abandoned.remove(&tag);
+        }
         let entry = self.in_flight.remove(&tag)?;
         self.arena.free(entry.input);
         self.arena.free((entry.output.0, entry.output.1.next_multiple_of(64)));
@@ -582,13 +586,20 @@ impl Client {
         }
     }
 
-    fn check_epoch(&self) -> Result<(), ClientError> {
+    /// Notice a mediator restart: the requests in flight are lost to the caller (their
+    /// buffers are freed if the new mediator answers them anyway), the error is
+    /// reported once, and the client continues with the new session.
+    fn check_epoch(&mut self) -> Result<(), ClientError> {
         let now = self.region.epoch();
         if now == self.epoch {
-            Ok(())
-        } else {
-            Err(ClientError::MediatorRestarted { old: self.epoch, new: now })
+            return Ok(());
         }
+        let old = std::mem::replace(&mut self.epoch, now);
+        // Answers already received stay redeemable; the rest are given up on.
+        let lost: Vec<u32> =
+            self.in_flight.keys().filter(|tag| !self.done.contains_key(tag)).copied().collect();
+        self.abandoned.extend(lost);
+        Err(ClientError::MediatorRestarted { old, new: now })
     }
 
     /// Check the mediator is the one we attached to and its heartbeat moves.

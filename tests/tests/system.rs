@@ -381,3 +381,20 @@ fn library_helpers_and_pipelining_against_the_mediator() {
     assert_eq!(completed, 1000);
     assert_eq!(client.in_flight(), 0);
 }
+
+/// A mediator restart fails the call in flight with a clear error, once; the same
+/// client then works with the new mediator.
+#[test]
+fn a_client_survives_a_mediator_restart() {
+    let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let mut client = system.client(1, vgpu_client::Wait::default()).unwrap();
+    client.noop("BEFORE").unwrap();
+    assert!(system.stop().unwrap().success());
+    system.start_mediator(&[]).unwrap();
+    assert!(matches!(
+        client.noop("DURING"),
+        Err(vgpu_client::ClientError::MediatorRestarted { .. })
+    ));
+    client.noop("AFTER").unwrap();
+    assert_eq!(client.vector_add(&[1.0, 2.0], &[3.0, 4.0]).unwrap(), [4.0, 6.0]);
+}
