@@ -54,6 +54,35 @@ impl VmPort {
     }
 }
 
+impl VmPort {
+    /// The response to request `tag` with `result` (output bytes or the error), carrying
+    /// the slot's configured identity; timings are left at zero.
+    fn response(
+        &self,
+        tag: u32,
+        opcode: u16,
+        label: [u8; vgpu_ring::layout::LABEL_LEN],
+        result: Result<u32, ErrorCode>,
+    ) -> Response {
+        let (status, error, out_len) = match result {
+            Ok(n) => (Status::Success, ErrorCode::None, n),
+            Err(e) => (Status::Error, e, 0),
+        };
+        Response {
+            tag,
+            status: status as u32,
+            error: error as u32,
+            out_len,
+            vm_id: self.identity.vm_id,
+            pool: self.identity.pool as u8,
+            priority: self.identity.priority as u8,
+            opcode,
+            label,
+            ..Response::default()
+        }
+    }
+}
+
 /// A request waiting in the pool's queue or executing.
 struct Pending {
     vm: usize,
@@ -122,7 +151,6 @@ pub struct DispatcherStats {
 
 /// A pool's dispatcher.
 pub struct Dispatcher {
-    pool: char,
     /// Each VM's request-ring producer index and the value last drained up to.
     watches: Vec<(HeadWatch, u32)>,
     vms: Vec<VmPort>,
@@ -137,8 +165,7 @@ pub struct Dispatcher {
     quota: u32,
     idle_spin: Duration,
     max_idle_sleep: Duration,
-    log_requests: bool,
-    stats: DispatcherStats,
+    report: Reporter,
 }
 
 impl Dispatcher {
@@ -167,7 +194,6 @@ impl Dispatcher {
             .collect();
         Ok(Self {
             watches,
-            pool: pool.name,
             queue: PoolQueue::new(QueueOrdering::from_policy(pool.policy, pool.aging_interval)),
             executor: ExecutorThread::spawn(pool.name, arenas, executor)?,
             vms,
@@ -178,8 +204,7 @@ impl Dispatcher {
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
             max_idle_sleep: settings.max_idle_sleep,
-            log_requests,
-            stats: DispatcherStats::default(),
+            report: Reporter { pool: pool.name, log_requests, stats: DispatcherStats::default() },
         })
     }
 
@@ -243,15 +268,13 @@ impl Dispatcher {
                         taken += 1;
                         let now = *now.get_or_insert_with(Instant::now);
                         accept(
-                            self.pool,
                             index,
                             port,
                             &mut self.queue,
                             &req,
                             now,
                             self.quota,
-                            self.log_requests,
-                            &mut self.stats,
+                            &mut self.report,
                         );
                     }
                     Ok(None) => emptied = true,
@@ -260,7 +283,7 @@ impl Dispatcher {
                         port.request_poisoned = true;
                         tracing::warn!(
                             "Pool {}: vm{} request ring isolated: {e}",
-                            self.pool,
+                            self.report.pool,
                             port.vm.id
                         );
                         mark_status(port, SlotControl::REQUEST_POISONED);
@@ -286,10 +309,10 @@ impl Dispatcher {
             let Some(queued) = self.queue.pop(now) else { break };
             let pending = queued.item;
             started += 1;
-            if self.log_requests {
+            if self.report.log_requests {
                 tracing::info!(
                     "[PROCESS] Pool {}: Processing vm={}, priority={}, command={}",
-                    self.pool,
+                    self.report.pool,
                     self.vms[pending.vm].vm.id,
                     queued.priority,
                     decode_label(&pending.label)
@@ -343,7 +366,7 @@ impl Dispatcher {
             }
             Err(TryRecvError::Empty) => 0,
             Err(TryRecvError::Disconnected) => {
-                tracing::error!("Pool {}: executor thread died", self.pool);
+                tracing::error!("Pool {}: executor thread died", self.report.pool);
                 self.busy = false;
                 0
             }
@@ -354,24 +377,10 @@ impl Dispatcher {
         let p = f.pending;
         let port = &mut self.vms[p.vm];
         port.in_flight = port.in_flight.saturating_sub(1);
-        let (status, error, out_len) = match f.result {
-            Ok(n) => (Status::Success, ErrorCode::None, n),
-            Err(e) => (Status::Error, e, 0),
-        };
-        let response = Response {
-            tag: p.tag,
-            status: status as u32,
-            error: error as u32,
-            out_len,
-            vm_id: port.identity.vm_id,
-            pool: port.identity.pool as u8,
-            priority: port.identity.priority as u8,
-            opcode: p.opcode,
-            label: p.label,
-            queued_ns: f.started.saturating_duration_since(p.arrived).as_nanos() as u64,
-            exec_ns: f.exec.as_nanos() as u64,
-        };
-        respond(self.pool, port, response, self.log_requests, &mut self.stats);
+        let mut response = port.response(p.tag, p.opcode, p.label, f.result);
+        response.queued_ns = f.started.saturating_duration_since(p.arrived).as_nanos() as u64;
+        response.exec_ns = f.exec.as_nanos() as u64;
+        self.report.respond(port, response);
         self.maybe_parked |= !port.parked.is_empty();
     }
 
@@ -390,7 +399,7 @@ impl Dispatcher {
                     }
                     Err(PushError::Full(_)) => break,
                     Err(PushError::Poisoned(e)) => {
-                        isolate_responses(self.pool, port, &e);
+                        isolate_responses(self.report.pool, port, &e);
                         break;
                     }
                 }
@@ -418,7 +427,7 @@ impl Dispatcher {
             });
         }
         self.flush_parked();
-        self.stats
+        self.report.stats
     }
 }
 
@@ -438,18 +447,16 @@ fn isolate_responses(pool: char, port: &mut VmPort, e: &vgpu_ring::RingError) {
 
 /// Validate a request just taken from `port`'s ring and queue it, or answer it with
 /// an error at once.
-#[allow(clippy::too_many_arguments)]
 fn accept(
-    pool: char,
     index: usize,
     port: &mut VmPort,
     queue: &mut PoolQueue<Pending>,
     req: &Request,
     now: Instant,
     quota: u32,
-    log_requests: bool,
-    stats: &mut DispatcherStats,
+    report: &mut Reporter,
 ) {
+    let pool = report.pool;
     let arena_size = port.region.geometry().arena_size;
     let verdict = validate(req, &port.identity, arena_size).and_then(|job| {
         if port.in_flight >= quota { Err(ErrorCode::QuotaExceeded) } else { Ok(job) }
@@ -470,7 +477,7 @@ fn accept(
                     arrived: now,
                 },
             );
-            if log_requests {
+            if report.log_requests {
                 tracing::info!(
                     "[QUEUE] Pool {pool}: Added priority={priority}, vm={}, count={}",
                     port.vm.id,
@@ -490,52 +497,47 @@ fn accept(
                     port.vm.priority
                 );
             }
-            let response = Response {
-                tag: req.tag,
-                status: Status::Error as u32,
-                error: code as u32,
-                vm_id: port.identity.vm_id,
-                pool: port.identity.pool as u8,
-                priority: port.identity.priority as u8,
-                opcode: req.opcode,
-                label: req.label,
-                ..Response::default()
-            };
-            respond(pool, port, response, log_requests, stats);
+            let response = port.response(req.tag, req.opcode, req.label, Err(code));
+            report.respond(port, response);
         }
     }
 }
 
-/// Publish `response` to `port`, parking it if the ring is full (order is kept).
-fn respond(
+/// What every response of a pool shares: the pool's name for the logs, whether the
+/// per-request lines are logged, and the counters.
+struct Reporter {
     pool: char,
-    port: &mut VmPort,
-    response: Response,
     log_requests: bool,
-    stats: &mut DispatcherStats,
-) {
-    if response.status == Status::Success as u32 {
-        stats.succeeded += 1;
-    } else {
-        stats.failed += 1;
-    }
-    if log_requests {
-        tracing::info!(
-            "[RESPONSE] Sent to vm{}: {}",
-            port.vm.id,
-            vgpu_ring::response_text(&response)
-        );
-    }
-    if port.response_poisoned {
-        return;
-    }
-    if !port.parked.is_empty() {
-        port.parked.push_back(response);
-        return;
-    }
-    match port.host.responses.push(response) {
-        Ok(()) => {}
-        Err(PushError::Full(r)) => port.parked.push_back(r),
-        Err(PushError::Poisoned(e)) => isolate_responses(pool, port, &e),
+    stats: DispatcherStats,
+}
+
+impl Reporter {
+    /// Count and log `response`, then publish it to `port`, parking it if the ring is
+    /// full (order is kept).
+    fn respond(&mut self, port: &mut VmPort, response: Response) {
+        if response.status == Status::Success as u32 {
+            self.stats.succeeded += 1;
+        } else {
+            self.stats.failed += 1;
+        }
+        if self.log_requests {
+            tracing::info!(
+                "[RESPONSE] Sent to vm{}: {}",
+                port.vm.id,
+                vgpu_ring::response_text(&response)
+            );
+        }
+        if port.response_poisoned {
+            return;
+        }
+        if !port.parked.is_empty() {
+            port.parked.push_back(response);
+            return;
+        }
+        match port.host.responses.push(response) {
+            Ok(()) => {}
+            Err(PushError::Full(r)) => port.parked.push_back(r),
+            Err(PushError::Poisoned(e)) => isolate_responses(self.pool, port, &e),
+        }
     }
 }

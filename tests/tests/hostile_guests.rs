@@ -126,31 +126,27 @@ fn a_guest_that_stops_reading_responses_only_blocks_itself() {
     let system = System::start(&[('A', "")], &[vm(1, 'A', 0), vm(2, 'A', 0)], "").unwrap();
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
     let mut guest = guest_endpoints(&region, 0).unwrap();
-    // Push until the request ring stays full: the responses ring (64) and the parked
-    // responses (64) fill, then the mediator stops taking this VM's requests.
-    let mut tag = 0;
+    // The mediator answers into the response ring (64 entries), parks as many more
+    // (64), and then takes no more of this VM's requests: 64 more fill its request ring.
+    let total = 3 * 64;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut full_since: Option<Instant> = None;
-    loop {
-        match guest.requests.push(noop(tag, 1, 0)) {
-            Ok(()) => {
-                tag += 1;
-                full_since = None;
-            }
-            Err(PushError::Full(_)) => {
-                let since = *full_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_millis(300) {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            Err(PushError::Poisoned(e)) => panic!("{e}"),
+    for tag in 0..total {
+        while let Err(e) = guest.requests.push(noop(tag, 1, 0)) {
+            assert!(matches!(e, PushError::Full(_)), "{e}");
+            assert!(Instant::now() < deadline, "the mediator stopped taking at {tag}");
+            std::thread::yield_now();
         }
-        assert!(Instant::now() < deadline, "the mediator kept taking requests");
     }
-    assert!(tag >= 64 * 3, "only {tag} requests pushed");
-    // Another VM of the same pool is served meanwhile.
+    wait_for("the mediator to take 128 requests", Duration::from_secs(20), || {
+        region.ring_indices(0).unwrap().req_tail == 128
+    })
+    .unwrap();
+    // Another VM of the same pool is served meanwhile: the dispatcher kept passing
+    // over this VM and still took nothing more.
     assert!(system.run_client(2, &["NOOP"]).unwrap().status.success());
+    assert_eq!(region.ring_indices(0).unwrap().req_tail, 128, "took more than it can answer");
+    assert!(matches!(guest.requests.push(noop(total, 1, 0)), Err(PushError::Full(_))));
+    let tag = total;
     // Reading now yields every answer, in order, none lost.
     let mut next = 0;
     wait_for("every parked answer", Duration::from_secs(20), || {
