@@ -16,7 +16,7 @@ pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"VGPURING");
 /// Major layout version: a guest or host must refuse a region with another major.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor layout version: additions that older readers may ignore.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Value of the header's `init` word once formatting is complete (ASCII `REDY`).
 pub const INIT_READY: u32 = u32::from_le_bytes(*b"REDY");
 /// Size of the header page and of each slot's control block.
@@ -35,6 +35,12 @@ pub const LABEL_LEN: usize = 24;
 pub const REQ_HEAD_OFFSET: usize = 128;
 /// Byte offset of the request ring's consumer index inside a slot control block.
 pub const REQ_TAIL_OFFSET: usize = 256;
+/// Byte offset of the guest's reset request word inside a slot control block (on the
+/// request ring producer's line: the host reads it with the index it polls anyway).
+pub const RESET_REQUEST_OFFSET: usize = 132;
+/// Byte offset of the host's reset-done word inside a slot control block (on the line
+/// the host writes).
+pub const RESET_DONE_OFFSET: usize = 260;
 /// Byte offset of the response ring's producer index inside a slot control block.
 pub const RESP_HEAD_OFFSET: usize = 384;
 /// Byte offset of the response ring's consumer index inside a slot control block.
@@ -169,12 +175,18 @@ pub struct SlotControl {
     pub reserved0: [u8; 104],
     /// Request ring producer index (guest writes, free-running u32).
     pub req_head: u32,
+    /// Reset handshake (layout 1.1), guest-written: the guest stores `reset_done + 1`
+    /// to ask the host to reset the slot's rings.
+    pub reset_request: u32,
     /// Reserved, zero.
-    pub pad_req_head: [u8; 124],
+    pub pad_req_head: [u8; 120],
     /// Request ring consumer index (host writes).
     pub req_tail: u32,
+    /// Reset handshake (layout 1.1), host-written: the last reset request the host
+    /// carried out.
+    pub reset_done: u32,
     /// Reserved, zero.
-    pub pad_req_tail: [u8; 124],
+    pub pad_req_tail: [u8; 120],
     /// Response ring producer index (host writes).
     pub resp_head: u32,
     /// Reserved, zero.
@@ -201,7 +213,9 @@ const_assert_eq!(offset_of!(SlotControl, host_status), 16);
 const_assert_eq!(offset_of!(SlotControl, client_pid), 20);
 const_assert_eq!(offset_of!(SlotControl, reserved0), 24);
 const_assert_eq!(offset_of!(SlotControl, req_head), REQ_HEAD_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, reset_request), RESET_REQUEST_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, req_tail), REQ_TAIL_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, reset_done), RESET_DONE_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, resp_head), RESP_HEAD_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, resp_tail), RESP_TAIL_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, reserved1), 640);

@@ -17,7 +17,9 @@ pub mod layout;
 mod mapped;
 mod protocol;
 mod region;
+mod reset;
 mod ring;
+mod sigbus;
 pub mod stub;
 mod sync;
 
@@ -30,6 +32,11 @@ pub use mapped::{
 pub use protocol::{
     ErrorCode, MAX_PRIORITY, OpShape, Opcode, Status, priority_name, response_text,
 };
-pub use region::{Access, Geometry, Region, RegionError, RingIndices};
+pub use region::{Access, Geometry, Region, RegionError, RingIndices, SlotControlWords};
+pub use reset::{
+    ControlBlock, ControlWord, HeapControl, complete_reset, request_reset, reset_completed,
+    take_reset_request,
+};
 pub use ring::{Consumer, Producer, PushError, RingBackend, RingError};
+pub use sigbus::fault_count;
 pub use sync::spin_hint;

@@ -19,6 +19,7 @@ pub struct MappedRing<E> {
     slot: u32,
     head: *const AtomicU32,
     tail: *const AtomicU32,
+    reset_request: *const AtomicU32,
     entries: *mut u8,
     capacity: u32,
     _entry: PhantomData<E>,
@@ -54,6 +55,7 @@ impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
         Ok(Self {
             head: region.atomic_u32(base + kind.head_offset())?,
             tail: region.atomic_u32(base + kind.tail_offset())?,
+            reset_request: region.atomic_u32(base + crate::layout::RESET_REQUEST_OFFSET)?,
             entries: region.ptr_at::<E>(entries_offset)?.cast(),
             region: Arc::clone(region),
             slot,
@@ -203,6 +205,7 @@ pub fn host_endpoints(region: &Arc<Region>, slot: u32) -> Result<HostEndpoints, 
 #[derive(Debug, Clone)]
 pub struct HeadWatch {
     head: *const AtomicU32,
+    reset_request: *const AtomicU32,
     _region: Arc<Region>,
 }
 
@@ -219,12 +222,27 @@ impl HeadWatch {
         // SAFETY: checked when the ring was built, kept alive by `_region`.
         unsafe { &*self.head }.load(Ordering::Relaxed)
     }
+
+    /// The slot's reset request word (layout 1.1), on the same line as the request
+    /// ring's producer index, so polling it costs no extra cache miss. Relaxed: a hint
+    /// only; [`take_reset_request`](crate::take_reset_request) loads it with Acquire
+    /// before the host acts on it.
+    #[must_use]
+    #[inline]
+    pub fn reset_request(&self) -> u32 {
+        // SAFETY: checked when the watch was built, kept alive by `_region`.
+        unsafe { &*self.reset_request }.load(Ordering::Relaxed)
+    }
 }
 
 impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
-    /// A [`HeadWatch`] on this ring's producer index.
+    /// A [`HeadWatch`] on this ring's producer index and its slot's reset request.
     #[must_use]
     pub fn head_watch(&self) -> HeadWatch {
-        HeadWatch { head: self.head, _region: Arc::clone(&self.region) }
+        HeadWatch {
+            head: self.head,
+            reset_request: self.reset_request,
+            _region: Arc::clone(&self.region),
+        }
     }
 }

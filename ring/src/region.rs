@@ -11,6 +11,8 @@ use crate::layout::{
     REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, RegionHeader,
     SlotControl, SlotIdentity, VERSION_MAJOR, VERSION_MINOR,
 };
+use crate::reset::{ControlBlock, ControlWord};
+use crate::sigbus::Registration;
 use crate::sync::Ordering;
 use crate::sync::mapped::{AtomicU32, AtomicU64};
 use core::mem::{align_of, offset_of, size_of};
@@ -179,6 +181,37 @@ pub enum RegionError {
     /// The file already exists and overwriting was not requested.
     #[error("{0} already exists")]
     AlreadyExists(PathBuf),
+    /// The path is not a regular file (a directory, a device, a socket...).
+    #[error("{0} is not a regular file")]
+    NotRegularFile(PathBuf),
+    /// The file's size is not the one the host configured.
+    #[error("{path} has {found} bytes, the configuration says {expected}")]
+    WrongSize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The configured size.
+        expected: u64,
+    },
+    /// The filesystem cannot back every page of the region.
+    #[error("{path}: no space: the region needs {needed} bytes, the filesystem has {free} free")]
+    NoSpace {
+        /// The file.
+        path: PathBuf,
+        /// Bytes the region needs.
+        needed: u64,
+        /// Bytes free on its filesystem.
+        free: u64,
+    },
+    /// Another live mediator serves the region (it holds the region's host lock).
+    #[error("{path} is served by another running mediator (pid {pid}, as recorded in the region)")]
+    ServedElsewhere {
+        /// The region.
+        path: PathBuf,
+        /// The other mediator's pid, as its header records it.
+        pid: u32,
+    },
 }
 
 /// How to map an existing region.
@@ -206,6 +239,9 @@ pub struct RingIndices {
 /// A mapped, validated region.
 #[derive(Debug)]
 pub struct Region {
+    /// The SIGBUS handler's entry for the mapping; declared first so that it is dropped
+    /// (unregistered) before the mapping is unmapped.
+    guard: Registration,
     map: MmapRaw,
     file: File,
     path: PathBuf,
@@ -269,32 +305,134 @@ impl Region {
             io::ErrorKind::AlreadyExists => RegionError::AlreadyExists(path.to_owned()),
             _ => io_err(path)(e),
         })?;
-        file.set_len(size).map_err(io_err(path))?;
-        let region = Self::map(file, path, size as usize, geometry, Access::ReadWrite)?;
+        let formatted = reserve(&file, path, size)
+            .and_then(|()| Self::map(file, path, size as usize, geometry, Access::ReadWrite))
+            .and_then(|region| {
+                for slot in 0..geometry.slot_count {
+                    let offset = geometry.slot_offset(slot);
+                    region.write_bytes(offset, SlotControl::new_zeroed().as_bytes())?;
+                }
+                region.stamp(identities)?;
+                Ok(region)
+            });
+        if formatted.is_err() {
+            // A region that could not be completed is not left behind.
+            let _ = std::fs::remove_file(path);
+        }
+        formatted
+    }
 
-        let mut header = RegionHeader::new_zeroed();
+    /// Write every formatter-owned field from `geometry` and the mapping's size, and
+    /// each slot's identity (unassigned past `identities`), the init word last. The
+    /// mediator line, the rings and the arenas are left as they are.
+    fn stamp(&self, identities: &[SlotIdentity]) -> Result<(), RegionError> {
+        let geometry = self.geometry;
+        let mut header: RegionHeader = self.read_value(0)?;
         header.magic = REGION_MAGIC;
         header.version_major = VERSION_MAJOR;
         header.version_minor = VERSION_MINOR;
-        header.region_size = size;
+        header.init = 0;
+        header.region_size = self.map.len() as u64;
         header.slot_count = geometry.slot_count;
         header.ring_entries = geometry.ring_entries;
         header.entry_size = ENTRY_SIZE as u32;
         header.slot_control_size = PAGE_SIZE as u32;
         header.arena_size = geometry.arena_size;
+        header.reserved0 = 0;
         header.slots_offset = PAGE_SIZE as u64;
         header.slot_stride = geometry.slot_stride() as u64;
-        region.write_bytes(0, header.as_bytes())?;
+        header.reserved1 = [0; 64];
+        // The formatter-owned fields end where the mediator line starts.
+        let formatter_part = offset_of!(RegionHeader, epoch);
+        self.write_bytes(0, &header.as_bytes()[..formatter_part])?;
         for slot in 0..geometry.slot_count {
             let identity =
                 identities.get(slot as usize).copied().unwrap_or_else(SlotIdentity::new_zeroed);
-            region.write_bytes(geometry.slot_offset(slot), SlotControl::new_zeroed().as_bytes())?;
-            region.set_identity(slot, identity)?;
+            self.set_identity(slot, identity)?;
         }
-        // SYNC: Release pairs with the Acquire load of `init` in `open`: everything the
-        // formatter wrote above is visible to whoever sees INIT_READY.
-        region.atomic_u32(offset_of!(RegionHeader, init))?.store(INIT_READY, Ordering::Release);
+        // SYNC: Release pairs with the Acquire load of `init` in `open`: everything
+        // written above is visible to whoever sees INIT_READY.
+        self.atomic_u32(offset_of!(RegionHeader, init))?.store(INIT_READY, Ordering::Release);
+        Ok(())
+    }
+
+    /// Attach to a region as its host: the configuration is the authority. Only what
+    /// the host cannot fix from its configuration is refused (a missing or unreadable
+    /// file, not a regular file, another size than `size`, another mediator holding
+    /// the region's host lock); everything else a guest may have written over the
+    /// header or the identities is overwritten from `geometry` and `identities`.
+    ///
+    /// The host lock is an open-file-description lock (`F_OFD_SETLK`) on byte 0 of the
+    /// file, held while the returned region lives and released by the kernel when its
+    /// holder dies; it does not interact with the `flock(2)` that clients take.
+    ///
+    /// ```
+    /// use vgpu_ring::{Access, Geometry, Region, SlotIdentity};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("vm1");
+    /// let geometry = Geometry { slot_count: 1, ring_entries: 64, arena_size: 4096 };
+    /// let id = [SlotIdentity::new(1, b'A', 2)];
+    /// Region::create(&path, 1 << 16, geometry, &id, false)?;
+    /// let host = Region::attach_host(&path, 1 << 16, geometry, &id)?;
+    /// // A second host is refused while the first lives.
+    /// assert!(Region::attach_host(&path, 1 << 16, geometry, &id).is_err());
+    /// drop(host);
+    /// Region::attach_host(&path, 1 << 16, geometry, &id)?;
+    /// # Ok::<(), vgpu_ring::RegionError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::Io`], [`RegionError::NotRegularFile`], [`RegionError::WrongSize`],
+    /// [`RegionError::ServedElsewhere`], and the geometry errors of [`Geometry::validate`].
+    pub fn attach_host(
+        path: &Path,
+        size: u64,
+        geometry: Geometry,
+        identities: &[SlotIdentity],
+    ) -> Result<Self, RegionError> {
+        geometry.validate()?;
+        if !size.is_power_of_two() || size < geometry.required_size() as u64 {
+            return Err(RegionError::BadGeometry(format!(
+                "{size} bytes cannot hold the configured geometry"
+            )));
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+        let meta = file.metadata().map_err(io_err(path))?;
+        if !meta.is_file() {
+            return Err(RegionError::NotRegularFile(path.to_owned()));
+        }
+        if meta.len() != size {
+            return Err(RegionError::WrongSize {
+                path: path.to_owned(),
+                found: meta.len(),
+                expected: size,
+            });
+        }
+        let region = Self::map(file, path, size as usize, geometry, Access::ReadWrite)?;
+        region.lock_host()?;
+        region.stamp(identities)?;
         Ok(region)
+    }
+
+    fn lock_host(&self) -> Result<(), RegionError> {
+        let lock = nix::libc::flock {
+            l_type: nix::libc::F_WRLCK as i16,
+            l_whence: nix::libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 1,
+            l_pid: 0,
+        };
+        match nix::fcntl::fcntl(&self.file, nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)) {
+            Ok(_) => Ok(()),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                Err(RegionError::ServedElsewhere {
+                    path: self.path.clone(),
+                    pid: self.mediator_pid(),
+                })
+            }
+            Err(e) => Err(io_err(&self.path)(e.into())),
+        }
     }
 
     /// Map an existing region (a backing file or a PCI BAR `resource2` file) and
@@ -406,6 +544,7 @@ impl Region {
         }
         .map_err(io_err(path))?;
         Ok(Self {
+            guard: Registration::new(map.as_mut_ptr(), map.len()),
             map,
             file,
             path: path.to_owned(),
@@ -436,6 +575,37 @@ impl Region {
     #[must_use]
     pub fn size(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether the file shrank under the mapping: an access beyond its end raised
+    /// `SIGBUS`, and the process's handler replaced the whole mapping by anonymous
+    /// memory (see [`fault_count`](crate::fault_count)). The region's contents are
+    /// meaningless from then on; drop it and attach again.
+    #[must_use]
+    pub fn is_faulted(&self) -> bool {
+        self.guard.faulted()
+    }
+
+    /// Whether this mapping is covered by the SIGBUS handler (false only when the
+    /// handler could not be installed or the process maps thousands of regions).
+    #[must_use]
+    pub fn is_protected(&self) -> bool {
+        self.guard.protected()
+    }
+
+    /// Atomic access to slot `slot`'s control block words (the reset handshake's
+    /// [`ControlBlock`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SlotOutOfRange`].
+    pub fn control(&self, slot: u32) -> Result<SlotControlWords<'_>, RegionError> {
+        let base = self.check_slot(slot)?;
+        // Check every word once, so that the accessors cannot fail later.
+        for word in ControlWord::ALL {
+            self.atomic_u32(base + word.offset())?;
+        }
+        Ok(SlotControlWords { region: self, base })
     }
 
     /// Whether the mapping is writable.
@@ -736,6 +906,51 @@ impl Region {
         // SAFETY: src is valid for out.len() bytes (checked); `out` is private memory.
         unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
         Ok(())
+    }
+}
+
+/// Reserve every page of a new region file, so that a full filesystem fails here, with
+/// the sizes, and never later as a `SIGBUS` on first touch.
+fn reserve(file: &File, path: &Path, size: u64) -> Result<(), RegionError> {
+    let len = i64::try_from(size).map_err(|_| RegionError::TooSmall { size, required: size })?;
+    match nix::fcntl::posix_fallocate(file, 0, len) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::ENOSPC) => {
+            let free = nix::sys::statvfs::fstatvfs(file)
+                .map_or(0, |s| s.blocks_available().saturating_mul(s.fragment_size()));
+            Err(RegionError::NoSpace { path: path.to_owned(), needed: size, free })
+        }
+        // Filesystems without fallocate (rare for tmpfs/hugetlbfs hosts): size it.
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {
+            file.set_len(size).map_err(io_err(path))
+        }
+        Err(e) => Err(io_err(path)(e.into())),
+    }
+}
+
+/// One slot's control block words, reached atomically (see [`Region::control`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotControlWords<'a> {
+    region: &'a Region,
+    base: usize,
+}
+
+impl SlotControlWords<'_> {
+    fn word(&self, word: ControlWord) -> &AtomicU32 {
+        // Checked in `Region::control`.
+        self.region
+            .atomic_u32(self.base + word.offset())
+            .expect("control word checked when the handle was made")
+    }
+}
+
+impl ControlBlock for SlotControlWords<'_> {
+    fn load(&self, word: ControlWord, order: Ordering) -> u32 {
+        self.word(word).load(order)
+    }
+
+    fn store(&self, word: ControlWord, value: u32, order: Ordering) {
+        self.word(word).store(value, order);
     }
 }
 

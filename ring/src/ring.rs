@@ -135,6 +135,22 @@ impl<B: RingBackend> Producer<B> {
         &self.backend
     }
 
+    /// The position the next staged entry takes.
+    pub fn position(&self) -> u32 {
+        self.head
+    }
+
+    /// The consumer's index as last loaded: every position before it has been handed
+    /// back (reload it with [`free_slots`](Self::free_slots)).
+    pub fn consumer_position(&self) -> u32 {
+        self.cached_tail
+    }
+
+    /// Give the backend back (e.g. to attach a new producer to the same memory).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
     /// Free slots, reloading the consumer's index.
     ///
     /// # Errors
@@ -292,13 +308,50 @@ impl<B: RingBackend> Consumer<B> {
 
     /// Hand every taken slot back to the producer with one index store.
     pub fn release(&mut self) {
-        if self.tail != self.released && self.poisoned.is_none() {
-            // SYNC: Release pairs with the producer's Acquire load of tail
-            // (`Producer::refresh_tail`): our reads of these slots happen before it
-            // overwrites them.
-            self.backend.store_tail(self.tail, Ordering::Release);
-            self.released = self.tail;
+        self.release_up_to(self.tail);
+    }
+
+    /// The position of the entry the next [`take`](Self::take) returns (the entries
+    /// taken so far are at the positions before it).
+    pub fn position(&self) -> u32 {
+        self.tail
+    }
+
+    /// The position up to which slots have been handed back to the producer.
+    pub fn released(&self) -> u32 {
+        self.released
+    }
+
+    /// Hand the taken slots before position `upto` back to the producer with one index
+    /// store, keeping later taken entries unreleased: a consumer that answers entries
+    /// out of order releases only the answered prefix, so that a successor resuming
+    /// from the shared index sees every unanswered entry again. Positions outside
+    /// `released..=position()` are ignored.
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u32>(4, 0);
+    /// for v in 0..3 { tx.push(v).unwrap(); }
+    /// let first = rx.position();
+    /// assert_eq!(rx.take().unwrap(), Some(0));
+    /// assert_eq!(rx.take().unwrap(), Some(1));
+    /// rx.release_up_to(first + 1); // only entry 0 is done with
+    /// assert_eq!(tx.free_slots().unwrap(), 2);
+    /// ```
+    pub fn release_up_to(&mut self, upto: u32) {
+        let step = upto.wrapping_sub(self.released);
+        if step == 0 || step > self.tail.wrapping_sub(self.released) || self.poisoned.is_some() {
+            return;
         }
+        // SYNC: Release pairs with the producer's Acquire load of tail
+        // (`Producer::refresh_tail`): our reads of these slots happen before it
+        // overwrites them.
+        self.backend.store_tail(upto, Ordering::Release);
+        self.released = upto;
+    }
+
+    /// Give the backend back (e.g. to attach a new consumer to the same memory).
+    pub fn into_backend(self) -> B {
+        self.backend
     }
 
     /// [`take`](Self::take) then [`release`](Self::release).

@@ -66,6 +66,11 @@ mod core_atomics {
                 }
 
                 #[inline]
+                pub(crate) fn fetch_add(&self, value: $int, order: super::Ordering) -> $int {
+                    self.0.fetch_add(value, order)
+                }
+
+                #[inline]
                 pub(crate) fn fetch_or(&self, value: $int, order: super::Ordering) -> $int {
                     self.0.fetch_or(value, order)
                 }

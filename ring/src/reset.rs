@@ -1,0 +1,161 @@
+//! The ring reset handshake (layout 1.1), written once over a [`ControlBlock`]: the
+//! mapped slot control block in production, [`HeapControl`] (loom atomics) in the models.
+//!
+//! A guest whose rings are poisoned (or that finds them in a state it cannot resume
+//! from) asks the host to start them afresh:
+//!
+//! 1. guest: `t = load(reset_done, acquire) + 1; store(reset_request, t, release)`;
+//! 2. host, at a point where it holds no request of the slot in hand: sees
+//!    `load(reset_request, acquire) != reset_done`, drops the slot's queued and parked
+//!    work, stores 0 into the four ring indices and `host_status`, then
+//!    `store(reset_done, t, release)`;
+//! 3. guest: waits until `load(reset_done, acquire) == t`, then resumes from the
+//!    (fresh) indices.
+//!
+//! The guest must not touch the rings between 1 and 3 (it holds the slot's lock, so no
+//! other producer exists).
+
+use crate::layout::{
+    REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESET_DONE_OFFSET, RESET_REQUEST_OFFSET, RESP_HEAD_OFFSET,
+    RESP_TAIL_OFFSET, SlotControl,
+};
+use crate::sync::{AtomicU32, Ordering};
+use core::mem::offset_of;
+
+/// A 32-bit word of a slot control block that the reset handshake touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlWord {
+    /// Request ring producer index (guest).
+    ReqHead,
+    /// Request ring consumer index (host).
+    ReqTail,
+    /// Response ring producer index (host).
+    RespHead,
+    /// Response ring consumer index (guest).
+    RespTail,
+    /// Host status bits.
+    HostStatus,
+    /// Guest's reset request.
+    ResetRequest,
+    /// Host's reset acknowledgement.
+    ResetDone,
+}
+
+impl ControlWord {
+    /// Every word, in control-block order.
+    pub const ALL: [Self; 7] = [
+        Self::HostStatus,
+        Self::ReqHead,
+        Self::ResetRequest,
+        Self::ReqTail,
+        Self::ResetDone,
+        Self::RespHead,
+        Self::RespTail,
+    ];
+
+    /// The word's byte offset in the control block.
+    #[must_use]
+    pub const fn offset(self) -> usize {
+        match self {
+            Self::ReqHead => REQ_HEAD_OFFSET,
+            Self::ReqTail => REQ_TAIL_OFFSET,
+            Self::RespHead => RESP_HEAD_OFFSET,
+            Self::RespTail => RESP_TAIL_OFFSET,
+            Self::HostStatus => offset_of!(SlotControl, host_status),
+            Self::ResetRequest => RESET_REQUEST_OFFSET,
+            Self::ResetDone => RESET_DONE_OFFSET,
+        }
+    }
+}
+
+/// Atomic access to the words of one slot control block.
+pub trait ControlBlock {
+    /// Load `word`.
+    fn load(&self, word: ControlWord, order: Ordering) -> u32;
+    /// Store `value` into `word`.
+    fn store(&self, word: ControlWord, value: u32, order: Ordering);
+}
+
+/// Guest: ask for a reset; returns the ticket to wait for with [`reset_completed`].
+///
+/// ```
+/// use vgpu_ring::{ControlBlock, ControlWord, HeapControl, complete_reset, request_reset, reset_completed, take_reset_request};
+/// let control = HeapControl::default();
+/// let ticket = request_reset(&control);
+/// assert!(!reset_completed(&control, ticket));
+/// let asked = take_reset_request(&control).unwrap();
+/// complete_reset(&control, asked);
+/// assert!(reset_completed(&control, ticket));
+/// ```
+pub fn request_reset<C: ControlBlock>(control: &C) -> u32 {
+    // SYNC: Acquire pairs with the host's Release store in `complete_reset` (a previous
+    // reset is complete before we ask for the next one).
+    let ticket = control.load(ControlWord::ResetDone, Ordering::Acquire).wrapping_add(1);
+    // SYNC: Release pairs with the host's Acquire load in `take_reset_request`: the
+    // guest's last index stores are ordered before the host's fresh ones. On x86 (TSO)
+    // stores are not reordered anyway; on Arm a Relaxed store here could reach the host
+    // before an earlier `req_head` store, which would then land after the host's zero.
+    control.store(ControlWord::ResetRequest, ticket, Ordering::Release);
+    ticket
+}
+
+/// Guest: whether the host has carried out reset `ticket`; once it has, the four ring
+/// indices are fresh (all zero) for the guest's next loads.
+pub fn reset_completed<C: ControlBlock>(control: &C, ticket: u32) -> bool {
+    // SYNC: Acquire pairs with the Release store of `reset_done` in `complete_reset`:
+    // the host's stores of the fresh indices are visible once the ticket is.
+    control.load(ControlWord::ResetDone, Ordering::Acquire) == ticket
+}
+
+/// Host: the reset the guest asks for, if any (a request word that differs from the
+/// last one carried out). The host owns `reset_done`, so any other value is a request;
+/// a hostile guest can only make the host reset its own rings.
+pub fn take_reset_request<C: ControlBlock>(control: &C) -> Option<u32> {
+    // SYNC: Acquire pairs with the Release store in `request_reset`.
+    let asked = control.load(ControlWord::ResetRequest, Ordering::Acquire);
+    (asked != control.load(ControlWord::ResetDone, Ordering::Relaxed)).then_some(asked)
+}
+
+/// Host: carry out reset `ticket`: zero the four ring indices and the host status, then
+/// acknowledge. The caller must hold nothing of the slot's rings in hand and must build
+/// new ring endpoints afterwards.
+pub fn complete_reset<C: ControlBlock>(control: &C, ticket: u32) {
+    for word in
+        [ControlWord::ReqHead, ControlWord::ReqTail, ControlWord::RespHead, ControlWord::RespTail]
+    {
+        control.store(word, 0, Ordering::Relaxed);
+    }
+    control.store(ControlWord::HostStatus, 0, Ordering::Relaxed);
+    // SYNC: Release pairs with the guest's Acquire load in `reset_completed`.
+    control.store(ControlWord::ResetDone, ticket, Ordering::Release);
+}
+
+/// A control block in private memory (loom atomics under `cfg(loom)`), for models and
+/// tests of the handshake.
+#[derive(Debug)]
+pub struct HeapControl {
+    words: [AtomicU32; 7],
+}
+
+impl Default for HeapControl {
+    fn default() -> Self {
+        Self { words: core::array::from_fn(|_| AtomicU32::new(0)) }
+    }
+}
+
+impl HeapControl {
+    fn word(&self, word: ControlWord) -> &AtomicU32 {
+        let index = ControlWord::ALL.iter().position(|&w| w == word).unwrap_or(0);
+        &self.words[index]
+    }
+}
+
+impl ControlBlock for HeapControl {
+    fn load(&self, word: ControlWord, order: Ordering) -> u32 {
+        self.word(word).load(order)
+    }
+
+    fn store(&self, word: ControlWord, value: u32, order: Ordering) {
+        self.word(word).store(value, order);
+    }
+}
