@@ -57,18 +57,19 @@ pub enum ClientError {
     /// No mediator has attached to the region since it was created.
     #[error("no mediator has attached to this region (is vgpu-mediator running?)")]
     NoMediator,
-    /// The mediator restarted: requests in flight were lost. Reported once; the client
-    /// then goes on with the new mediator.
-    #[error("the mediator restarted (epoch {old:#x} -> {new:#x}); requests in flight are lost")]
-    MediatorRestarted {
-        /// Epoch at attach.
-        old: u64,
-        /// Epoch now.
-        new: u64,
-    },
-    /// The mediator's heartbeat stopped.
-    #[error("the mediator is not responding (heartbeat unchanged for {0:?})")]
+    /// The caller's timeout expired while the mediator's heartbeat stood still.
+    #[error("the mediator is not responding (no heartbeat for {:.1} s)", .0.as_secs_f64())]
     MediatorDead(Duration),
+    /// The host isolated the slot's rings (it found an index impossible); the client
+    /// resets them when it attaches, or with [`Client::reset_rings`].
+    #[error(
+        "the mediator isolated this slot's rings as corrupt (host status {0:#x}); reattach or reset them"
+    )]
+    Poisoned(u32),
+    /// The region file shrank under the mapping (host processes only): its contents
+    /// are gone.
+    #[error("the region file shrank under this client's mapping; reattach")]
+    RegionLost,
     /// Another client holds the slot.
     #[error("slot in use by pid {pid} (one client per VM; pass --wait-slot to wait)")]
     SlotInUse {
@@ -233,6 +234,43 @@ impl Completion {
     }
 }
 
+/// Something worth telling a person while a call waits (see [`Client::on_notice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A new mediator took over (its requests in flight are executed again and
+    /// answered; nothing is lost).
+    MediatorRestarted {
+        /// Epoch before.
+        old: u64,
+        /// Epoch now.
+        new: u64,
+    },
+    /// The mediator's heartbeat has stood still this long; the call keeps waiting
+    /// within its timeout.
+    MediatorSilent(Duration),
+    /// The client reset the slot's rings because they were poisoned.
+    RingsReset,
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MediatorRestarted { old, new } => write!(
+                f,
+                "the mediator restarted (epoch {old:#x} -> {new:#x}); requests in flight are answered by the new one"
+            ),
+            Self::MediatorSilent(d) => write!(
+                f,
+                "no heartbeat from the mediator for {:.1} s; waiting for it (restarting?)",
+                d.as_secs_f64()
+            ),
+            Self::RingsReset => {
+                f.write_str("the slot's rings were poisoned; reset them with the mediator")
+            }
+        }
+    }
+}
+
 /// Where the client's identity came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentitySource {
@@ -267,6 +305,17 @@ type TagMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<TagHasher>>;
 type TagSet = HashSet<u32, std::hash::BuildHasherDefault<TagHasher>>;
 
 struct InFlight {
+    /// The request's position in the request ring.
+    position: u32,
+    input: (u32, u32),
+    output: (u32, u32),
+}
+
+/// Arena ranges of an answered request, kept reserved until the mediator has released
+/// the request's ring position: until then a restarted mediator may execute the request
+/// again and write its output range once more.
+struct Retired {
+    position: u32,
     input: (u32, u32),
     output: (u32, u32),
 }
@@ -286,6 +335,11 @@ pub struct Client {
     in_flight: TagMap<InFlight>,
     done: TagMap<Response>,
     abandoned: TagSet,
+    retired: Vec<Retired>,
+    faults_seen: u64,
+    notice: Option<Box<dyn FnMut(Notice) + Send>>,
+    rings_were_reset: bool,
+    silence_reported: bool,
     wait: Wait,
     timeout: Duration,
     _lock: Flock<File>,
@@ -313,6 +367,9 @@ fn len_u32(n: usize) -> Result<u32, ClientError> {
 }
 
 impl Client {
+    /// Retired requests collected before their arena ranges are reclaimed.
+    const RECLAIM_BATCH: usize = 8;
+
     /// Find the region and identity, take the slot, and check a mediator is attached.
     ///
     /// # Errors
@@ -378,7 +435,7 @@ impl Client {
         region.set_client_pid(0, std::process::id())?;
         let guest = vgpu_ring::guest_endpoints(&region, 0)?;
         let (last_beat, _) = region.heartbeat();
-        Ok(Self {
+        let mut client = Self {
             arena: ArenaAllocator::new(region.geometry().arena_size),
             guest,
             identity,
@@ -395,11 +452,76 @@ impl Client {
             in_flight: TagMap::default(),
             done: TagMap::default(),
             abandoned: TagSet::default(),
+            retired: Vec::new(),
+            faults_seen: vgpu_ring::fault_count(),
+            notice: None,
+            rings_were_reset: false,
+            silence_reported: false,
             wait: options.wait,
             timeout: options.timeout,
             region,
             _lock: lock,
-        })
+        };
+        if client.rings_poisoned() {
+            client.reset_rings(options.timeout)?;
+            client.rings_were_reset = true;
+        }
+        Ok(client)
+    }
+
+    /// Whether the host or this client found the slot's rings corrupt.
+    fn rings_poisoned(&self) -> bool {
+        self.region.host_status(0).unwrap_or(0) != 0
+            || self.guest.requests.poisoned().is_some()
+            || self.guest.responses.poisoned().is_some()
+    }
+
+    /// Ask the mediator to start the slot's rings afresh (the reset handshake of
+    /// docs/LAYOUT.md) and wait up to `timeout` for it. Every request in flight is
+    /// dropped. [`attach`](Self::attach) does this by itself for a poisoned slot.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`] (or [`ClientError::MediatorDead`]) if the mediator
+    /// does not carry it out in time.
+    pub fn reset_rings(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let region = Arc::clone(&self.region);
+        let control = region.control(0)?;
+        let ticket = vgpu_ring::request_reset(&control);
+        let start = Instant::now();
+        while !vgpu_ring::reset_completed(&control, ticket) {
+            if start.elapsed() > timeout {
+                return Err(self.timeout_error(timeout));
+            }
+            self.check_alive();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        self.guest = vgpu_ring::guest_endpoints(&self.region, 0)?;
+        self.arena = ArenaAllocator::new(self.region.geometry().arena_size);
+        self.in_flight.clear();
+        self.done.clear();
+        self.abandoned.clear();
+        self.retired.clear();
+        self.notify(Notice::RingsReset);
+        Ok(())
+    }
+
+    /// Whether [`attach`](Self::attach) found the slot poisoned and reset its rings.
+    #[must_use]
+    pub fn rings_were_reset(&self) -> bool {
+        self.rings_were_reset
+    }
+
+    /// Call `notice` for every [`Notice`] from now on (e.g. to tell a person once that
+    /// the mediator is restarting).
+    pub fn on_notice(&mut self, notice: impl FnMut(Notice) + Send + 'static) {
+        self.notice = Some(Box::new(notice));
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        if let Some(f) = &mut self.notice {
+            f(notice);
+        }
     }
 
     /// The identity requests carry (the host's copy when both exist).
@@ -436,15 +558,18 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`ClientError::RingFull`], [`ClientError::ArenaFull`],
-    /// [`ClientError::MediatorRestarted`], [`ClientError::Ring`].
+    /// [`ClientError::RingFull`], [`ClientError::ArenaFull`], [`ClientError::Ring`],
+    /// [`ClientError::RegionLost`].
     pub fn submit(&mut self, call: &Call<'_>) -> Result<Ticket, ClientError> {
-        self.check_epoch()?;
+        self.check_mapping()?;
         let in_len = len_u32(call.input.len())?;
-        let input = self.arena.alloc(in_len).ok_or(ClientError::ArenaFull(u64::from(in_len)))?;
-        let Some(output) = self.arena.alloc(call.output_len) else {
-            self.arena.free(input);
-            return Err(ClientError::ArenaFull(u64::from(call.output_len)));
+        let input = self.alloc(in_len)?;
+        let output = match self.alloc(call.output_len) {
+            Ok(output) => output,
+            Err(e) => {
+                self.arena.free(input);
+                return Err(e);
+            }
         };
         let release = |arena: &mut ArenaAllocator| {
             arena.free(input);
@@ -470,6 +595,7 @@ impl Client {
             out_len: call.output_len,
             args: call.args,
         };
+        let position = self.guest.requests.position();
         match self.guest.requests.push(request) {
             Ok(()) => {}
             Err(PushError::Full(_)) => {
@@ -482,13 +608,46 @@ impl Client {
             }
         }
         self.next_tag = self.next_tag.wrapping_add(1);
-        self.in_flight.insert(tag, InFlight { input, output: (output.0, call.output_len) });
+        self.in_flight
+            .insert(tag, InFlight { position, input, output: (output.0, call.output_len) });
         Ok(Ticket { tag })
+    }
+
+    /// Reserve `len` arena bytes, reclaiming the ranges of answered requests the
+    /// mediator has released when the arena looks full.
+    fn alloc(&mut self, len: u32) -> Result<(u32, u32), ClientError> {
+        if let Some(range) = self.arena.alloc(len) {
+            return Ok(range);
+        }
+        self.reclaim();
+        self.arena.alloc(len).ok_or(ClientError::ArenaFull(u64::from(len)))
+    }
+
+    /// Free the ranges of retired requests whose ring position the mediator released
+    /// (it will never execute them again).
+    fn reclaim(&mut self) {
+        if self.retired.is_empty() || self.guest.requests.free_slots().is_err() {
+            return;
+        }
+        let tail = self.guest.requests.consumer_position();
+        let capacity = self.guest.requests.capacity();
+        let arena = &mut self.arena;
+        self.retired.retain(|r| {
+            // Unreleased positions lie in tail..tail + capacity.
+            let released = r.position.wrapping_sub(tail) >= capacity;
+            if released {
+                arena.free(r.input);
+                arena.free(r.output);
+            }
+            !released
+        });
     }
 
     /// Collect every response that has arrived; the one for `wanted` is returned
     /// rather than stored, so the common case (one request awaited) costs no map
-    /// operation beyond the in-flight entry itself.
+    /// operation beyond the in-flight entry itself. A response whose tag is not in
+    /// flight (a duplicate from a restarted mediator, or an answer to a previous
+    /// client of the slot) is dropped.
     fn poll_responses(&mut self, wanted: u32) -> Result<Option<Response>, ClientError> {
         let mut found = None;
         while let Some(response) = self.guest.responses.take()? {
@@ -500,19 +659,26 @@ impl Client {
             } else if self.in_flight.contains_key(&tag) {
                 self.done.insert(tag, response);
             }
-            // Anything else is a stale answer to a previous client of this slot.
         }
         self.guest.responses.release();
         Ok(found)
     }
 
+    /// Take `tag` out of flight; its arena ranges are retired (see [`Retired`]).
     fn finish(&mut self, tag: u32) -> Option<InFlight> {
         if !self.abandoned.is_empty() {
             self.abandoned.remove(&tag);
         }
         let entry = self.in_flight.remove(&tag)?;
-        self.arena.free(entry.input);
-        self.arena.free((entry.output.0, entry.output.1.next_multiple_of(64)));
+        let output = (entry.output.0, entry.output.1.next_multiple_of(64));
+        if entry.input.1 != 0 || output.1 != 0 {
+            self.retired.push(Retired { position: entry.position, input: entry.input, output });
+            // Reclaim in small batches (one load of the mediator's index each), so the
+            // arena's working set stays small and first-fit keeps reusing the same pages.
+            if self.retired.len() >= Self::RECLAIM_BATCH {
+                self.reclaim();
+            }
+        }
         Some(entry)
     }
 
@@ -534,7 +700,8 @@ impl Client {
                 None => return Ok(Err(ticket)),
             },
         };
-        // The ticket's tag is in flight until this call finishes it.
+        // The ticket's tag is in flight until this call finishes it; its output range
+        // stays reserved (retired) while it is read.
         let (offset, capacity) = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
         let mut output = vec![0; response.out_len.min(capacity) as usize];
         if !output.is_empty() {
@@ -544,12 +711,14 @@ impl Client {
     }
 
     /// Wait up to `timeout` for `ticket`'s completion, polling as the [`Wait`] strategy
-    /// says and watching the mediator's epoch and heartbeat.
+    /// says. A mediator restart is not an error: the new mediator executes the
+    /// request and answers (see [`Notice`]).
     ///
     /// # Errors
     ///
-    /// [`ClientError::Timeout`], [`ClientError::MediatorRestarted`],
-    /// [`ClientError::MediatorDead`], [`ClientError::Ring`].
+    /// [`ClientError::Timeout`], or [`ClientError::MediatorDead`] when the heartbeat
+    /// stood still too at that moment; [`ClientError::Poisoned`] as soon as the host
+    /// isolates the slot's rings; [`ClientError::Ring`]; [`ClientError::RegionLost`].
     pub fn wait(&mut self, ticket: Ticket, timeout: Duration) -> Result<Completion, ClientError> {
         let mut ticket = ticket;
         // The clock is read lazily (about 60 ns in a VM): an answer that arrives within
@@ -558,24 +727,27 @@ impl Client {
         let mut sleep = Duration::from_micros(1);
         let mut polls: u32 = 0;
         loop {
-            ticket = match self.try_complete(ticket)? {
-                Ok(done) => return Ok(done),
-                Err(t) => t,
+            ticket = match self.try_complete(ticket) {
+                Ok(Ok(done)) => return Ok(done),
+                Ok(Err(t)) => t,
+                Err(e) => return Err(e),
             };
             polls = polls.wrapping_add(1);
-            // Deadline, liveness and back-off every 64 polls (about a microsecond).
+            // Deadline, slot state, liveness and back-off every 64 polls (about a
+            // microsecond).
             if polls.is_multiple_of(64) {
                 let now = Instant::now();
                 let waited = now - *start.get_or_insert(now);
-                let failure = if waited > timeout {
-                    Some(ClientError::Timeout(timeout))
-                } else {
-                    self.check_alive().err()
+                let failure = match self.check_slot() {
+                    Err(e) => Some(e),
+                    Ok(()) if waited > timeout => Some(self.timeout_error(timeout)),
+                    Ok(()) => None,
                 };
                 if let Some(e) = failure {
                     self.abandoned.insert(ticket.tag);
                     return Err(e);
                 }
+                self.check_alive();
                 if let Wait::Adaptive { spin, max_sleep } = self.wait
                     && waited > spin
                 {
@@ -586,35 +758,65 @@ impl Client {
         }
     }
 
-    /// Notice a mediator restart: the requests in flight are lost to the caller (their
-    /// buffers are freed if the new mediator answers them anyway), the error is
-    /// reported once, and the client continues with the new session.
-    fn check_epoch(&mut self) -> Result<(), ClientError> {
-        let now = self.region.epoch();
-        if now == self.epoch {
-            return Ok(());
+    /// The region still maps the file (a host-process client whose file shrank gets
+    /// [`ClientError::RegionLost`]).
+    fn check_mapping(&mut self) -> Result<(), ClientError> {
+        let faults = vgpu_ring::fault_count();
+        if faults != self.faults_seen {
+            self.faults_seen = faults;
         }
-        let old = std::mem::replace(&mut self.epoch, now);
-        // Answers already received stay redeemable; the rest are given up on.
-        let lost: Vec<u32> =
-            self.in_flight.keys().filter(|tag| !self.done.contains_key(tag)).copied().collect();
-        self.abandoned.extend(lost);
-        Err(ClientError::MediatorRestarted { old, new: now })
+        if faults != 0 && self.region.is_faulted() {
+            return Err(ClientError::RegionLost);
+        }
+        Ok(())
     }
 
-    /// Check the mediator is the one we attached to and its heartbeat moves.
-    fn check_alive(&mut self) -> Result<(), ClientError> {
-        self.check_epoch()?;
+    /// The slot is usable: mapped, not isolated by the host.
+    fn check_slot(&mut self) -> Result<(), ClientError> {
+        self.check_mapping()?;
+        match self.region.host_status(0)? {
+            0 => Ok(()),
+            status => Err(ClientError::Poisoned(status)),
+        }
+    }
+
+    /// The error for a timeout: the mediator's silence if its heartbeat stands still.
+    fn timeout_error(&mut self, timeout: Duration) -> ClientError {
+        match self.silence() {
+            Some(stale) => ClientError::MediatorDead(stale),
+            None => ClientError::Timeout(timeout),
+        }
+    }
+
+    /// How long the heartbeat has stood still, if longer than about ten intervals.
+    fn silence(&mut self) -> Option<Duration> {
         let (beat, interval_ms) = self.region.heartbeat();
         if beat != self.last_beat {
             self.last_beat = beat;
             self.beat_changed = Instant::now();
-            return Ok(());
+            self.silence_reported = false;
+            return None;
         }
         let limit =
             (Duration::from_millis(u64::from(interval_ms)) * 10).max(Duration::from_millis(500));
         let stale = self.beat_changed.elapsed();
-        if stale > limit { Err(ClientError::MediatorDead(stale)) } else { Ok(()) }
+        (stale > limit).then_some(stale)
+    }
+
+    /// Tell the [`on_notice`](Self::on_notice) callback about a new mediator or a
+    /// silent one (once per silence).
+    fn check_alive(&mut self) {
+        let now = self.region.epoch();
+        if now != self.epoch {
+            let old = std::mem::replace(&mut self.epoch, now);
+            self.notify(Notice::MediatorRestarted { old, new: now });
+        }
+        if let Some(stale) = self.silence()
+            && !self.silence_reported
+        {
+            self.silence_reported = true;
+            self.notify(Notice::MediatorSilent(stale));
+        }
     }
 
     /// Submit and wait (with the default timeout).

@@ -203,6 +203,35 @@ struct JsonResult {
     latency_ns: Vec<u64>,
 }
 
+/// Arena bytes the command needs (input and output together), computed with checked
+/// arithmetic before anything is allocated; an error for a zero dimension or a size
+/// that overflows.
+fn arena_bytes(cli: &Cli, op: Opcode) -> Result<u64> {
+    let dims: &[(&str, u32)] = match op {
+        Opcode::Noop | Opcode::Sleep => return Ok(0),
+        Opcode::Echo => return Ok(2 * u64::from(cli.bytes)),
+        Opcode::VectorAdd | Opcode::Saxpy | Opcode::Dot => &[("--n", cli.n)],
+        Opcode::Matmul => &[("--m", cli.m), ("--k", cli.k), ("--n", cli.n)],
+    };
+    if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
+        bail!("{name} must be positive");
+    }
+    let [m, k, n] = [cli.m, cli.k, cli.n].map(u64::from);
+    let floats = match op {
+        // Two input vectors and the output (one value for DOT).
+        Opcode::VectorAdd | Opcode::Saxpy => n.checked_mul(3),
+        Opcode::Dot => n.checked_mul(2).and_then(|x| x.checked_add(1)),
+        // A (m×k), B (k×n) and C (m×n).
+        _ => m
+            .checked_mul(k)
+            .and_then(|a| k.checked_mul(n).and_then(|b| a.checked_add(b)))
+            .and_then(|ab| m.checked_mul(n).and_then(|c| ab.checked_add(c))),
+    };
+    floats
+        .and_then(|f| f.checked_mul(4))
+        .ok_or_else(|| anyhow::anyhow!("the operands' size overflows; use smaller dimensions"))
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -219,8 +248,31 @@ fn run(cli: &Cli) -> Result<bool> {
         wait_for_slot: cli.wait_slot,
         timeout: Duration::from_secs_f64(cli.timeout),
     };
-    let plan = plan(cli)?;
+    let op = Opcode::from_name(&cli.command).unwrap_or(Opcode::Noop);
+    let needed = arena_bytes(cli, op)?;
     let mut client = Client::attach(&options)?;
+    if client.rings_were_reset() {
+        eprintln!("notice: {}", vgpu_client::Notice::RingsReset);
+    }
+    let mut told = (false, false);
+    client.on_notice(move |notice| {
+        let first = match notice {
+            vgpu_client::Notice::MediatorRestarted { .. } => !std::mem::replace(&mut told.0, true),
+            vgpu_client::Notice::MediatorSilent(_) => !std::mem::replace(&mut told.1, true),
+            vgpu_client::Notice::RingsReset => true,
+        };
+        if first {
+            eprintln!("notice: {notice}");
+        }
+    });
+    let arena = u64::from(client.region().geometry().arena_size);
+    if needed > arena {
+        bail!(
+            "{} needs {needed} bytes of arena for its operands and result; this slot's arena has {arena}",
+            op.name()
+        );
+    }
+    let plan = plan(cli)?;
     let id = client.identity();
     let pool = char::from(id.pool as u8);
     if !cli.json {

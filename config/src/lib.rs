@@ -126,6 +126,11 @@ pub struct MediatorConfig {
     pub idle_spin: Duration,
     /// Longest sleep of an idle dispatcher between polls (bounds wake-up latency).
     pub max_idle_sleep: Duration,
+    /// How often a quarantined VM's region is tried again.
+    pub quarantine_retry: Duration,
+    /// At shutdown, answer queued requests with error 8 instead of leaving them in the
+    /// rings for the next mediator.
+    pub drain_on_stop: bool,
 }
 
 /// A validated configuration.
@@ -220,6 +225,8 @@ struct RawMediator {
     max_queued_per_vm: Option<u32>,
     idle_spin_us: Option<u64>,
     max_idle_sleep_us: Option<u64>,
+    quarantine_retry_ms: Option<u64>,
+    drain_on_stop: Option<bool>,
 }
 
 /// Default region directory.
@@ -261,12 +268,27 @@ fn size_field(field: &str, raw: Option<RawSize>, default: u64) -> Result<u64, Co
     }
 }
 
-fn millis(field: &str, raw: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+/// A positive duration of at most `max` units (`unit` makes a `Duration` of one).
+fn duration(
+    field: &str,
+    raw: Option<u64>,
+    default: u64,
+    max: u64,
+    unit: fn(u64) -> Duration,
+) -> Result<Duration, ConfigError> {
     match raw.unwrap_or(default) {
         0 => Err(invalid(field, "must be positive")),
-        ms => Ok(Duration::from_millis(ms)),
+        n if n > max => Err(invalid(field, format!("{n} is above the maximum of {max}"))),
+        n => Ok(unit(n)),
     }
 }
+
+/// Upper bound of `heartbeat_interval_ms` (a minute).
+pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 60_000;
+/// Upper bound of `idle_spin_us` and `max_idle_sleep_us` (a second).
+pub const MAX_IDLE_US: u64 = 1_000_000;
+/// Upper bound of `aging_interval_ms` and `quarantine_retry_ms` (an hour).
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
 
 /// Parse a priority: 0, 1, 2 or low, medium, high.
 ///
@@ -363,8 +385,13 @@ impl Config {
                     "only valid with policy = \"aging\"",
                 ));
             }
-            let aging_interval =
-                millis(&format!("{field}.aging_interval_ms"), pool.aging_interval_ms, 100)?;
+            let aging_interval = duration(
+                &format!("{field}.aging_interval_ms"),
+                pool.aging_interval_ms,
+                100,
+                MAX_INTERVAL_MS,
+                Duration::from_millis,
+            )?;
             let backend = match pool.backend {
                 BackendKind::Cpu => {
                     if pool.device.is_some() {
@@ -447,20 +474,38 @@ impl Config {
 
         let m = raw.mediator;
         let mediator = MediatorConfig {
-            heartbeat_interval: millis(
+            heartbeat_interval: duration(
                 "mediator.heartbeat_interval_ms",
                 m.heartbeat_interval_ms,
                 100,
+                MAX_HEARTBEAT_INTERVAL_MS,
+                Duration::from_millis,
             )?,
             max_queued_per_vm: match m.max_queued_per_vm.unwrap_or(256) {
                 0 => return Err(invalid("mediator.max_queued_per_vm", "must be positive")),
                 n => n,
             },
-            idle_spin: Duration::from_micros(m.idle_spin_us.unwrap_or(100)),
-            max_idle_sleep: Duration::from_micros(match m.max_idle_sleep_us.unwrap_or(10_000) {
-                0 => return Err(invalid("mediator.max_idle_sleep_us", "must be positive")),
-                n => n,
-            }),
+            idle_spin: match m.idle_spin_us {
+                Some(0) => Duration::ZERO,
+                raw => {
+                    duration("mediator.idle_spin_us", raw, 100, MAX_IDLE_US, Duration::from_micros)?
+                }
+            },
+            max_idle_sleep: duration(
+                "mediator.max_idle_sleep_us",
+                m.max_idle_sleep_us,
+                10_000,
+                MAX_IDLE_US,
+                Duration::from_micros,
+            )?,
+            quarantine_retry: duration(
+                "mediator.quarantine_retry_ms",
+                m.quarantine_retry_ms,
+                2_000,
+                MAX_INTERVAL_MS,
+                Duration::from_millis,
+            )?,
+            drain_on_stop: m.drain_on_stop.unwrap_or(false),
         };
         Ok(Self {
             region_dir,

@@ -24,6 +24,10 @@ struct Cli {
     /// Do not log the per-request [QUEUE]/[PROCESS]/[RESPONSE] lines (for benchmarks).
     #[arg(long)]
     quiet_requests: bool,
+    /// Stop for good: answer queued requests with error 8 (shutting down) instead of
+    /// leaving them in the rings for the next mediator (also `drain_on_stop = true`).
+    #[arg(long)]
+    drain: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,7 +57,13 @@ fn run(cli: &Cli) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&shutdown))
             .context("install signal handler")?;
     }
-    let stats = crate::daemon::serve(&config, &shutdown, !cli.quiet_requests)?;
+    let on_stop = if cli.drain || config.mediator.drain_on_stop {
+        crate::dispatcher::OnStop::Drain
+    } else {
+        crate::dispatcher::OnStop::Keep
+    };
+    let options = crate::daemon::ServeOptions { log_requests: !cli.quiet_requests, on_stop };
+    let stats = crate::daemon::serve(&config, &shutdown, options)?;
     for (pool, s) in stats {
         tracing::info!("Pool {pool}: {} succeeded, {} failed", s.succeeded, s.failed);
     }

@@ -1,15 +1,16 @@
-//! Attaching the configured regions and running one dispatcher per pool, with the
-//! control loop (session epoch, heartbeat, shutdown) on the calling thread.
+//! Attaching the configured regions (the configuration is the authority: a region the
+//! host cannot use quarantines its VM only) and running one dispatcher per pool, with
+//! the control loop (session epoch, shutdown) on the calling thread.
 
-use crate::dispatcher::{Dispatcher, DispatcherStats, VmPort};
+use crate::dispatcher::{Dispatcher, DispatcherStats, OnStop};
 use crate::executor::{CpuExecutor, Executor};
+use crate::port::{Session, VmPort};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vgpu_config::{Backend, Config, PoolConfig};
-use vgpu_ring::{Access, Region};
 
 /// Host `CLOCK_MONOTONIC` in nanoseconds (the heartbeat's clock).
 #[must_use]
@@ -58,63 +59,58 @@ fn cuda_executor(_device: u32) -> Result<Box<dyn Executor>, String> {
     Err("this vgpu-mediator was built without the `cuda` feature".to_owned())
 }
 
-/// Open every VM's region and check it against the configuration.
+/// How [`serve`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Log the per-request `[QUEUE]`/`[PROCESS]`/`[RESPONSE]` lines.
+    pub log_requests: bool,
+    /// What happens to queued requests at shutdown.
+    pub on_stop: OnStop,
+}
+
+/// A new session epoch: non-zero, and different from any earlier one of this host
+/// (monotonic time and the process id).
+fn new_epoch() -> u64 {
+    (monotonic_ns() ^ (u64::from(std::process::id()) << 40)) | 1
+}
+
+/// Attach every configured VM (quarantining those whose region is unusable) and group
+/// them by pool.
 ///
 /// # Errors
 ///
-/// Naming the region: missing, not a region, other geometry, other identity.
-pub fn attach(config: &Config) -> Result<Vec<(vgpu_config::VmConfig, Arc<Region>)>> {
-    let mut attached = Vec::new();
+/// If another live mediator serves one of the regions, or no VM at all can be served.
+fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<char, Vec<VmPort>>> {
+    let mut by_pool: BTreeMap<char, Vec<VmPort>> = BTreeMap::new();
+    let mut reasons = Vec::new();
     for vm in &config.vms {
-        let path = &vm.region;
-        let region = Region::open_expecting(path, Access::ReadWrite, config.geometry)
-            .with_context(|| {
-                format!(
-                    "vm {}: region {} (create it with `ivshmem-setup create`)",
-                    vm.id,
-                    path.display()
-                )
-            })?;
-        let found = region.identity(0)?;
-        if found != vm.identity() {
-            bail!(
-                "vm {}: region {} holds identity vm {} pool {:?} priority {}, but the config says vm {} pool {} priority {}; \
-                 recreate it with `ivshmem-setup create`",
-                vm.id,
-                path.display(),
-                found.vm_id,
-                char::from(found.pool as u8),
-                found.priority,
-                vm.id,
-                vm.pool,
-                vm.priority
-            );
+        let port = VmPort::attach(vm.clone(), vm.pool, session)
+            .with_context(|| format!("vm {}: refusing to start", vm.id))?;
+        if let Some(reason) = port.quarantine_reason() {
+            reasons.push(format!("vm {}: {reason}", vm.id));
         }
-        attached.push((vm.clone(), Arc::new(region)));
+        by_pool.entry(vm.pool).or_default().push(port);
     }
-    Ok(attached)
-}
-
-/// A new session epoch: non-zero and different from every region's current one.
-fn new_epoch(regions: &[Arc<Region>]) -> u64 {
-    let mut epoch = (monotonic_ns() ^ (u64::from(std::process::id()) << 40)) | 1;
-    while regions.iter().any(|r| r.epoch() == epoch) {
-        epoch = epoch.wrapping_add(2);
+    if reasons.len() == config.vms.len() {
+        bail!(
+            "no VM can be served ({}); create the regions with `ivshmem-setup create`",
+            reasons.join("; ")
+        );
     }
-    epoch
+    Ok(by_pool)
 }
 
 /// Serve `config` until `shutdown` is set; returns each pool's counters.
 ///
 /// # Errors
 ///
-/// If a region cannot be attached or a thread cannot be started.
+/// If a pool's executor cannot be had, another mediator serves one of the regions, no
+/// VM can be served, or a thread cannot be started.
 pub fn serve(
     config: &Config,
     shutdown: &Arc<AtomicBool>,
-    log_requests: bool,
+    options: ServeOptions,
 ) -> Result<BTreeMap<char, DispatcherStats>> {
-    let attached = attach(config)?;
     // Executors first: a pool that cannot get its GPU stops the start before any
     // region announces a session.
     let executors = config
@@ -122,50 +118,46 @@ pub fn serve(
         .values()
         .map(|pool| Ok((pool, executor_for(pool)?)))
         .collect::<Result<Vec<_>>>()?;
-    let regions: Vec<Arc<Region>> = attached.iter().map(|(_, r)| Arc::clone(r)).collect();
-    let epoch = new_epoch(&regions);
-    let interval = config.mediator.heartbeat_interval;
-    let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
-    for region in &regions {
-        region.store_heartbeat(monotonic_ns())?;
-        region.begin_session(epoch, std::process::id(), interval_ms)?;
-    }
-    let mut by_pool: BTreeMap<char, Vec<VmPort>> = BTreeMap::new();
-    for (vm, region) in attached {
-        by_pool.entry(vm.pool).or_default().push(VmPort::new(vm, region)?);
-    }
+    let session = Session {
+        epoch: new_epoch(),
+        heartbeat_interval_ms: u32::try_from(config.mediator.heartbeat_interval.as_millis())
+            .unwrap_or(u32::MAX),
+        region_size: config.region_size,
+        geometry: config.geometry,
+    };
+    let mut by_pool = attach_all(config, &session)?;
+    let quarantined = by_pool.values().flatten().filter(|port| port.is_quarantined()).count();
     tracing::info!(
-        "=== GPU Mediation Daemon Started === (epoch {epoch:#x}, {} VMs)",
-        regions.len()
+        "=== GPU Mediation Daemon Started === (epoch {:#x}, {} VMs, {quarantined} quarantined)",
+        session.epoch,
+        config.vms.len()
     );
     let mut threads = Vec::new();
     for (pool, executor) in executors {
         let name = &pool.name;
         let vms = by_pool.remove(name).unwrap_or_default();
         tracing::info!("Pool {name} Queue: Ready ({} VMs, {:?})", vms.len(), pool.policy);
-        let dispatcher = Dispatcher::new(pool, vms, executor, &config.mediator, log_requests)?;
+        let dispatcher =
+            Dispatcher::new(pool, vms, executor, &config.mediator, session, options.log_requests)?;
         let flag = Arc::clone(shutdown);
         let thread = std::thread::Builder::new()
             .name(format!("pool-{name}"))
-            .spawn(move || dispatcher.run(&flag))
+            .spawn(move || dispatcher.run(&flag, options.on_stop))
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
-    // Control loop: heartbeat until told to stop.
-    let mut next_beat = Instant::now() + interval;
+    // The dispatchers keep their regions' heartbeats; this thread only waits for the
+    // signal (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap).
     while !shutdown.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= next_beat {
-            let beat = monotonic_ns();
-            for region in &regions {
-                region.store_heartbeat(beat)?;
-            }
-            next_beat = now + interval;
-        }
-        // Shutdown is noticed within 50 ms; fewer wake-ups keep an idle daemon cheap.
-        std::thread::sleep(next_beat.saturating_duration_since(now).min(Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    tracing::info!("shutting down: finishing jobs in hand");
+    tracing::info!(
+        "shutting down: finishing jobs in hand{}",
+        match options.on_stop {
+            OnStop::Keep => "; queued requests stay in the rings for the next mediator",
+            OnStop::Drain => "; answering queued requests with error 8 (shutting down)",
+        }
+    );
     let mut stats = BTreeMap::new();
     for (name, thread) in threads {
         match thread.join() {

@@ -1,91 +1,29 @@
 //! A pool's dispatcher: drains its VMs' request rings into the pool's queue,
 //! continuously (also while a long job executes), runs short jobs inline, hands long ones
-//! to the pool's executor thread one at a time, and publishes the responses.
+//! to the pool's executor thread one at a time, publishes the responses, keeps the
+//! heartbeat of its VMs' regions, carries out ring resets and quarantines a VM whose
+//! region becomes unusable (retrying it periodically).
 
 use crate::executor::{Arena, CpuExecutor, Executor, Job};
+use crate::log_limit::{Problem, suppressed_note};
+use crate::port::{Session, VmPort};
 use crate::queue::{Ordering as QueueOrdering, PoolQueue};
 use crate::validate::validate;
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vgpu_config::{MediatorConfig, PoolConfig, VmConfig};
-use vgpu_ring::{
-    ErrorCode, HeadWatch, HostEndpoints, Opcode, PushError, Region, Request, Response, SlotControl,
-    SlotIdentity, Status, decode_label,
-};
-
-/// One VM attached to a pool.
-pub struct VmPort {
-    vm: VmConfig,
-    identity: SlotIdentity,
-    region: Arc<Region>,
-    arena: Arena,
-    host: HostEndpoints,
-    /// Requests of this VM queued or executing.
-    in_flight: u32,
-    /// Responses that did not fit in the response ring, oldest first.
-    parked: VecDeque<Response>,
-    request_poisoned: bool,
-    response_poisoned: bool,
-}
-
-impl VmPort {
-    /// Attach to slot 0 of `region` for `vm`.
-    ///
-    /// # Errors
-    ///
-    /// If the region is read-only.
-    pub fn new(vm: VmConfig, region: Arc<Region>) -> Result<Self, vgpu_ring::RegionError> {
-        let host = vgpu_ring::host_endpoints(&region, 0)?;
-        Ok(Self {
-            identity: vm.identity(),
-            arena: Arena::new(Arc::clone(&region), 0),
-            vm,
-            region,
-            host,
-            in_flight: 0,
-            parked: VecDeque::new(),
-            request_poisoned: false,
-            response_poisoned: false,
-        })
-    }
-}
-
-impl VmPort {
-    /// The response to request `tag` with `result` (output bytes or the error), carrying
-    /// the slot's configured identity; timings are left at zero.
-    fn response(
-        &self,
-        tag: u32,
-        opcode: u16,
-        label: [u8; vgpu_ring::layout::LABEL_LEN],
-        result: Result<u32, ErrorCode>,
-    ) -> Response {
-        let (status, error, out_len) = match result {
-            Ok(n) => (Status::Success, ErrorCode::None, n),
-            Err(e) => (Status::Error, e, 0),
-        };
-        Response {
-            tag,
-            status: status as u32,
-            error: error as u32,
-            out_len,
-            vm_id: self.identity.vm_id,
-            pool: self.identity.pool as u8,
-            priority: self.identity.priority as u8,
-            opcode,
-            label,
-            ..Response::default()
-        }
-    }
-}
+use vgpu_config::{MediatorConfig, PoolConfig};
+use vgpu_ring::{ErrorCode, HeadWatch, Opcode, Request, decode_label};
 
 /// A request waiting in the pool's queue or executing.
 struct Pending {
     vm: usize,
+    /// The port's generation when the request was taken: an answer for an older
+    /// generation (the VM was reset or quarantined meanwhile) is dropped.
+    generation: u64,
+    /// The request's position in its ring (released once it is answered).
+    position: u32,
     tag: u32,
     opcode: u16,
     label: [u8; vgpu_ring::layout::LABEL_LEN],
@@ -101,27 +39,25 @@ struct Finished {
     exec: Duration,
 }
 
-/// The pool's executor thread: runs one long job at a time.
+/// The pool's executor thread: runs one long job at a time, on the arena it is given.
 struct ExecutorThread {
-    jobs: Option<Sender<Pending>>,
+    jobs: Option<Sender<(Pending, Arena)>>,
     done: Receiver<Finished>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ExecutorThread {
-    fn spawn(
-        pool: char,
-        arenas: Vec<Arena>,
-        mut executor: Box<dyn Executor>,
-    ) -> std::io::Result<Self> {
-        let (jobs, job_rx) = channel::<Pending>();
+    fn spawn(pool: char, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
+        let (jobs, job_rx) = channel::<(Pending, Arena)>();
         let (done_tx, done) = channel();
         let thread =
             std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
-                for pending in job_rx {
+                for (pending, arena) in job_rx {
                     let started = Instant::now();
-                    let result = executor.execute(&pending.job, &arenas[pending.vm]);
+                    let result = executor.execute(&pending.job, &arena);
                     let exec = started.elapsed();
+                    // The arena (and so the mapping) is let go before the answer.
+                    drop(arena);
                     if done_tx.send(Finished { pending, result, started, exec }).is_err() {
                         break;
                     }
@@ -149,79 +85,130 @@ pub struct DispatcherStats {
     pub failed: u64,
 }
 
+/// What a dispatcher does with the requests still queued when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Leave them in the rings, unanswered, for the next mediator (a restart).
+    Keep,
+    /// Answer them with [`ErrorCode::ShuttingDown`] (the host stops for good).
+    Drain,
+}
+
+/// A VM's entry in the compact array a pass scans: the producer index and reset word
+/// of an attached VM, and what the last pass saw.
+struct Watch {
+    head: Option<HeadWatch>,
+    /// The producer index up to which the ring was drained.
+    seen: u32,
+}
+
+impl Watch {
+    fn of(port: &VmPort) -> Self {
+        let head = port.watch();
+        // Differs from the index now, so the first pass drains the VM.
+        let seen = head.as_ref().map_or(0, |h| !h.load());
+        Self { head, seen }
+    }
+}
+
 /// A pool's dispatcher.
 pub struct Dispatcher {
-    /// Each VM's request-ring producer index and the value last drained up to.
-    watches: Vec<(HeadWatch, u32)>,
+    watches: Vec<Watch>,
     vms: Vec<VmPort>,
     queue: PoolQueue<Pending>,
     inline: CpuExecutor,
     executor: ExecutorThread,
-    busy: bool,
+    /// The VM whose job the executor runs, if any.
+    busy: Option<usize>,
     /// Every compute job goes to the executor (a GPU pool), not only long ones.
     offload_compute: bool,
     /// Set when a response may have been parked; cleared by a flush that emptied all.
     maybe_parked: bool,
+    /// Set when a VM asked for a reset that could not be carried out yet.
+    resets_pending: bool,
     quota: u32,
     idle_spin: Duration,
     max_idle_sleep: Duration,
-    report: Reporter,
+    session: Session,
+    heartbeat: Duration,
+    next_beat: Instant,
+    quarantine_retry: Duration,
+    next_retry: Instant,
+    /// [`vgpu_ring::fault_count`] as last seen.
+    faults_seen: u64,
+    pool: char,
+    log_requests: bool,
+    stats: DispatcherStats,
 }
 
 impl Dispatcher {
-    /// A dispatcher for `pool` serving `vms`, with `executor` for long jobs.
+    /// A dispatcher for `pool` serving `vms` (attached or quarantined), with `executor`
+    /// for long jobs.
     ///
     /// # Errors
     ///
     /// If the executor thread cannot be started.
-    pub fn new(
+    pub(crate) fn new(
         pool: &PoolConfig,
         vms: Vec<VmPort>,
         executor: Box<dyn Executor>,
         settings: &MediatorConfig,
+        session: Session,
         log_requests: bool,
     ) -> std::io::Result<Self> {
-        let arenas = vms.iter().map(|p| p.arena.clone()).collect();
-        let offload_compute = executor.offloads_compute();
-        let watches = vms
-            .iter()
-            .map(|p| {
-                let watch = p.host.requests.backend().head_watch();
-                // Differs from the index now, so the first pass drains every VM.
-                let seen = !watch.load();
-                (watch, seen)
-            })
-            .collect();
+        let now = Instant::now();
         Ok(Self {
-            watches,
+            watches: vms.iter().map(Watch::of).collect(),
             queue: PoolQueue::new(QueueOrdering::from_policy(pool.policy, pool.aging_interval)),
-            executor: ExecutorThread::spawn(pool.name, arenas, executor)?,
+            offload_compute: executor.offloads_compute(),
+            executor: ExecutorThread::spawn(pool.name, executor)?,
             vms,
             inline: CpuExecutor,
-            busy: false,
-            offload_compute,
+            busy: None,
             maybe_parked: false,
+            resets_pending: false,
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
             max_idle_sleep: settings.max_idle_sleep,
-            report: Reporter { pool: pool.name, log_requests, stats: DispatcherStats::default() },
+            session,
+            heartbeat: settings.heartbeat_interval,
+            next_beat: now + settings.heartbeat_interval,
+            quarantine_retry: settings.quarantine_retry,
+            next_retry: now + settings.quarantine_retry,
+            faults_seen: vgpu_ring::fault_count(),
+            pool: pool.name,
+            log_requests,
+            stats: DispatcherStats::default(),
         })
     }
 
-    /// Serve until `shutdown` is set, then finish the job in hand, answer queued
-    /// requests with [`ErrorCode::ShuttingDown`] and return the counters. Requests
-    /// still in the rings stay there for the next mediator.
-    pub fn run(mut self, shutdown: &AtomicBool) -> DispatcherStats {
+    /// Serve until `shutdown` is set, then finish the job in hand and, as `on_stop`
+    /// says, leave the queued requests in the rings or answer them; returns the
+    /// counters.
+    pub fn run(mut self, shutdown: &AtomicBool, on_stop: OnStop) -> DispatcherStats {
         let mut last_work = Instant::now();
+        let mut passes: u32 = 0;
         let mut empty_passes: u32 = 0;
         while !shutdown.load(Ordering::Relaxed) {
             // The clock is read at most once per pass (lazily) and once after each
             // executed job: a clock read costs about 60 ns in a VM.
             let mut now = None;
+            if vgpu_ring::fault_count() != self.faults_seen {
+                self.quarantine_faulted();
+            }
             let work = self.drain(&mut now)
                 + self.poll_executor()
                 + self.dispatch(&mut now)
                 + self.flush_parked();
+            if self.resets_pending {
+                self.carry_out_resets(&mut now);
+            }
+            passes = passes.wrapping_add(1);
+            // Housekeeping (heartbeat, retries) needs the clock: a pass that read it
+            // anyway, or one pass in 1024 (a busy pool may not read it at all).
+            if now.is_some() || passes.is_multiple_of(1024) {
+                self.housekeeping(*now.get_or_insert_with(Instant::now));
+            }
             if work > 0 {
                 last_work = now.unwrap_or_else(Instant::now);
                 empty_passes = 0;
@@ -233,7 +220,9 @@ impl Dispatcher {
             if !empty_passes.is_multiple_of(64) {
                 continue;
             }
-            let idle = last_work.elapsed();
+            let now = Instant::now();
+            self.housekeeping(now);
+            let idle = now - last_work;
             if idle > self.idle_spin {
                 // Back off in proportion to how long the pool has been idle: a request
                 // after a short gap waits at most 1/64 of that gap, a long-idle pool
@@ -244,89 +233,193 @@ impl Dispatcher {
                 );
             }
         }
-        self.stop()
+        self.stop(on_stop)
+    }
+
+    /// The heartbeat of the attached VMs' regions, and retries of quarantined VMs.
+    fn housekeeping(&mut self, now: Instant) {
+        if now >= self.next_beat {
+            self.next_beat = now + self.heartbeat;
+            let beat = crate::daemon::monotonic_ns();
+            for port in &self.vms {
+                if let Some(link) = &port.link {
+                    let _ = link.region.store_heartbeat(beat);
+                }
+            }
+        }
+        if now >= self.next_retry {
+            self.next_retry = now + self.quarantine_retry;
+            for index in 0..self.vms.len() {
+                if self.vms[index].is_quarantined() && self.busy != Some(index) {
+                    self.vms[index].retry(&self.session);
+                    self.watches[index] = Watch::of(&self.vms[index]);
+                }
+            }
+        }
+    }
+
+    /// Quarantine every VM whose region faulted (shrank under its mapping).
+    fn quarantine_faulted(&mut self) {
+        self.faults_seen = vgpu_ring::fault_count();
+        for index in 0..self.vms.len() {
+            let faulted =
+                self.vms[index].link.as_ref().is_some_and(|link| link.region.is_faulted());
+            if faulted {
+                self.vms[index]
+                    .quarantine("the region file shrank under its mapping (SIGBUS caught)");
+                self.forget(index);
+            }
+        }
+    }
+
+    /// Drop what the dispatcher holds of VM `index` after its link changed.
+    fn forget(&mut self, index: usize) {
+        self.queue.retain(|p| p.vm != index);
+        self.watches[index] = Watch::of(&self.vms[index]);
     }
 
     /// Drain every VM's request ring whose producer index moved since the last pass;
-    /// returns the number of requests taken. An idle VM costs one load of its index
-    /// line, from a compact array (not the VM's whole state).
+    /// returns the number of requests taken. An idle VM costs two loads from one line
+    /// of its slot (producer index and reset word), read through a compact array.
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
         let mut taken = 0;
         for index in 0..self.watches.len() {
-            let (watch, seen) = &mut self.watches[index];
-            let head = watch.load();
-            if head == *seen {
+            let Some(watch) = &self.watches[index].head else { continue };
+            let (head, reset_request) = (watch.load(), watch.reset_request());
+            let Some(link) = &self.vms[index].link else { continue };
+            if reset_request != link.reset_done {
+                self.resets_pending = true;
+            }
+            if head == self.watches[index].seen {
                 continue;
             }
-            let port = &mut self.vms[index];
-            let mut emptied = port.request_poisoned;
-            // A guest that does not read its responses gets no more requests taken:
-            // its own request ring fills up, nobody else waits.
-            while !emptied && port.parked.len() < port.host.responses.capacity() as usize {
-                match port.host.requests.take() {
+            let mut emptied = false;
+            loop {
+                let port = &mut self.vms[index];
+                let parked = port.parked();
+                let Some(link) = &mut port.link else { break };
+                // A guest that does not read its responses gets no more requests
+                // taken: its own request ring fills up, nobody else waits.
+                if link.request_poisoned || parked >= link.requests.capacity() as usize {
+                    emptied = link.request_poisoned;
+                    break;
+                }
+                let position = link.requests.position();
+                match link.requests.take() {
                     Ok(Some(req)) => {
                         taken += 1;
                         let now = *now.get_or_insert_with(Instant::now);
-                        accept(
-                            index,
-                            port,
-                            &mut self.queue,
-                            &req,
-                            now,
-                            self.quota,
-                            &mut self.report,
-                        );
+                        self.accept(index, position, &req, now);
                     }
-                    Ok(None) => emptied = true,
+                    Ok(None) => {
+                        emptied = true;
+                        break;
+                    }
                     Err(e) => {
                         emptied = true;
-                        port.request_poisoned = true;
-                        tracing::warn!(
-                            "Pool {}: vm{} request ring isolated: {e}",
-                            self.report.pool,
-                            port.vm.id
-                        );
-                        mark_status(port, SlotControl::REQUEST_POISONED);
+                        port.isolate_requests(&e, *now.get_or_insert_with(Instant::now));
+                        break;
                     }
                 }
             }
-            port.host.requests.release();
-            self.maybe_parked |= !port.parked.is_empty();
+            self.maybe_parked |= self.vms[index].parked() > 0;
             if emptied {
                 // Everything up to `head` is taken; a later publish changes the index.
-                *seen = head;
+                self.watches[index].seen = head;
             }
         }
         taken
     }
 
+    /// Validate a request just taken from VM `index`'s ring at `position` and queue
+    /// it, or answer it with an error at once.
+    fn accept(&mut self, index: usize, position: u32, req: &Request, now: Instant) {
+        let pool = self.pool;
+        let port = &mut self.vms[index];
+        let arena_size = self.session.geometry.arena_size;
+        let verdict = validate(req, &port.identity, arena_size).and_then(|job| {
+            if port.in_flight >= self.quota { Err(ErrorCode::QuotaExceeded) } else { Ok(job) }
+        });
+        match verdict {
+            Ok(job) => {
+                port.in_flight += 1;
+                let priority = port.identity.priority as u8;
+                self.queue.push(
+                    priority,
+                    now,
+                    Pending {
+                        vm: index,
+                        generation: port.generation,
+                        position,
+                        tag: req.tag,
+                        opcode: req.opcode,
+                        label: req.label,
+                        job,
+                        arrived: now,
+                    },
+                );
+                if self.log_requests {
+                    tracing::info!(
+                        "[QUEUE] Pool {pool}: Added priority={priority}, vm={}, count={}",
+                        port.vm.id,
+                        self.queue.len()
+                    );
+                }
+            }
+            Err(code) => {
+                if code == ErrorCode::IdentityMismatch
+                    && let Some(n) = port.log.admit(Problem::IdentityClaim, now)
+                {
+                    tracing::warn!(
+                        "Pool {pool}: vm{} claimed pool {:?} priority {} vm {}; configured pool {} priority {}: refused{}",
+                        port.vm.id,
+                        char::from(req.pool),
+                        req.priority,
+                        req.vm_id,
+                        port.vm.pool,
+                        port.vm.priority,
+                        suppressed_note(n)
+                    );
+                }
+                let response = port.response(req.tag, req.opcode, req.label, Err(code));
+                self.respond(index, position, response);
+            }
+        }
+    }
+
     /// Start jobs while the pool is free: short ones inline, a long one on the executor.
     fn dispatch(&mut self, clock: &mut Option<Instant>) -> usize {
         let mut started = 0;
-        while !self.busy && !self.queue.is_empty() {
+        while self.busy.is_none() && !self.queue.is_empty() {
             // One clock read serves the aging policy and the start of execution.
             let now = *clock.get_or_insert_with(Instant::now);
             let Some(queued) = self.queue.pop(now) else { break };
             let pending = queued.item;
             started += 1;
-            if self.report.log_requests {
+            let port = &self.vms[pending.vm];
+            let Some(link) = port.link.as_ref().filter(|_| port.generation == pending.generation)
+            else {
+                continue;
+            };
+            if self.log_requests {
                 tracing::info!(
                     "[PROCESS] Pool {}: Processing vm={}, priority={}, command={}",
-                    self.report.pool,
-                    self.vms[pending.vm].vm.id,
+                    self.pool,
+                    port.vm.id,
                     queued.priority,
                     decode_label(&pending.label)
                 );
             }
             if pending.job.is_long() || (self.offload_compute && pending.job.is_compute()) {
+                let vm = pending.vm;
                 // The sender lives until the executor is dropped; a send fails only if
                 // the executor thread died.
                 let sent = match &self.executor.jobs {
-                    Some(tx) => tx.send(pending).map_err(|e| e.0),
+                    Some(tx) => tx.send((pending, link.arena.clone())).map_err(|e| e.0.0),
                     None => Err(pending),
                 };
                 match sent {
-                    Ok(()) => self.busy = true,
+                    Ok(()) => self.busy = Some(vm),
                     Err(pending) => {
                         let result = Err(ErrorCode::ExecutorFailed);
                         self.finish(Finished {
@@ -338,7 +431,7 @@ impl Dispatcher {
                     }
                 }
             } else {
-                let result = self.inline.execute(&pending.job, &self.vms[pending.vm].arena);
+                let result = self.inline.execute(&pending.job, &link.arena);
                 // A NOOP takes no measurable time; anything else is timed, and its end
                 // is the next job's start.
                 let exec = if pending.job.op == Opcode::Noop {
@@ -355,19 +448,19 @@ impl Dispatcher {
     }
 
     fn poll_executor(&mut self) -> usize {
-        if !self.busy {
+        if self.busy.is_none() {
             return 0;
         }
         match self.executor.done.try_recv() {
             Ok(finished) => {
-                self.busy = false;
+                self.busy = None;
                 self.finish(finished);
                 1
             }
             Err(TryRecvError::Empty) => 0,
             Err(TryRecvError::Disconnected) => {
-                tracing::error!("Pool {}: executor thread died", self.report.pool);
-                self.busy = false;
+                tracing::error!("Pool {}: executor thread died", self.pool);
+                self.busy = None;
                 0
             }
         }
@@ -376,150 +469,25 @@ impl Dispatcher {
     fn finish(&mut self, f: Finished) {
         let p = f.pending;
         let port = &mut self.vms[p.vm];
+        if port.generation != p.generation {
+            // The VM was reset or quarantined meanwhile: nobody waits for this answer.
+            return;
+        }
         port.in_flight = port.in_flight.saturating_sub(1);
         let mut response = port.response(p.tag, p.opcode, p.label, f.result);
         response.queued_ns = f.started.saturating_duration_since(p.arrived).as_nanos() as u64;
         response.exec_ns = f.exec.as_nanos() as u64;
-        self.report.respond(port, response);
-        self.maybe_parked |= !port.parked.is_empty();
+        self.respond(p.vm, p.position, response);
     }
 
-    /// Retry parked responses; returns how many went out.
-    fn flush_parked(&mut self) -> usize {
-        if !self.maybe_parked {
-            return 0;
-        }
-        let mut sent = 0;
-        for port in &mut self.vms {
-            while let Some(&r) = port.parked.front() {
-                match port.host.responses.push(r) {
-                    Ok(()) => {
-                        port.parked.pop_front();
-                        sent += 1;
-                    }
-                    Err(PushError::Full(_)) => break,
-                    Err(PushError::Poisoned(e)) => {
-                        isolate_responses(self.report.pool, port, &e);
-                        break;
-                    }
-                }
-            }
-        }
-        self.maybe_parked = self.vms.iter().any(|port| !port.parked.is_empty());
-        sent
-    }
-
-    fn stop(mut self) -> DispatcherStats {
-        if self.busy
-            && let Ok(finished) = self.executor.done.recv()
-        {
-            self.busy = false;
-            self.finish(finished);
-        }
-        let waiting: Vec<Pending> = self.queue.drain().map(|q| q.item).collect();
-        let now = Instant::now();
-        for pending in waiting {
-            self.finish(Finished {
-                pending,
-                started: now,
-                result: Err(ErrorCode::ShuttingDown),
-                exec: Duration::ZERO,
-            });
-        }
-        self.flush_parked();
-        self.report.stats
-    }
-}
-
-fn mark_status(port: &VmPort, bit: u32) {
-    let status = port.region.host_status(0).unwrap_or(0);
-    let _ = port.region.set_host_status(0, status | bit);
-}
-
-fn isolate_responses(pool: char, port: &mut VmPort, e: &vgpu_ring::RingError) {
-    if !port.response_poisoned {
-        port.response_poisoned = true;
-        port.parked.clear();
-        tracing::warn!("Pool {pool}: vm{} response ring isolated: {e}", port.vm.id);
-        mark_status(port, SlotControl::RESPONSE_POISONED);
-    }
-}
-
-/// Validate a request just taken from `port`'s ring and queue it, or answer it with
-/// an error at once.
-fn accept(
-    index: usize,
-    port: &mut VmPort,
-    queue: &mut PoolQueue<Pending>,
-    req: &Request,
-    now: Instant,
-    quota: u32,
-    report: &mut Reporter,
-) {
-    let pool = report.pool;
-    let arena_size = port.region.geometry().arena_size;
-    let verdict = validate(req, &port.identity, arena_size).and_then(|job| {
-        if port.in_flight >= quota { Err(ErrorCode::QuotaExceeded) } else { Ok(job) }
-    });
-    match verdict {
-        Ok(job) => {
-            port.in_flight += 1;
-            let priority = port.identity.priority as u8;
-            queue.push(
-                priority,
-                now,
-                Pending {
-                    vm: index,
-                    tag: req.tag,
-                    opcode: req.opcode,
-                    label: req.label,
-                    job,
-                    arrived: now,
-                },
-            );
-            if report.log_requests {
-                tracing::info!(
-                    "[QUEUE] Pool {pool}: Added priority={priority}, vm={}, count={}",
-                    port.vm.id,
-                    queue.len()
-                );
-            }
-        }
-        Err(code) => {
-            if code == ErrorCode::IdentityMismatch {
-                tracing::warn!(
-                    "Pool {pool}: vm{} claimed pool {:?} priority {} vm {}; configured pool {} priority {}: refused",
-                    port.vm.id,
-                    char::from(req.pool),
-                    req.priority,
-                    req.vm_id,
-                    port.vm.pool,
-                    port.vm.priority
-                );
-            }
-            let response = port.response(req.tag, req.opcode, req.label, Err(code));
-            report.respond(port, response);
-        }
-    }
-}
-
-/// What every response of a pool shares: the pool's name for the logs, whether the
-/// per-request lines are logged, and the counters.
-struct Reporter {
-    pool: char,
-    log_requests: bool,
-    stats: DispatcherStats,
-}
-
-impl Reporter {
-    /// Count and log `response`, then publish it to `port`, parking it if the ring is
-    /// full (order is kept).
-    fn respond(&mut self, port: &mut VmPort, response: Response) {
-        if response.status == Status::Success as u32 {
+    /// Count and log `response`, then publish it to VM `index`.
+    fn respond(&mut self, index: usize, position: u32, response: vgpu_ring::Response) {
+        if response.status == vgpu_ring::Status::Success as u32 {
             self.stats.succeeded += 1;
         } else {
             self.stats.failed += 1;
         }
+        let port = &mut self.vms[index];
         if self.log_requests {
             tracing::info!(
                 "[RESPONSE] Sent to vm{}: {}",
@@ -527,17 +495,60 @@ impl Reporter {
                 vgpu_ring::response_text(&response)
             );
         }
-        if port.response_poisoned {
-            return;
+        port.publish(position, response);
+        self.maybe_parked |= port.parked() > 0;
+    }
+
+    /// Retry parked responses; returns how many went out.
+    fn flush_parked(&mut self) -> usize {
+        if !self.maybe_parked {
+            return 0;
         }
-        if !port.parked.is_empty() {
-            port.parked.push_back(response);
-            return;
+        let sent = self.vms.iter_mut().map(VmPort::flush_parked).sum();
+        self.maybe_parked = self.vms.iter().any(|port| port.parked() > 0);
+        sent
+    }
+
+    /// Carry out the reset requests of VMs whose job is not on the executor.
+    fn carry_out_resets(&mut self, clock: &mut Option<Instant>) {
+        self.resets_pending = false;
+        for index in 0..self.vms.len() {
+            let Some(link) = &self.vms[index].link else { continue };
+            let Ok(control) = link.region.control(0) else { continue };
+            let Some(ticket) = vgpu_ring::take_reset_request(&control) else { continue };
+            if self.busy == Some(index) {
+                // Its job is in hand: reset once the answer is back.
+                self.resets_pending = true;
+                continue;
+            }
+            let now = *clock.get_or_insert_with(Instant::now);
+            if let Err(e) = self.vms[index].reset(ticket, now) {
+                self.vms[index].quarantine(&format!("ring reset failed: {e}"));
+            }
+            self.forget(index);
         }
-        match port.host.responses.push(response) {
-            Ok(()) => {}
-            Err(PushError::Full(r)) => port.parked.push_back(r),
-            Err(PushError::Poisoned(e)) => isolate_responses(self.pool, port, &e),
+    }
+
+    fn stop(mut self, on_stop: OnStop) -> DispatcherStats {
+        if self.busy.is_some()
+            && let Ok(finished) = self.executor.done.recv()
+        {
+            self.busy = None;
+            self.finish(finished);
         }
+        if on_stop == OnStop::Drain {
+            let waiting: Vec<Pending> = self.queue.drain().map(|q| q.item).collect();
+            let now = Instant::now();
+            for pending in waiting {
+                self.finish(Finished {
+                    pending,
+                    started: now,
+                    result: Err(ErrorCode::ShuttingDown),
+                    exec: Duration::ZERO,
+                });
+            }
+        }
+        self.flush_parked();
+        self.stats
     }
 }

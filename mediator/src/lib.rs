@@ -5,7 +5,8 @@
 //! - [`queue`]: a pool's priority queue (strict or aging).
 //! - [`validate()`]: checking an untrusted request against the host's configuration.
 //! - [`executor`]: the [`Executor`](executor::Executor) trait and the CPU executor.
-//! - [`dispatcher`]: a pool's dispatcher thread.
+//! - [`dispatcher`]: a pool's dispatcher thread; `port`: one VM as it sees it.
+//! - [`log_limit`]: bounding the log lines a guest can cause.
 //! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
 //! - [`cli`]: the command line.
 // Only the CUDA executor (feature `cuda`) allows `unsafe`, for kernel launches.
@@ -18,6 +19,8 @@ pub mod cuda;
 pub mod daemon;
 pub mod dispatcher;
 pub mod executor;
+pub mod log_limit;
+mod port;
 pub mod queue;
 mod validate;
 

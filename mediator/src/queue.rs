@@ -105,6 +105,14 @@ impl<T> PoolQueue<T> {
         self.levels[best].pop_front()
     }
 
+    /// Keep only the items for which `keep` is true (e.g. drop one VM's work when its
+    /// rings are reset); order is unchanged.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        for level in &mut self.levels {
+            level.retain(|q| keep(&q.item));
+        }
+    }
+
     /// Remove every item (at shutdown), in no particular order.
     pub fn drain(&mut self) -> impl Iterator<Item = Queued<T>> + '_ {
         self.levels.iter_mut().flat_map(|level| level.drain(..))

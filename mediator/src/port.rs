@@ -1,0 +1,337 @@
+//! One VM as its pool's dispatcher sees it: the attached region and its ring endpoints,
+//! the journal of answered requests, parked responses, quarantine and the VM's log
+//! budget.
+//!
+//! **The request ring is the journal.** The request ring's consumer index is advanced
+//! only over the prefix of requests whose responses are published: a mediator that dies
+//! leaves every unanswered request in the ring, and the next one executes it.
+//! Responses may be published out of order (an inline NOOP overtakes an executor job),
+//! so each taken position is marked when its answer goes out and the index moves over
+//! the marked prefix.
+
+use crate::executor::Arena;
+use crate::log_limit::{LogLimiter, Problem, suppressed_note};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use vgpu_config::VmConfig;
+use vgpu_ring::{
+    ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PushError, Region, RegionError,
+    RequestConsumer, Response, ResponseProducer, SlotControl, SlotIdentity, Status,
+};
+
+/// What every region of one mediator session shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Session {
+    /// The session epoch written into every region.
+    pub(crate) epoch: u64,
+    /// The heartbeat period written into every region, in milliseconds.
+    pub(crate) heartbeat_interval_ms: u32,
+    /// The configured region size.
+    pub(crate) region_size: u64,
+    /// The configured geometry.
+    pub(crate) geometry: Geometry,
+}
+
+/// An attached VM's region and rings.
+pub(crate) struct Link {
+    pub(crate) region: Arc<Region>,
+    pub(crate) requests: RequestConsumer,
+    responses: ResponseProducer,
+    pub(crate) arena: Arena,
+    /// Answered flags of the taken, unreleased request positions (by position modulo
+    /// the ring size).
+    answered: Box<[bool]>,
+    /// Responses that did not fit in the response ring, oldest first, with the
+    /// position of their request.
+    parked: VecDeque<(u32, Response)>,
+    /// The last reset request carried out (host-owned, cached).
+    pub(crate) reset_done: u32,
+    pub(crate) request_poisoned: bool,
+    response_poisoned: bool,
+}
+
+impl Link {
+    /// Take the host's ends of slot 0, check the indices afresh and publish the result
+    /// in `host_status` (clearing bits a previous session or a guest left there).
+    fn new(region: Arc<Region>) -> Result<Self, RegionError> {
+        let host = vgpu_ring::host_endpoints(&region, 0)?;
+        let request_poisoned = host.requests.poisoned().is_some();
+        let response_poisoned = host.responses.poisoned().is_some();
+        let status = if request_poisoned { SlotControl::REQUEST_POISONED } else { 0 }
+            | if response_poisoned { SlotControl::RESPONSE_POISONED } else { 0 };
+        region.set_host_status(0, status)?;
+        // The host owns `reset_done`; Relaxed: only this thread writes it.
+        let reset_done = region.control(0)?.load(ControlWord::ResetDone, Ordering::Relaxed);
+        Ok(Self {
+            answered: vec![false; host.requests.capacity() as usize].into_boxed_slice(),
+            arena: Arena::new(Arc::clone(&region), 0),
+            requests: host.requests,
+            responses: host.responses,
+            parked: VecDeque::new(),
+            reset_done,
+            request_poisoned,
+            response_poisoned,
+            region,
+        })
+    }
+
+    /// Mark the request at `position` answered and release the answered prefix.
+    fn answered(&mut self, position: u32) {
+        let mask = self.requests.capacity() - 1;
+        self.answered[(position & mask) as usize] = true;
+        let mut upto = self.requests.released();
+        while upto != self.requests.position() && self.answered[(upto & mask) as usize] {
+            self.answered[(upto & mask) as usize] = false;
+            upto = upto.wrapping_add(1);
+        }
+        self.requests.release_up_to(upto);
+    }
+
+    fn set_status_bit(&self, bit: u32) {
+        let status = self.region.host_status(0).unwrap_or(0);
+        let _ = self.region.set_host_status(0, status | bit);
+    }
+}
+
+/// One VM of a pool.
+pub(crate) struct VmPort {
+    pub(crate) vm: VmConfig,
+    pub(crate) identity: SlotIdentity,
+    /// `None` while the VM is quarantined.
+    pub(crate) link: Option<Link>,
+    /// Why the VM is quarantined (the last reason logged).
+    quarantine: Option<String>,
+    /// Changes whenever the link is replaced or reset: work of an older generation
+    /// that comes back from the executor is dropped.
+    pub(crate) generation: u64,
+    /// Requests of this VM queued or executing.
+    pub(crate) in_flight: u32,
+    pub(crate) log: LogLimiter,
+    pool: char,
+}
+
+impl VmPort {
+    /// Attach `vm`'s region for `session`, or quarantine the VM (logged once).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ServedElsewhere`] only: another mediator serves the region, which
+    /// a starting daemon must not ignore. Every other problem quarantines the VM.
+    pub(crate) fn attach(vm: VmConfig, pool: char, session: &Session) -> Result<Self, RegionError> {
+        let mut port = Self {
+            identity: vm.identity(),
+            vm,
+            link: None,
+            quarantine: None,
+            generation: 0,
+            in_flight: 0,
+            log: LogLimiter::default(),
+            pool,
+        };
+        match port.try_attach(session) {
+            Ok(()) => Ok(port),
+            Err(e @ RegionError::ServedElsewhere { .. }) => Err(e),
+            Err(e) => {
+                port.quarantine(&e.to_string());
+                Ok(port)
+            }
+        }
+    }
+
+    /// Attach (again) from the configuration: stamp the region, announce the session,
+    /// take the rings.
+    pub(crate) fn try_attach(&mut self, session: &Session) -> Result<(), RegionError> {
+        let region = Region::attach_host(
+            &self.vm.region,
+            session.region_size,
+            session.geometry,
+            &[self.identity],
+        )?;
+        region.store_heartbeat(crate::daemon::monotonic_ns())?;
+        region.begin_session(session.epoch, std::process::id(), session.heartbeat_interval_ms)?;
+        let link = Link::new(Arc::new(region))?;
+        if link.request_poisoned || link.response_poisoned {
+            tracing::warn!(
+                "Pool {}: vm{} rings hold impossible indices; isolated until the guest resets them",
+                self.pool,
+                self.vm.id
+            );
+        }
+        if self.quarantine.take().is_some() {
+            tracing::info!("Pool {}: vm{} region usable again: attached", self.pool, self.vm.id);
+        }
+        self.link = Some(link);
+        self.generation += 1;
+        self.in_flight = 0;
+        Ok(())
+    }
+
+    /// Retry a quarantined VM; logs only a change of reason.
+    pub(crate) fn retry(&mut self, session: &Session) {
+        if let Err(e) = self.try_attach(session) {
+            self.quarantine(&e.to_string());
+        }
+    }
+
+    /// Stop serving the VM until its region is usable again; its queued work is
+    /// dropped by the caller (see [`generation`](Self::generation)).
+    pub(crate) fn quarantine(&mut self, reason: &str) {
+        self.link = None;
+        self.generation += 1;
+        self.in_flight = 0;
+        if self.quarantine.as_deref() != Some(reason) {
+            tracing::error!(
+                "Pool {}: vm{} QUARANTINED: {reason}; the other VMs are served, retrying",
+                self.pool,
+                self.vm.id
+            );
+            self.quarantine = Some(reason.to_owned());
+        }
+    }
+
+    /// Whether the VM is quarantined.
+    pub(crate) fn is_quarantined(&self) -> bool {
+        self.link.is_none()
+    }
+
+    /// Why the VM is quarantined, if it is.
+    pub(crate) fn quarantine_reason(&self) -> Option<&str> {
+        self.link.is_none().then_some(self.quarantine.as_deref().unwrap_or("not attached"))
+    }
+
+    /// A watch on the request ring's producer index, if attached.
+    pub(crate) fn watch(&self) -> Option<HeadWatch> {
+        self.link.as_ref().map(|l| l.requests.backend().head_watch())
+    }
+
+    /// The response to request `tag` with `result`, carrying the slot's configured
+    /// identity; timings are left at zero.
+    pub(crate) fn response(
+        &self,
+        tag: u32,
+        opcode: u16,
+        label: [u8; vgpu_ring::layout::LABEL_LEN],
+        result: Result<u32, ErrorCode>,
+    ) -> Response {
+        let (status, error, out_len) = match result {
+            Ok(n) => (Status::Success, ErrorCode::None, n),
+            Err(e) => (Status::Error, e, 0),
+        };
+        Response {
+            tag,
+            status: status as u32,
+            error: error as u32,
+            out_len,
+            vm_id: self.identity.vm_id,
+            pool: self.identity.pool as u8,
+            priority: self.identity.priority as u8,
+            opcode,
+            label,
+            ..Response::default()
+        }
+    }
+
+    /// Publish the answer to the request at `position`, parking it if the response ring
+    /// is full (order is kept); the request is released once its answer is out.
+    pub(crate) fn publish(&mut self, position: u32, response: Response) {
+        let Some(link) = &mut self.link else { return };
+        if link.response_poisoned {
+            return;
+        }
+        if !link.parked.is_empty() {
+            link.parked.push_back((position, response));
+            return;
+        }
+        match link.responses.push(response) {
+            Ok(()) => link.answered(position),
+            Err(PushError::Full(r)) => link.parked.push_back((position, r)),
+            Err(PushError::Poisoned(e)) => self.isolate_responses(&e),
+        }
+    }
+
+    /// Retry parked responses; returns how many went out.
+    pub(crate) fn flush_parked(&mut self) -> usize {
+        let Some(link) = &mut self.link else { return 0 };
+        let mut sent = 0;
+        while let Some(&(position, r)) = link.parked.front() {
+            match link.responses.push(r) {
+                Ok(()) => {
+                    link.parked.pop_front();
+                    link.answered(position);
+                    sent += 1;
+                }
+                Err(PushError::Full(_)) => break,
+                Err(PushError::Poisoned(e)) => {
+                    self.isolate_responses(&e);
+                    break;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Responses waiting for room in the response ring.
+    pub(crate) fn parked(&self) -> usize {
+        self.link.as_ref().map_or(0, |l| l.parked.len())
+    }
+
+    /// The request ring was found corrupt: stop reading it (logged within budget).
+    pub(crate) fn isolate_requests(&mut self, e: &vgpu_ring::RingError, now: Instant) {
+        let Some(link) = &mut self.link else { return };
+        link.request_poisoned = true;
+        link.set_status_bit(SlotControl::REQUEST_POISONED);
+        if let Some(n) = self.log.admit(Problem::Poisoned, now) {
+            tracing::warn!(
+                "Pool {}: vm{} request ring isolated: {e}{}",
+                self.pool,
+                self.vm.id,
+                suppressed_note(n)
+            );
+        }
+    }
+
+    fn isolate_responses(&mut self, e: &vgpu_ring::RingError) {
+        let Some(link) = &mut self.link else { return };
+        if link.response_poisoned {
+            return;
+        }
+        link.response_poisoned = true;
+        link.parked.clear();
+        link.set_status_bit(SlotControl::RESPONSE_POISONED);
+        if let Some(n) = self.log.admit(Problem::Poisoned, Instant::now()) {
+            tracing::warn!(
+                "Pool {}: vm{} response ring isolated: {e}{}",
+                self.pool,
+                self.vm.id,
+                suppressed_note(n)
+            );
+        }
+    }
+
+    /// Carry out the guest's reset request `ticket`: drop the VM's parked work (the
+    /// caller drops its queued work), give the rings fresh indices, clear the status
+    /// and acknowledge. The caller holds none of the VM's requests in hand.
+    pub(crate) fn reset(&mut self, ticket: u32, now: Instant) -> Result<(), RegionError> {
+        let Some(link) = self.link.take() else { return Ok(()) };
+        let dropped = self.in_flight as usize + link.parked.len();
+        let region = Arc::clone(&link.region);
+        // The old endpoints go before the indices change under them.
+        drop(link);
+        vgpu_ring::complete_reset(&region.control(0)?, ticket);
+        let link = Link::new(region)?;
+        self.link = Some(link);
+        self.generation += 1;
+        self.in_flight = 0;
+        if let Some(n) = self.log.admit(Problem::Reset, now) {
+            tracing::warn!(
+                "Pool {}: vm{} rings reset at the guest's request ({dropped} requests dropped){}",
+                self.pool,
+                self.vm.id,
+                suppressed_note(n)
+            );
+        }
+        Ok(())
+    }
+}
