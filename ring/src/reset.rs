@@ -88,13 +88,13 @@ pub trait ControlBlock {
 /// assert!(reset_completed(&control, ticket));
 /// ```
 pub fn request_reset<C: ControlBlock>(control: &C) -> u32 {
-    // SYNC: Acquire pairs with the host's Release store in `complete_reset` (a previous
-    // reset is complete before we ask for the next one).
-    let ticket = control.load(ControlWord::ResetDone, Ordering::Acquire).wrapping_add(1);
+    // Relaxed: only the value is needed. A guest that reset before already synchronised
+    // with that acknowledgement in `reset_completed`, and a new client process is
+    // ordered after the previous one by the slot's lock.
+    let ticket = control.load(ControlWord::ResetDone, Ordering::Relaxed).wrapping_add(1);
     // SYNC: Release pairs with the host's Acquire load in `take_reset_request`: the
-    // guest's last index stores are ordered before the host's fresh ones. On x86 (TSO)
-    // stores are not reordered anyway; on Arm a Relaxed store here could reach the host
-    // before an earlier `req_head` store, which would then land after the host's zero.
+    // guest's last writes to the slot (indices, entries) happen before the host's fresh
+    // ones.
     control.store(ControlWord::ResetRequest, ticket, Ordering::Release);
     ticket
 }

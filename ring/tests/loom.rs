@@ -119,3 +119,143 @@ fn batched_publish_and_release() {
         producer.join().unwrap();
     });
 }
+
+/// The reset handshake. The guest's last writes to the slot (its indices, its ring
+/// entries) happen before the host writes fresh ones, and the host's writes happen
+/// before the guest's next reads: a loom cell stands for those guest-owned bytes, so
+/// loom flags a race if either half of the handshake loses its ordering. The atomic
+/// words themselves must read fresh after the acknowledgement too.
+#[test]
+fn reset_handshake_orders_both_sides() {
+    use loom::cell::UnsafeCell;
+    use std::sync::atomic::Ordering::Relaxed;
+    use vgpu_ring::{ControlBlock, ControlWord, HeapControl};
+    use vgpu_ring::{complete_reset, request_reset, reset_completed, take_reset_request};
+    loom::model(|| {
+        let control = std::sync::Arc::new(HeapControl::default());
+        // Bytes of the slot the guest writes before it asks and reads after.
+        let guest_bytes = std::sync::Arc::new(UnsafeCell::new(0u32));
+        let indices = [
+            ControlWord::ReqHead,
+            ControlWord::ReqTail,
+            ControlWord::RespHead,
+            ControlWord::RespTail,
+        ];
+        let (host_control, host_bytes) =
+            (std::sync::Arc::clone(&control), std::sync::Arc::clone(&guest_bytes));
+        let host = thread::spawn(move || {
+            loop {
+                if let Some(ticket) = take_reset_request(&*host_control) {
+                    // SAFETY (model): the handshake hands these bytes to the host.
+                    host_bytes.with_mut(|p| unsafe { *p = 0 });
+                    complete_reset(&*host_control, ticket);
+                    return;
+                }
+                thread::yield_now();
+            }
+        });
+        for word in indices.into_iter().chain([ControlWord::HostStatus]) {
+            control.store(word, 5, Relaxed);
+        }
+        // SAFETY (model): the guest owns these bytes until it asks for the reset.
+        guest_bytes.with_mut(|p| unsafe { *p = 5 });
+        let ticket = request_reset(&*control);
+        while !reset_completed(&*control, ticket) {
+            thread::yield_now();
+        }
+        // SAFETY (model): the acknowledgement hands them back.
+        assert_eq!(guest_bytes.with(|p| unsafe { *p }), 0);
+        for word in indices.into_iter().chain([ControlWord::HostStatus]) {
+            assert_eq!(control.load(word, Relaxed), 0, "{word:?}");
+        }
+        host.join().unwrap();
+    });
+}
+
+/// Release after answer: a mediator that dies at any point (its endpoints dropped, a
+/// new one attached to the shared indices) loses no request, and the client's filter
+/// (answers only for tags in flight) delivers each answer exactly once.
+#[test]
+fn release_after_answer_survives_a_crash_at_every_point() {
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    use vgpu_ring::{Consumer, HeapRing, Producer};
+
+    type Requests = Consumer<HeapRing<u64>>;
+    type Responses = Producer<HeapRing<u64>>;
+
+    /// One step of a mediator: take a request, publish its answer, release the
+    /// answered prefix. Returns whether it did anything.
+    fn step(requests: &mut Requests, responses: &mut Responses, held: &mut Option<u64>) -> bool {
+        match held.take() {
+            None => match requests.take().expect("not poisoned") {
+                Some(tag) => {
+                    *held = Some(tag);
+                    true
+                }
+                None => false,
+            },
+            Some(tag) => match responses.push(tag) {
+                Ok(()) => {
+                    // Answered: the prefix up to here may go back to the producer.
+                    requests.release();
+                    true
+                }
+                Err(PushError::Full(_)) => {
+                    *held = Some(tag);
+                    false
+                }
+                Err(PushError::Poisoned(e)) => panic!("poisoned: {e}"),
+            },
+        }
+    }
+
+    for crash_after in 0..=4 {
+        loom::model(move || {
+            let (mut req_tx, req_rx) = vgpu_ring::heap_ring::<u64>(2, 0);
+            let (resp_tx, mut resp_rx) = vgpu_ring::heap_ring::<u64>(2, 0);
+            let done = Arc::new(AtomicBool::new(false));
+            let mediator_done = Arc::clone(&done);
+            let mediator = thread::spawn(move || {
+                let (mut requests, mut responses) = (req_rx, resp_tx);
+                let mut held = None;
+                let mut steps = 0;
+                while steps < crash_after && !mediator_done.load(Ordering::Relaxed) {
+                    if step(&mut requests, &mut responses, &mut held) {
+                        steps += 1;
+                    } else {
+                        thread::yield_now();
+                    }
+                }
+                // The crash: whatever was held is lost with the process; a new mediator
+                // resumes from the shared indices.
+                let mut requests = Consumer::new(requests.into_backend());
+                let mut responses = Producer::new(responses.into_backend());
+                let mut held = None;
+                while !mediator_done.load(Ordering::Relaxed) {
+                    if !step(&mut requests, &mut responses, &mut held) {
+                        thread::yield_now();
+                    }
+                }
+            });
+            let mut in_flight = vec![1u64, 2];
+            push_all(&mut req_tx, &in_flight.clone());
+            let mut delivered = Vec::new();
+            while !in_flight.is_empty() {
+                match resp_rx.pop().expect("not poisoned") {
+                    Some(tag) => {
+                        if let Some(i) = in_flight.iter().position(|&t| t == tag) {
+                            in_flight.remove(i);
+                            delivered.push(tag);
+                        }
+                    }
+                    None => thread::yield_now(),
+                }
+            }
+            delivered.sort_unstable();
+            assert_eq!(delivered, [1, 2]);
+            done.store(true, Ordering::Relaxed);
+            mediator.join().unwrap();
+        });
+    }
+}
