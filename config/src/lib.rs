@@ -38,8 +38,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax error, unknown key or wrong type (the message names the key).
-    #[error("{0}")]
-    Parse(#[from] toml::de::Error),
+    #[error("{message}")]
+    Syntax {
+        /// The line (1-based) the parser stopped at, if known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
     /// A field's value is invalid.
     #[error("{field}: {message}")]
     Invalid {
@@ -48,6 +53,73 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// An error in a configuration file: the file, the line where it applies (when
+    /// known), and the error.
+    #[error("{}{}: {error}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The line (1-based) where the error applies.
+        line: Option<usize>,
+        /// The error.
+        error: Box<ConfigError>,
+    },
+}
+
+/// The line (1-based) of `text` where `field` (`regions.size`, `pools.A.policy`,
+/// `vm[2].priority`, ...) is set, or else where its table starts.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    let (table, key) = match field.rsplit_once('.') {
+        Some((table, key)) if !key.is_empty() => (table, Some(key)),
+        _ => (field, None),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let header = match table.split_once('[') {
+        // `vm[2]`: the third `[[vm]]` header.
+        Some((name, rest)) => {
+            let index: usize = rest.trim_end_matches(']').parse().ok()?;
+            let want = format!("[[{name}]]");
+            lines.iter().enumerate().filter(|(_, l)| l.trim() == want).nth(index)?.0
+        }
+        None => {
+            let want = format!("[{table}]");
+            match lines.iter().position(|l| l.trim() == want) {
+                Some(i) => i,
+                // A key of a table that is not there, or a whole array (`vm`).
+                None => {
+                    return lines
+                        .iter()
+                        .position(|l| l.trim() == format!("[[{table}]]"))
+                        .map(|i| i + 1);
+                }
+            }
+        }
+    };
+    let Some(key) = key else { return Some(header + 1) };
+    let in_table = lines[header + 1..].iter().take_while(|l| !l.trim_start().starts_with('['));
+    let found = in_table.enumerate().find(|(_, l)| {
+        l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+    });
+    Some(found.map_or(header, |(i, _)| header + 1 + i) + 1)
+}
+
+impl ConfigError {
+    /// This error as one in file `path` whose text is `text`, with the line where it
+    /// applies.
+    fn in_file(self, path: &Path, text: &str) -> Self {
+        let line = match &self {
+            Self::Syntax { line, .. } => *line,
+            Self::Invalid { field, .. } => line_of(text, field),
+            Self::Read { .. } | Self::InFile { .. } => return self,
+        };
+        Self::InFile { path: path.to_owned(), line, error: Box::new(self) }
+    }
+}
+
+impl From<toml::de::Error> for ConfigError {
+    fn from(e: toml::de::Error) -> Self {
+        Self::Syntax { line: None, message: e.message().to_owned() }
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -327,7 +399,39 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(&text)
+        let config = Self::parse(&text).map_err(|e| e.in_file(path, &text))?;
+        config.check_distinct_regions().map_err(|e| e.in_file(path, &text))?;
+        Ok(config)
+    }
+
+    /// Check that no two VMs name the same region file, comparing real paths (the
+    /// directory's path with symlinks and `..` resolved, plus the file name) where the
+    /// directory exists.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the second VM's `region`.
+    pub fn check_distinct_regions(&self) -> Result<(), ConfigError> {
+        let real = |path: &Path| -> PathBuf {
+            let resolved = std::fs::canonicalize(path).ok().or_else(|| {
+                let dir = std::fs::canonicalize(path.parent()?).ok()?;
+                Some(dir.join(path.file_name()?))
+            });
+            resolved.unwrap_or_else(|| path.to_owned())
+        };
+        let mut seen = BTreeMap::new();
+        for (i, vm) in self.vms.iter().enumerate() {
+            if let Some(other) = seen.insert(real(&vm.region), vm.id) {
+                return Err(invalid(
+                    format!("vm[{i}].region"),
+                    format!(
+                        "{} is the same file as vm {other}'s region (each VM needs its own)",
+                        vm.region.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parse and validate configuration text.
@@ -336,7 +440,10 @@ impl Config {
     ///
     /// [`ConfigError`] naming the field.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            line: e.span().map(|span| text[..span.start].matches('\n').count() + 1),
+            message: e.message().trim_end().to_owned(),
+        })?;
         let region_dir = raw.regions.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_REGION_DIR));
         let ring_entries = raw.regions.ring_entries.unwrap_or(256);
         let arena_size = size_field("regions.arena_size", raw.regions.arena_size, 1 << 20)?;
@@ -676,5 +783,67 @@ mod tests {
                 .to_string()
                 .contains("regions.dir: /nonexistent/x does not exist")
         );
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn load(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = text.replace("DIR", &dir.path().display().to_string());
+        let path = dir.path().join("vgpu.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = Config::load(&path);
+        (dir, result)
+    }
+
+    const GOOD: &str = "[regions]\ndir = \"DIR\"\n[mediator]\nidle_spin_us = 5\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 1\n[[vm]]\nid = 2\npool = \"A\"\npriority = 0\n";
+
+    #[test]
+    fn errors_name_the_file_and_line_once() {
+        let (dir, result) = load(&GOOD.replace("idle_spin_us = 5", "heartbeat_interval_ms = 0"));
+        let message = result.unwrap_err().to_string();
+        let file = dir.path().join("vgpu.toml").display().to_string();
+        assert_eq!(message, format!("{file}:4: mediator.heartbeat_interval_ms: must be positive"));
+        let (_dir, result) = load(&GOOD.replace("priority = 0", "priority = 7"));
+        assert!(result.unwrap_err().to_string().contains("vgpu.toml:13: vm[1].priority"));
+        let (_dir, result) = load(&GOOD.replace("[pools.A]", "[pools.A]\nbogus = 1"));
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("vgpu.toml:6: unknown field `bogus`"), "{message}");
+        assert_eq!(message.matches("bogus").count(), 1, "printed once: {message}");
+    }
+
+    #[test]
+    fn timing_settings_have_upper_bounds() {
+        for (key, max) in [
+            ("heartbeat_interval_ms", MAX_HEARTBEAT_INTERVAL_MS),
+            ("idle_spin_us", MAX_IDLE_US),
+            ("max_idle_sleep_us", MAX_IDLE_US),
+            ("quarantine_retry_ms", MAX_INTERVAL_MS),
+        ] {
+            let ok = GOOD.replace("idle_spin_us = 5", &format!("{key} = {max}"));
+            assert!(load(&ok).1.is_ok(), "{key} = {max}");
+            for value in [max + 1, u64::from(u32::MAX), u64::MAX / 2] {
+                let text = GOOD.replace("idle_spin_us = 5", &format!("{key} = {value}"));
+                let message = load(&text).1.unwrap_err().to_string();
+                assert!(message.contains("above the maximum"), "{key} = {value}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_file_reached_by_two_paths_is_refused() {
+        let (dir, _) = load(GOOD);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("link")).unwrap();
+        for alias in ["sub/../vgpu-vm1", "link/vgpu-vm1"] {
+            let text =
+                GOOD.replace("priority = 0", &format!("priority = 0\nregion = \"DIR/{alias}\""));
+            let message = load(&text.replace("DIR", &dir.path().display().to_string())).1;
+            let message = message.unwrap_err().to_string();
+            assert!(message.contains("is the same file as vm 1's region"), "{alias}: {message}");
+        }
     }
 }

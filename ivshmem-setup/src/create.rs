@@ -126,8 +126,8 @@ pub(crate) fn run(args: &CreateArgs) -> Result<()> {
     for plan in &plans {
         create_one(plan, gid)?;
         let id = plan.identity;
-        println!(
-            "vm {}: {}  pool {}  priority {} ({})  {} bytes, {} ring entries, {}-byte arena",
+        let _ = say!(
+            "vm {}: {}  pool {}  priority {} ({})  {} bytes, {} ring entries, {}-byte arena\n",
             id.vm_id,
             plan.path.display(),
             char::from(id.pool as u8),
@@ -140,7 +140,7 @@ pub(crate) fn run(args: &CreateArgs) -> Result<()> {
         if args.with_stubs {
             let stub_path = stub_path(&plan.path);
             write_stub(&stub_path, id.vm_id, id.pool as u8, id.priority)?;
-            println!("      stub registers: {}", stub_path.display());
+            let _ = say!("      stub registers: {}\n", stub_path.display());
         }
     }
     Ok(())
@@ -148,19 +148,25 @@ pub(crate) fn run(args: &CreateArgs) -> Result<()> {
 
 fn create_one(plan: &Plan, gid: Option<nix::unistd::Gid>) -> Result<()> {
     // Write a fresh file next to the target and rename it over, so a reader never sees a
-    // half-formatted region at the final path.
+    // half-formatted region at the final path; the temporary file goes on any failure.
     let tmp = plan.path.with_extension("vgpu-tmp");
     let _ = std::fs::remove_file(&tmp);
-    Region::create(&tmp, plan.size, plan.geometry, &[plan.identity], false)
-        .with_context(|| format!("create {}", plan.path.display()))?;
-    std::fs::set_permissions(&tmp, Permissions::from_mode(0o660))?;
-    if let Some(gid) = gid {
-        nix::unistd::chown(&tmp, None, Some(gid))
-            .with_context(|| format!("chown {}", tmp.display()))?;
+    let made = (|| -> Result<()> {
+        // Every page is reserved: a full filesystem fails here, never as a SIGBUS later.
+        Region::create(&tmp, plan.size, plan.geometry, &[plan.identity], false)?;
+        std::fs::set_permissions(&tmp, Permissions::from_mode(0o660))
+            .with_context(|| format!("chmod {}", tmp.display()))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(&tmp, None, Some(gid))
+                .with_context(|| format!("chown {}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, &plan.path)
+            .with_context(|| format!("rename to {}", plan.path.display()))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, &plan.path)
-        .with_context(|| format!("rename to {}", plan.path.display()))?;
-    Ok(())
+    made.with_context(|| format!("create {}", plan.path.display()))
 }
 
 fn group_id(name: &str) -> Result<nix::unistd::Gid> {
@@ -184,8 +190,8 @@ fn write_stub(path: &Path, vm_id: u32, pool: u8, priority: u32) -> Result<()> {
 
 pub(crate) fn stub(args: &StubArgs) -> Result<()> {
     write_stub(&args.out, args.vm, args.pool as u8, u32::from(args.priority))?;
-    println!(
-        "wrote vgpu-stub registers to {}: pool {} priority {} vm {}",
+    let _ = say!(
+        "wrote vgpu-stub registers to {}: pool {} priority {} vm {}\n",
         args.out.display(),
         args.pool,
         args.priority,

@@ -178,11 +178,14 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         let r = report(&region)?;
         let text = if args.json { serde_json::to_string_pretty(&r)? + "\n" } else { render(&r) };
         if args.watch {
-            // Clear the screen and home the cursor, then redraw.
-            print!("\x1b[2J\x1b[H{text}");
+            // Clear the screen and home the cursor, then redraw; stop quietly once
+            // nobody reads.
+            if !say!("\x1b[2J\x1b[H{text}") {
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_secs(1));
         } else {
-            print!("{text}");
+            let _ = say!("{text}");
             return Ok(());
         }
     }

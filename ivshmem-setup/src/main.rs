@@ -2,6 +2,12 @@
 //! libvirt configuration that exposes them to guests.
 #![forbid(unsafe_code)]
 
+/// Print to stdout like `print!`. A closed stdout (`... | head -2`) is no error: the
+/// command goes on with its work and prints nothing more (see [`write_out`]).
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::write_out(format_args!($($arg)*)) };
+}
+
 mod create;
 mod inspect;
 mod qemu;
@@ -39,6 +45,14 @@ struct ConfigArg {
     /// The configuration file (TOML, see docs/CONFIG.md).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+}
+
+/// Write to stdout; `false` once stdout is closed (or unwritable), which callers that
+/// only print may ignore.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.flush()).is_ok()
 }
 
 fn main() -> ExitCode {

@@ -53,7 +53,7 @@ pub(crate) fn qemu_arguments(vm: &VmConfig, size: u64) -> Vec<String> {
 
 pub(crate) fn qemu_args(args: &VmArgs) -> Result<()> {
     let (_, vm, size) = vm_and_size(args)?;
-    println!("{}", qemu_arguments(&vm, size).join(" "));
+    let _ = say!("{}\n", qemu_arguments(&vm, size).join(" "));
     Ok(())
 }
 
@@ -62,8 +62,8 @@ pub(crate) fn libvirt_xml(args: &VmArgs) -> Result<()> {
     let (n, unit) = mib_or_bytes(size);
     let unit = if unit.is_empty() { "B" } else { unit };
     let name = device_id(&vm);
-    println!(
-        "<shmem name='{name}'>\n  <model type='ivshmem-plain'/>\n  <size unit='{unit}'>{n}</size>\n</shmem>"
+    let _ = say!(
+        "<shmem name='{name}'>\n  <model type='ivshmem-plain'/>\n  <size unit='{unit}'>{n}</size>\n</shmem>\n"
     );
     let expected = Path::new("/dev/shm").join(&name);
     if vm.region == expected {

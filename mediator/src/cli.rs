@@ -86,7 +86,7 @@ where
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once, on stderr (a service manager's journal collects both streams).
             eprintln!("vgpu-mediator: error: {e:#}");
             ExitCode::FAILURE
         }

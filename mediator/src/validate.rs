@@ -30,6 +30,14 @@ pub fn validate(req: &Request, identity: &SlotIdentity, arena_size: u32) -> Resu
     if (uses_input && !inside(input)) || (uses_output && !inside(output)) {
         return Err(ErrorCode::BadRange);
     }
+    // Execution is at least once (a restarted mediator runs an unreleased request
+    // again): an operation that overwrote its own input would answer differently.
+    let overlap = |(a, a_len): (u32, u32), (b, b_len): (u32, u32)| {
+        a_len > 0 && b_len > 0 && a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
+    };
+    if uses_input && uses_output && overlap(input, output) {
+        return Err(ErrorCode::OverlappingRanges);
+    }
     if let Some(want) = shape.input
         && uses_input
         && want != u64::from(req.in_len)
@@ -115,5 +123,22 @@ mod tests {
             Err(ErrorCode::BadShape)
         );
         assert_eq!(v(Opcode::Echo, [0; 3], (0, 10), (10, 9)), Err(ErrorCode::OutputTooSmall));
+    }
+
+    #[test]
+    fn rejects_overlapping_input_and_output() {
+        let v = |op, args, i, o| validate(&req(op, args, i, o), &ID, 4096);
+        assert_eq!(
+            v(Opcode::VectorAdd, [4, 0, 0], (0, 32), (16, 16)),
+            Err(ErrorCode::OverlappingRanges)
+        );
+        assert_eq!(
+            v(Opcode::VectorAdd, [4, 0, 0], (64, 32), (60, 16)),
+            Err(ErrorCode::OverlappingRanges)
+        );
+        assert_eq!(v(Opcode::Echo, [0; 3], (0, 10), (0, 10)), Err(ErrorCode::OverlappingRanges));
+        // Touching ranges do not overlap; an empty range overlaps nothing.
+        assert!(v(Opcode::VectorAdd, [4, 0, 0], (0, 32), (32, 16)).is_ok());
+        assert!(v(Opcode::Echo, [0; 3], (0, 0), (0, 0)).is_ok());
     }
 }

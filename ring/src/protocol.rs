@@ -117,11 +117,14 @@ pub enum ErrorCode {
     ExecutorFailed = 7,
     /// The mediator is shutting down.
     ShuttingDown = 8,
+    /// The input and output ranges overlap (a request may be executed twice, after a
+    /// mediator restart, so an operation must not overwrite its own input).
+    OverlappingRanges = 9,
 }
 
 impl ErrorCode {
     /// Every error code, in wire order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::None,
         Self::UnknownOpcode,
         Self::IdentityMismatch,
@@ -131,6 +134,7 @@ impl ErrorCode {
         Self::QuotaExceeded,
         Self::ExecutorFailed,
         Self::ShuttingDown,
+        Self::OverlappingRanges,
     ];
 
     /// A short human-readable description.
@@ -146,6 +150,7 @@ impl ErrorCode {
             Self::QuotaExceeded => "in-flight quota exceeded",
             Self::ExecutorFailed => "executor failed",
             Self::ShuttingDown => "mediator shutting down",
+            Self::OverlappingRanges => "input and output ranges overlap",
         }
     }
 }
