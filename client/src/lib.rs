@@ -604,7 +604,7 @@ impl Client {
             }
             Err(PushError::Poisoned(e)) => {
                 release(&mut self.arena);
-                return Err(e.into());
+                return Err(self.ring_error(e));
             }
         }
         self.next_tag = self.next_tag.wrapping_add(1);
@@ -650,7 +650,7 @@ impl Client {
     /// client of the slot) is dropped.
     fn poll_responses(&mut self, wanted: u32) -> Result<Option<Response>, ClientError> {
         let mut found = None;
-        while let Some(response) = self.guest.responses.take()? {
+        while let Some(response) = self.guest.responses.take().map_err(|e| self.ring_error(e))? {
             let tag = response.tag;
             if tag == wanted {
                 found = Some(response);
@@ -756,6 +756,12 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// A ring found corrupt: because the file under the mapping shrank, or because the
+    /// peer's index is impossible.
+    fn ring_error(&self, e: RingError) -> ClientError {
+        if self.region.is_faulted() { ClientError::RegionLost } else { ClientError::Ring(e) }
     }
 
     /// The region still maps the file (a host-process client whose file shrank gets

@@ -179,3 +179,163 @@ fn rings_carry_entries_between_two_mappings() {
     let view = Region::open(&path, Access::ReadOnly).unwrap();
     assert!(matches!(guest_endpoints(&Arc::new(view), 0), Err(RegionError::ReadOnly)));
 }
+
+/// A file truncated under a live mapping: the access that would raise a fatal SIGBUS
+/// completes (on anonymous memory), the region reports it, and a second region of the
+/// same process is untouched.
+#[test]
+fn a_file_shrinking_under_the_mapping_is_survived_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = create(dir.path());
+    let other = dir.path().join("other");
+    Region::create(&other, 1 << 16, GEOMETRY, &[SlotIdentity::new(8, b'B', 1)], false).unwrap();
+    let region = Region::open(&path, Access::ReadWrite).unwrap();
+    let second = Region::open(&other, Access::ReadWrite).unwrap();
+    assert!(region.is_protected() && !region.is_faulted());
+    let faults = vgpu_ring::fault_count();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    // The arena lies beyond the first page: reading it faults and is handled.
+    let mut bytes = [0xffu8; 64];
+    region.arena_read(0, 0, &mut bytes).unwrap();
+    assert_eq!(bytes, [0; 64], "the replacement memory reads as zeros");
+    assert!(region.is_faulted());
+    assert!(vgpu_ring::fault_count() > faults);
+    // Writes land harmlessly too, and the other region still works.
+    region.arena_write(0, 0, &[1, 2, 3]).unwrap();
+    assert!(!second.is_faulted());
+    second.arena_write(0, 0, &[9]).unwrap();
+    assert_eq!(second.identity(0).unwrap().vm_id, 8);
+}
+
+/// The host attaches from its configuration: whatever a guest wrote over the header and
+/// the identity words is stamped over; the rings and arena are left as they are.
+#[test]
+fn attach_host_restamps_a_scribbled_header_and_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = create(dir.path());
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let garbage: Vec<u8> =
+        (0..PAGE_SIZE as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    file.write_all_at(&garbage, 0).unwrap();
+    file.write_all_at(&[0xAB; 16], PAGE_SIZE as u64).unwrap();
+    file.write_all_at(b"arena", PAGE_SIZE as u64 + GEOMETRY.arena_offset() as u64).unwrap();
+    assert!(Region::open(&path, Access::ReadOnly).is_err());
+    let id = SlotIdentity::new(7, b'B', 1);
+    let host = Region::attach_host(&path, 1 << 16, GEOMETRY, &[id]).unwrap();
+    assert_eq!(host.identity(0).unwrap(), id);
+    let guest = Region::open(&path, Access::ReadOnly).unwrap();
+    assert_eq!(guest.geometry(), GEOMETRY);
+    let mut kept = [0u8; 5];
+    guest.arena_read(0, 0, &mut kept).unwrap();
+    assert_eq!(&kept, b"arena");
+}
+
+/// Only what the configuration cannot fix is refused: another size, not a file.
+#[test]
+fn attach_host_refuses_what_the_configuration_cannot_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = create(dir.path());
+    let id = [SlotIdentity::new(7, b'B', 1)];
+    assert!(matches!(
+        Region::attach_host(&path, 1 << 17, GEOMETRY, &id),
+        Err(RegionError::WrongSize { found: 65536, expected: 131072, .. })
+    ));
+    std::fs::create_dir(dir.path().join("dir")).unwrap();
+    let err = Region::attach_host(&dir.path().join("dir"), 1 << 16, GEOMETRY, &id).unwrap_err();
+    assert!(err.to_string().contains("dir"), "{err}");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert!(matches!(
+        Region::attach_host(&fifo, 1 << 16, GEOMETRY, &id),
+        Err(RegionError::NotRegularFile(_))
+    ));
+}
+
+/// One host per region: a second attach is refused naming the first one's pid, and
+/// the lock goes with its holder. A client's `flock` does not interfere.
+#[test]
+fn one_host_per_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = create(dir.path());
+    let id = [SlotIdentity::new(7, b'B', 1)];
+    let client_lock = nix::fcntl::Flock::lock(
+        std::fs::File::open(&path).unwrap(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
+    let first = Region::attach_host(&path, 1 << 16, GEOMETRY, &id).unwrap();
+    first.begin_session(3, 4242, 10).unwrap();
+    match Region::attach_host(&path, 1 << 16, GEOMETRY, &id) {
+        Err(RegionError::ServedElsewhere { pid, .. }) => assert_eq!(pid, 4242),
+        other => panic!("expected ServedElsewhere, got {other:?}"),
+    }
+    drop(first);
+    Region::attach_host(&path, 1 << 16, GEOMETRY, &id).unwrap();
+    drop(client_lock);
+}
+
+/// The reset handshake over a mapped slot: fresh indices, cleared status, and new
+/// endpoints that work.
+#[test]
+fn reset_handshake_over_a_mapped_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = create(dir.path());
+    let region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
+    let mut guest = guest_endpoints(&region, 0).unwrap();
+    for tag in 0..5 {
+        guest.requests.push(Request { tag, ..Request::default() }).unwrap();
+    }
+    region.set_host_status(0, 1).unwrap();
+    let control = region.control(0).unwrap();
+    let ticket = vgpu_ring::request_reset(&control);
+    assert!(!vgpu_ring::reset_completed(&control, ticket));
+    let asked = vgpu_ring::take_reset_request(&control).unwrap();
+    vgpu_ring::complete_reset(&control, asked);
+    assert!(vgpu_ring::reset_completed(&control, ticket));
+    assert_eq!(vgpu_ring::take_reset_request(&control), None);
+    let indices = region.ring_indices(0).unwrap();
+    assert_eq!(
+        (indices.req_head, indices.req_tail, indices.resp_head, indices.resp_tail),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(region.host_status(0).unwrap(), 0);
+    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut host = host_endpoints(&region, 0).unwrap();
+    guest.requests.push(Request { tag: 99, ..Request::default() }).unwrap();
+    assert_eq!(host.requests.pop().unwrap().unwrap().tag, 99);
+    host.responses.push(Response { tag: 99, ..Response::default() }).unwrap();
+    assert_eq!(guest.responses.pop().unwrap().unwrap().tag, 99);
+}
+
+/// A SIGBUS outside every region is not swallowed: the process ends as it would
+/// without the handler. Runs [`sigbus_outside_regions_child`] in a child process.
+#[test]
+fn a_sigbus_outside_every_region_still_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sigbus_outside_regions_child", "--ignored", "--nocapture"])
+        .env("VGPU_SIGBUS_CHILD", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(nix::libc::SIGBUS), "{status:?}");
+}
+
+/// The child of [`a_sigbus_outside_every_region_still_ends_the_process`]: installs the
+/// handler (by mapping a region), then faults on a file mapping that is no region.
+#[test]
+#[ignore = "run by a_sigbus_outside_every_region_still_ends_the_process in a child process"]
+fn sigbus_outside_regions_child() {
+    assert_eq!(std::env::var("VGPU_SIGBUS_CHILD").as_deref(), Ok("1"), "only as a child");
+    let dir = tempfile::tempdir().unwrap();
+    let _region = Region::open(&create(dir.path()), Access::ReadWrite).unwrap();
+    let path = dir.path().join("plain");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path).unwrap();
+    file.set_len(1 << 16).unwrap();
+    let map = memmap2::MmapOptions::new().len(1 << 16).map_raw(&file).unwrap();
+    file.set_len(0).unwrap();
+    // SAFETY: in bounds of the mapping; the read faults (SIGBUS), which is the point.
+    let byte = unsafe { map.as_ptr().add(8192).read_volatile() };
+    panic!("read {byte} from a truncated mapping without SIGBUS");
+}

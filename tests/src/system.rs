@@ -212,7 +212,9 @@ impl System {
     /// If it does not start or attach.
     pub fn start_mediator(&mut self, extra: &[&str]) -> Result<()> {
         let vms = vgpu_config::Config::load(&self.config)?.vms;
-        let before: Vec<u64> = vms.iter().map(|v| self.epoch(v.id)).collect::<Result<_>>()?;
+        // A region a guest scribbled over has no readable epoch until the mediator
+        // re-stamps it.
+        let before: Vec<u64> = vms.iter().map(|v| self.epoch(v.id).unwrap_or(0)).collect();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut command = match &self.launcher {
             Launcher::Binaries(bin) => Command::new(&bin.mediator),
@@ -353,6 +355,29 @@ impl System {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Send `signal` to the mediator.
+    ///
+    /// # Errors
+    ///
+    /// If it is not running.
+    pub fn signal_mediator(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.mediator_pid().context("mediator not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), signal)?;
+        Ok(())
+    }
+
+    /// Kill the mediator with SIGKILL (a crash) and reap it.
+    ///
+    /// # Errors
+    ///
+    /// If it is not running.
+    pub fn kill_mediator(&mut self) -> Result<()> {
+        let mut child = self.mediator.take().context("mediator not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// Stop the mediator with SIGTERM and return its exit status.
