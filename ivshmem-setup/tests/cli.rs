@@ -293,3 +293,68 @@ fn inspect_watch_refreshes_in_place() {
     child.wait().unwrap();
     assert_eq!(seen.matches("slot 0: vm 1 pool A priority 0 (low)").count(), 2, "{seen}");
 }
+
+/// A filesystem too small for the regions: `create` fails at once, naming the bytes
+/// needed and free, and leaves no file behind (no temporary, no half region, no SIGBUS).
+#[test]
+fn create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("shm");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a 1 MiB tmpfs here (needs root)");
+        return;
+    }
+    let cfg = config(&mnt, "");
+    let out = setup(&["create", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs 2097152 bytes") && err.contains("free"), "{err}");
+    assert_eq!(left, ["vgpu.toml"], "left behind: {left:?}");
+}
+
+/// `create ... | head -1`: the command goes on creating every region, quietly.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    // A pipe whose reading end is closed before the command starts: every write to
+    // stdout fails with EPIPE, as after `head` exits.
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let out = Command::new(env!("CARGO_BIN_EXE_ivshmem-setup"))
+        .args(["create", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::from(write_end))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    for vm in [1, 2] {
+        Region::open(&dir.path().join(format!("vgpu-vm{vm}")), Access::ReadOnly).unwrap();
+    }
+}
+
+/// Two VMs whose regions are one file reached by two spellings are refused, with the
+/// file and line.
+#[test]
+fn one_region_file_reached_through_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("alias")).unwrap();
+    let cfg = config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + &format!("region = \"{}/alias/vgpu-vm1\"\n", dir.path().display());
+    std::fs::write(&cfg, text).unwrap();
+    let err = fails(&["create", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        err.contains("vgpu.toml:") && err.contains("is the same file as vm 1's region"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "printed once: {err}");
+}
