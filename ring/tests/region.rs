@@ -331,7 +331,13 @@ fn sigbus_outside_regions_child() {
     let dir = tempfile::tempdir().unwrap();
     let _region = Region::open(&create(dir.path()), Access::ReadWrite).unwrap();
     let path = dir.path().join("plain");
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     file.set_len(1 << 16).unwrap();
     let map = memmap2::MmapOptions::new().len(1 << 16).map_raw(&file).unwrap();
     file.set_len(0).unwrap();
