@@ -3,7 +3,8 @@
 
 use crate::ClientError;
 use std::path::{Path, PathBuf};
-use vgpu_ring::{Access, Region};
+use vgpu_ring::stub::StubRegisters;
+use vgpu_ring::{Access, Region, VmIdentity};
 
 /// PCI vendor id of QEMU's ivshmem device (Red Hat, Inc.).
 pub const IVSHMEM_VENDOR: &str = "0x1af4";
@@ -63,4 +64,63 @@ pub fn find_region(explicit: Option<&Path>, sysfs_root: &Path) -> Result<Region,
             reasons.join("; ")
         },
     })
+}
+
+/// Where the client's identity came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The vgpu-stub device's registers.
+    Stub,
+    /// The host-written identity in the region's slot.
+    Region,
+}
+
+/// The identity a client's requests carry, where it came from, and a warning when the
+/// vgpu-stub device and the region disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedIdentity {
+    /// The identity (the region's host-written copy whenever it is valid: it is what
+    /// the mediator enforces).
+    pub identity: VmIdentity,
+    /// Where it came from.
+    pub source: IdentitySource,
+    /// Set when the stub says something else than the region.
+    pub warning: Option<String>,
+}
+
+/// Resolve the identity from the vgpu-stub registers (`stub`, else
+/// [`DEFAULT_STUB`] if it exists) and slot 0 of `region`.
+///
+/// # Errors
+///
+/// [`ClientError::Stub`] if the stub cannot be read, [`ClientError::NoIdentity`] if
+/// neither the stub nor the region says who the VM is.
+pub fn resolve_identity(
+    region: &std::sync::Arc<Region>,
+    stub: Option<&Path>,
+) -> Result<ResolvedIdentity, ClientError> {
+    // The host wrote it; a guest may have scribbled over it (then it is not valid).
+    let host_copy = VmIdentity::from_slot(&region.slot(0)?.identity());
+    let stub = match stub {
+        Some(path) => Some(StubRegisters::read_file(path)?),
+        None => {
+            let default = Path::new(DEFAULT_STUB);
+            default.exists().then(|| StubRegisters::read_file(default)).transpose()?
+        }
+    };
+    let from_stub = stub.map(|s| VmIdentity { vm_id: s.vm_id, pool: s.pool, priority: s.priority });
+    let (identity, source, warning) = match (from_stub, host_copy) {
+        (Some(stub), Some(host)) => {
+            let warning = (stub != host).then(|| {
+                format!(
+                    "vgpu-stub says {stub}, the region says {host}; using the region's (the mediator enforces it)"
+                )
+            });
+            (host, IdentitySource::Stub, warning)
+        }
+        (Some(stub), None) => (stub, IdentitySource::Stub, None),
+        (None, Some(host)) => (host, IdentitySource::Region, None),
+        (None, None) => return Err(ClientError::NoIdentity),
+    };
+    Ok(ResolvedIdentity { identity, source, warning })
 }

@@ -20,6 +20,7 @@ mod arena;
 pub mod discover;
 
 use arena::ArenaAllocator;
+pub use discover::IdentitySource;
 use nix::fcntl::{Flock, FlockArg};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -27,10 +28,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use vgpu_ring::stub::{StubFileError, StubRegisters};
+use vgpu_ring::stub::StubFileError;
 use vgpu_ring::{
     ErrorCode, GuestEndpoints, Opcode, PushError, Region, RegionError, Request, Response,
-    RingError, SlotIdentity, Status, encode_label,
+    RingError, Slot, VmIdentity, encode_label,
 };
 use zerocopy::IntoBytes;
 
@@ -213,7 +214,7 @@ impl Completion {
     /// Whether the status is 1 (success).
     #[must_use]
     pub fn succeeded(&self) -> bool {
-        self.response.status == Status::Success as u32
+        self.response.outcome().is_ok()
     }
 
     /// The original protocol's response line, e.g.
@@ -224,12 +225,9 @@ impl Completion {
     }
 
     fn into_result(self) -> Result<Vec<u8>, ClientError> {
-        if self.succeeded() {
-            Ok(self.output)
-        } else {
-            Err(ClientError::Failed(
-                ErrorCode::try_from(self.response.error).unwrap_or(ErrorCode::ExecutorFailed),
-            ))
+        match self.response.outcome() {
+            Ok(_) => Ok(self.output),
+            Err(code) => Err(ClientError::Failed(code)),
         }
     }
 }
@@ -269,15 +267,6 @@ impl std::fmt::Display for Notice {
             }
         }
     }
-}
-
-/// Where the client's identity came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentitySource {
-    /// The vgpu-stub device's registers.
-    Stub,
-    /// The host-written identity in the region's slot.
-    Region,
 }
 
 /// Hashes a tag as itself: tags are sequential, so they spread over the table without
@@ -322,9 +311,9 @@ struct Retired {
 
 /// An attached client: the only producer of its slot's request ring.
 pub struct Client {
-    region: Arc<Region>,
+    slot: Slot,
     guest: GuestEndpoints,
-    identity: SlotIdentity,
+    identity: VmIdentity,
     identity_source: IdentitySource,
     identity_warning: Option<String>,
     epoch: u64,
@@ -348,7 +337,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("region", &self.region.path())
+            .field("region", &self.slot.region().path())
             .field("identity", &self.identity)
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
@@ -380,37 +369,12 @@ impl Client {
     pub fn attach(options: &ClientOptions) -> Result<Self, ClientError> {
         let region =
             Arc::new(discover::find_region(options.region.as_deref(), &options.sysfs_root)?);
-        let host_copy = region.identity(0)?;
-        let stub = match &options.stub {
-            Some(path) => Some(StubRegisters::read_file(path)?),
-            None => {
-                let default = std::path::Path::new(discover::DEFAULT_STUB);
-                default.exists().then(|| StubRegisters::read_file(default)).transpose()?
-            }
-        };
-        let (identity, identity_source, identity_warning) = match (stub, host_copy.is_assigned()) {
-            (Some(s), true) => {
-                let from_stub = SlotIdentity::new(s.vm_id, s.pool, s.priority as u8);
-                let warning = (from_stub != host_copy).then(|| {
-                    format!(
-                        "vgpu-stub says vm {} pool {} priority {}, the region says vm {} pool {} priority {}; \
-                         using the region's (the mediator enforces it)",
-                        s.vm_id,
-                        char::from(s.pool),
-                        s.priority,
-                        host_copy.vm_id,
-                        char::from(host_copy.pool as u8),
-                        host_copy.priority
-                    )
-                });
-                (host_copy, IdentitySource::Stub, warning)
-            }
-            (Some(s), false) => {
-                (SlotIdentity::new(s.vm_id, s.pool, s.priority as u8), IdentitySource::Stub, None)
-            }
-            (None, true) => (host_copy, IdentitySource::Region, None),
-            (None, false) => return Err(ClientError::NoIdentity),
-        };
+        let discover::ResolvedIdentity {
+            identity,
+            source: identity_source,
+            warning: identity_warning,
+        } = discover::resolve_identity(&region, options.stub.as_deref())?;
+        let slot = region.slot(0)?;
 
         let file = File::open(region.path())
             .map_err(|e| RegionError::Io { path: region.path().to_owned(), source: e })?;
@@ -422,7 +386,7 @@ impl Client {
         let lock = match Flock::lock(file, mode) {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(ClientError::SlotInUse { pid: region.client_pid(0)? });
+                return Err(ClientError::SlotInUse { pid: slot.client_pid() });
             }
             Err((_, source)) => {
                 return Err(ClientError::Lock { path: region.path().to_owned(), source });
@@ -432,11 +396,11 @@ impl Client {
         if epoch == 0 {
             return Err(ClientError::NoMediator);
         }
-        region.set_client_pid(0, std::process::id())?;
-        let guest = vgpu_ring::guest_endpoints(&region, 0)?;
+        slot.set_client_pid(std::process::id())?;
+        let guest = slot.guest_endpoints()?;
         let (last_beat, _) = region.heartbeat();
         let mut client = Self {
-            arena: ArenaAllocator::new(region.geometry().arena_size),
+            arena: ArenaAllocator::new(slot.arena_size()),
             guest,
             identity,
             identity_source,
@@ -459,7 +423,7 @@ impl Client {
             silence_reported: false,
             wait: options.wait,
             timeout: options.timeout,
-            region,
+            slot,
             _lock: lock,
         };
         if client.rings_poisoned() {
@@ -471,7 +435,7 @@ impl Client {
 
     /// Whether the host or this client found the slot's rings corrupt.
     fn rings_poisoned(&self) -> bool {
-        self.region.host_status(0).unwrap_or(0) != 0
+        self.slot.host_status() != 0
             || self.guest.requests.poisoned().is_some()
             || self.guest.responses.poisoned().is_some()
     }
@@ -485,19 +449,18 @@ impl Client {
     /// [`ClientError::Timeout`] (or [`ClientError::MediatorDead`]) if the mediator
     /// does not carry it out in time.
     pub fn reset_rings(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        let region = Arc::clone(&self.region);
-        let control = region.control(0)?;
-        let ticket = vgpu_ring::request_reset(&control);
+        let slot = self.slot.clone();
+        let ticket = vgpu_ring::request_reset(&slot);
         let start = Instant::now();
-        while !vgpu_ring::reset_completed(&control, ticket) {
+        while !vgpu_ring::reset_completed(&slot, ticket) {
             if start.elapsed() > timeout {
                 return Err(self.timeout_error(timeout));
             }
             self.check_alive();
             std::thread::sleep(Duration::from_micros(100));
         }
-        self.guest = vgpu_ring::guest_endpoints(&self.region, 0)?;
-        self.arena = ArenaAllocator::new(self.region.geometry().arena_size);
+        self.guest = self.slot.guest_endpoints()?;
+        self.arena = ArenaAllocator::new(self.slot.arena_size());
         self.in_flight.clear();
         self.done.clear();
         self.abandoned.clear();
@@ -526,7 +489,7 @@ impl Client {
 
     /// The identity requests carry (the host's copy when both exist).
     #[must_use]
-    pub fn identity(&self) -> SlotIdentity {
+    pub fn identity(&self) -> VmIdentity {
         self.identity
     }
 
@@ -545,7 +508,13 @@ impl Client {
     /// The region.
     #[must_use]
     pub fn region(&self) -> &Arc<Region> {
-        &self.region
+        self.slot.region()
+    }
+
+    /// The slot this client owns.
+    #[must_use]
+    pub fn slot(&self) -> &Slot {
+        &self.slot
     }
 
     /// Requests submitted and not yet redeemed.
@@ -576,7 +545,7 @@ impl Client {
             arena.free(output);
         };
         if !call.input.is_empty()
-            && let Err(e) = self.region.arena_write(0, u64::from(input.0), call.input)
+            && let Err(e) = self.slot.arena_write(u64::from(input.0), call.input)
         {
             release(&mut self.arena);
             return Err(e.into());
@@ -585,8 +554,8 @@ impl Client {
         let request = Request {
             tag,
             opcode: call.op as u16,
-            pool: self.identity.pool as u8,
-            priority: self.identity.priority as u8,
+            pool: self.identity.pool.byte(),
+            priority: self.identity.priority.get(),
             vm_id: self.identity.vm_id,
             label: encode_label(call.label),
             in_offset: input.0,
@@ -705,7 +674,7 @@ impl Client {
         let (offset, capacity) = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
         let mut output = vec![0; response.out_len.min(capacity) as usize];
         if !output.is_empty() {
-            self.region.arena_read(0, u64::from(offset), &mut output)?;
+            self.slot.arena_read(u64::from(offset), &mut output)?;
         }
         Ok(Ok(Completion { response, output }))
     }
@@ -761,7 +730,7 @@ impl Client {
     /// A ring found corrupt: because the file under the mapping shrank, or because the
     /// peer's index is impossible.
     fn ring_error(&self, e: RingError) -> ClientError {
-        if self.region.is_faulted() { ClientError::RegionLost } else { ClientError::Ring(e) }
+        if self.slot.region().is_faulted() { ClientError::RegionLost } else { ClientError::Ring(e) }
     }
 
     /// The region still maps the file (a host-process client whose file shrank gets
@@ -771,7 +740,7 @@ impl Client {
         if faults != self.faults_seen {
             self.faults_seen = faults;
         }
-        if faults != 0 && self.region.is_faulted() {
+        if faults != 0 && self.slot.region().is_faulted() {
             return Err(ClientError::RegionLost);
         }
         Ok(())
@@ -780,7 +749,7 @@ impl Client {
     /// The slot is usable: mapped, not isolated by the host.
     fn check_slot(&mut self) -> Result<(), ClientError> {
         self.check_mapping()?;
-        match self.region.host_status(0)? {
+        match self.slot.host_status() {
             0 => Ok(()),
             status => Err(ClientError::Poisoned(status)),
         }
@@ -796,7 +765,7 @@ impl Client {
 
     /// How long the heartbeat has stood still, if longer than about ten intervals.
     fn silence(&mut self) -> Option<Duration> {
-        let (beat, interval_ms) = self.region.heartbeat();
+        let (beat, interval_ms) = self.slot.region().heartbeat();
         if beat != self.last_beat {
             self.last_beat = beat;
             self.beat_changed = Instant::now();
@@ -812,7 +781,7 @@ impl Client {
     /// Tell the [`on_notice`](Self::on_notice) callback about a new mediator or a
     /// silent one (once per silence).
     fn check_alive(&mut self) {
-        let now = self.region.epoch();
+        let now = self.slot.region().epoch();
         if now != self.epoch {
             let old = std::mem::replace(&mut self.epoch, now);
             self.notify(Notice::MediatorRestarted { old, new: now });
@@ -953,6 +922,6 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let _ = self.region.set_client_pid(0, 0);
+        let _ = self.slot.set_client_pid(0);
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, ClientOptions, Completion, Wait};
-use vgpu_ring::{Opcode, priority_name};
+use vgpu_ring::Opcode;
 
 /// Send a GPU request to the host mediator and print its answer.
 ///
@@ -274,12 +274,12 @@ fn run(cli: &Cli) -> Result<bool> {
     }
     let plan = plan(cli)?;
     let id = client.identity();
-    let pool = char::from(id.pool as u8);
+    let pool = id.pool;
     if !cli.json {
         println!("=== VM GPU Request Client ===");
         println!("vGPU Properties:");
         println!("  Pool ID:  {pool}");
-        println!("  Priority: {} ({})", id.priority, priority_name(id.priority));
+        println!("  Priority: {} ({})", id.priority, id.priority.name());
         println!("  VM ID:    {}", id.vm_id);
         println!();
     }
@@ -321,7 +321,7 @@ fn run(cli: &Cli) -> Result<bool> {
             response: done.text(),
             vm_id: id.vm_id,
             pool: pool.to_string(),
-            priority: id.priority,
+            priority: u32::from(id.priority.get()),
             result_checked: !matches!(plan.expected, Expected::Nothing),
             result_error: problem,
             latency_ns: latencies,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use vgpu_client::discover::ivshmem_devices;
 use vgpu_client::{Call, Client, ClientError, ClientOptions, IdentitySource, Wait};
 use vgpu_ring::stub::StubRegisters;
-use vgpu_ring::{Access, Geometry, Region, Response, SlotIdentity, host_endpoints};
+use vgpu_ring::{Access, Geometry, Region, Response, SlotIdentity};
 
 const GEOMETRY: Geometry = Geometry { slot_count: 1, ring_entries: 16, arena_size: 1 << 16 };
 
@@ -58,7 +58,10 @@ fn fake_sysfs(root: &Path, devices: &[(&str, &str, &str, Option<&Path>)]) {
 fn discovery_on_a_fake_sysfs_tree() {
     let dir = tempfile::tempdir().unwrap();
     let vgpu = dir.path().join("vgpu-bar");
-    let (_r, stop) = live_region(&vgpu, SlotIdentity::new(3, b'A', 1));
+    let (_r, stop) = live_region(
+        &vgpu,
+        SlotIdentity::new(3, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::MEDIUM),
+    );
     let other = dir.path().join("other-bar");
     std::fs::write(&other, vec![0u8; 1 << 16]).unwrap();
 
@@ -111,22 +114,45 @@ fn discovery_on_a_fake_sysfs_tree() {
 fn identity_from_a_stub_image_and_disagreement_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (_r, stop) = live_region(&path, SlotIdentity::new(100, b'A', 2));
+    let (_r, stop) = live_region(
+        &path,
+        SlotIdentity::new(100, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH),
+    );
     let stub = dir.path().join("stub");
-    std::fs::write(&stub, StubRegisters { pool: b'A', priority: 2, vm_id: 100 }.to_image())
-        .unwrap();
+    std::fs::write(
+        &stub,
+        StubRegisters {
+            pool: vgpu_ring::PoolId::new(b'A').unwrap(),
+            priority: vgpu_ring::Priority::HIGH,
+            vm_id: 100,
+        }
+        .to_image(),
+    )
+    .unwrap();
     let client =
         Client::attach(&ClientOptions { stub: Some(stub.clone()), ..options(&path) }).unwrap();
     assert_eq!(client.identity_source(), IdentitySource::Stub);
     assert!(client.identity_warning().is_none());
     drop(client);
-    std::fs::write(&stub, StubRegisters { pool: b'B', priority: 0, vm_id: 100 }.to_image())
-        .unwrap();
+    std::fs::write(
+        &stub,
+        StubRegisters {
+            pool: vgpu_ring::PoolId::new(b'B').unwrap(),
+            priority: vgpu_ring::Priority::LOW,
+            vm_id: 100,
+        }
+        .to_image(),
+    )
+    .unwrap();
     let client =
         Client::attach(&ClientOptions { stub: Some(stub.clone()), ..options(&path) }).unwrap();
     let warning = client.identity_warning().unwrap();
     assert!(warning.contains("vgpu-stub says vm 100 pool B priority 0"), "{warning}");
-    assert_eq!(client.identity(), SlotIdentity::new(100, b'A', 2), "the host's copy is used");
+    assert_eq!(
+        client.identity().slot(),
+        SlotIdentity::new(100, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH),
+        "the host's copy is used"
+    );
     drop(client);
     std::fs::write(&stub, b"short").unwrap();
     assert!(matches!(
@@ -140,7 +166,10 @@ fn identity_from_a_stub_image_and_disagreement_reported() {
 fn every_attach_error_is_specific() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let r = region(&path, SlotIdentity::new(1, b'A', 0));
+    let r = region(
+        &path,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
     // No mediator ever attached.
     assert!(matches!(Client::attach(&options(&path)), Err(ClientError::NoMediator)));
     r.begin_session(1, 1, 10).unwrap();
@@ -170,7 +199,10 @@ fn every_attach_error_is_specific() {
 fn one_client_per_slot() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (_r, stop) = live_region(&path, SlotIdentity::new(1, b'A', 0));
+    let (_r, stop) = live_region(
+        &path,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
     let first = Client::attach(&options(&path)).unwrap();
     match Client::attach(&options(&path)) {
         Err(ClientError::SlotInUse { pid }) => assert_eq!(pid, std::process::id()),
@@ -187,7 +219,10 @@ fn dead_mediator_restart_and_timeout_are_detected() {
     // A mediator that attached and then died: its heartbeat never moves. The call
     // waits out its own timeout, then names the silence; the silence is noticed once.
     let dead = dir.path().join("dead");
-    let r = region(&dead, SlotIdentity::new(1, b'A', 0));
+    let r = region(
+        &dead,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
     r.begin_session(5, 1, 10).unwrap();
     let mut client = Client::attach(&options(&dead)).unwrap();
     let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -212,7 +247,10 @@ fn dead_mediator_restart_and_timeout_are_detected() {
 
     // A live mediator that never answers: a timeout.
     let quiet = dir.path().join("quiet");
-    let (_r, stop) = live_region(&quiet, SlotIdentity::new(1, b'A', 0));
+    let (_r, stop) = live_region(
+        &quiet,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
     let mut client =
         Client::attach(&ClientOptions { wait: Wait::Spin, ..options(&quiet) }).unwrap();
     let t = client.submit(&Call::noop("X")).unwrap();
@@ -226,11 +264,14 @@ fn dead_mediator_restart_and_timeout_are_detected() {
 fn pipelined_requests_complete_with_matching_tags() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (r, stop) = live_region(&path, SlotIdentity::new(1, b'A', 0));
+    let (r, stop) = live_region(
+        &path,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
     let host_region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
     let host_stop = Arc::clone(&stop);
     let host = std::thread::spawn(move || {
-        let mut host = host_endpoints(&host_region, 0).unwrap();
+        let mut host = host_region.slot(0).unwrap().host_endpoints().unwrap();
         let mut answered = 0;
         while !host_stop.load(Ordering::Relaxed) {
             let mut batch = Vec::new();

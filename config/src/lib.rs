@@ -12,7 +12,7 @@
 //!     priority = "high"
 //! "#;
 //! let config = vgpu_config::Config::parse(text)?;
-//! assert_eq!(config.vms[0].priority, 2);
+//! assert_eq!(config.vms[0].priority, vgpu_ring::Priority::HIGH);
 //! assert_eq!(config.vms[0].region, std::path::Path::new("/tmp/vgpu-vm1"));
 //! # Ok::<(), vgpu_config::ConfigError>(())
 //! ```
@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
-use vgpu_ring::{Geometry, MAX_PRIORITY, SlotIdentity};
+use vgpu_ring::{Geometry, GeometryError, PoolId, Priority, VmIdentity};
 
 /// Why a configuration was refused. Every message names the offending field.
 #[derive(Debug, Error)]
@@ -127,25 +127,34 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 }
 
 /// Scheduling policy of a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Strict priority, FIFO within a priority (the original semantics).
     #[default]
     Strict,
-    /// A waiting request gains one priority level per aging interval.
+    /// As strict, but a waiting request gains one priority level per `interval`.
+    Aging {
+        /// Waiting time per level gained.
+        interval: Duration,
+    },
+}
+
+/// The policy names of the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum PolicyName {
+    #[default]
+    Strict,
     Aging,
 }
 
 /// A validated pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// One ASCII letter or digit.
-    pub name: char,
+    /// The pool's id (its one-character name).
+    pub name: PoolId,
     /// Scheduling policy.
     pub policy: Policy,
-    /// Aging interval (aging policy only).
-    pub aging_interval: Duration,
     /// Where the pool's operations run.
     pub backend: Backend,
 }
@@ -171,10 +180,10 @@ pub enum Backend {
 pub struct VmConfig {
     /// VM id.
     pub id: u32,
-    /// Pool name.
-    pub pool: char,
-    /// Priority, 0–2.
-    pub priority: u8,
+    /// Pool.
+    pub pool: PoolId,
+    /// Priority.
+    pub priority: Priority,
     /// Region file.
     pub region: PathBuf,
 }
@@ -182,8 +191,8 @@ pub struct VmConfig {
 impl VmConfig {
     /// The identity the host writes into the VM's slot and enforces.
     #[must_use]
-    pub fn identity(&self) -> SlotIdentity {
-        SlotIdentity::new(self.id, self.pool as u8, self.priority)
+    pub fn identity(&self) -> VmIdentity {
+        VmIdentity { vm_id: self.id, pool: self.pool, priority: self.priority }
     }
 }
 
@@ -217,7 +226,7 @@ pub struct Config {
     /// Unix group that owns region files, if set.
     pub group: Option<String>,
     /// Pools, by name.
-    pub pools: BTreeMap<char, PoolConfig>,
+    pub pools: BTreeMap<PoolId, PoolConfig>,
     /// VMs, in file order.
     pub vms: Vec<VmConfig>,
     /// Mediator settings.
@@ -258,7 +267,7 @@ enum RawSize {
 #[serde(deny_unknown_fields)]
 struct RawPool {
     #[serde(default)]
-    policy: Policy,
+    policy: PolicyName,
     aging_interval_ms: Option<u64>,
     #[serde(default)]
     backend: BackendKind,
@@ -359,36 +368,10 @@ fn duration(
 pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 60_000;
 /// Upper bound of `idle_spin_us` and `max_idle_sleep_us` (a second).
 pub const MAX_IDLE_US: u64 = 1_000_000;
+/// Default `aging_interval_ms`.
+pub const DEFAULT_AGING_INTERVAL_MS: u64 = 100;
 /// Upper bound of `aging_interval_ms` and `quarantine_retry_ms` (an hour).
 pub const MAX_INTERVAL_MS: u64 = 3_600_000;
-
-/// Parse a priority: 0, 1, 2 or low, medium, high.
-///
-/// # Errors
-///
-/// A message naming the accepted values.
-pub fn parse_priority(text: &str) -> Result<u8, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "0" | "low" => Ok(0),
-        "1" | "medium" => Ok(1),
-        "2" | "high" => Ok(2),
-        other => Err(format!("priority {other:?} out of range: use 0|1|2 or low|medium|high")),
-    }
-}
-
-/// Parse a pool name: one ASCII letter or digit (the vgpu-stub register carries it as
-/// one byte).
-///
-/// # Errors
-///
-/// A message saying what a pool name must be.
-pub fn parse_pool(text: &str) -> Result<char, String> {
-    let mut chars = text.chars();
-    match (chars.next(), chars.next()) {
-        (Some(c), None) if c.is_ascii_alphanumeric() => Ok(c),
-        _ => Err(format!("pool name {text:?} must be one ASCII letter or digit")),
-    }
-}
 
 impl Config {
     /// Read and validate the file at `path`.
@@ -445,24 +428,25 @@ impl Config {
             message: e.message().trim_end().to_owned(),
         })?;
         let region_dir = raw.regions.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_REGION_DIR));
-        let ring_entries = raw.regions.ring_entries.unwrap_or(256);
-        let arena_size = size_field("regions.arena_size", raw.regions.arena_size, 1 << 20)?;
+        let default = Geometry::default();
+        let ring_entries = raw.regions.ring_entries.unwrap_or(default.ring_entries);
+        let arena_size = size_field(
+            "regions.arena_size",
+            raw.regions.arena_size,
+            u64::from(default.arena_size),
+        )?;
         let arena_size = u32::try_from(arena_size).map_err(|_| {
             invalid("regions.arena_size", format!("{arena_size} is larger than 4 GiB"))
         })?;
         let geometry = Geometry { slot_count: 1, ring_entries, arena_size };
-        if !ring_entries.is_power_of_two() || !(2..=65536).contains(&ring_entries) {
-            return Err(invalid(
-                "regions.ring_entries",
-                format!("{ring_entries} is not a power of two in 2..=65536"),
-            ));
-        }
-        if arena_size == 0 || arena_size % 64 != 0 {
-            return Err(invalid(
-                "regions.arena_size",
-                format!("{arena_size} is not a positive multiple of 64"),
-            ));
-        }
+        geometry.validate().map_err(|e| {
+            let field = match e {
+                GeometryError::RingEntries(_) => "regions.ring_entries",
+                GeometryError::ArenaSize(_) => "regions.arena_size",
+                GeometryError::SlotCount(_) => "regions",
+            };
+            invalid(field, e.to_string())
+        })?;
         let region_size = size_field(
             "regions.size",
             raw.regions.size,
@@ -485,20 +469,25 @@ impl Config {
         let mut pools = BTreeMap::new();
         for (name, pool) in raw.pools {
             let field = format!("pools.{name}");
-            let name = parse_pool(&name).map_err(|m| invalid(&field, m))?;
-            if pool.policy == Policy::Strict && pool.aging_interval_ms.is_some() {
-                return Err(invalid(
-                    format!("{field}.aging_interval_ms"),
-                    "only valid with policy = \"aging\"",
-                ));
-            }
-            let aging_interval = duration(
-                &format!("{field}.aging_interval_ms"),
-                pool.aging_interval_ms,
-                100,
-                MAX_INTERVAL_MS,
-                Duration::from_millis,
-            )?;
+            let name: PoolId = name.parse().map_err(|m: String| invalid(&field, m))?;
+            let policy = match pool.policy {
+                PolicyName::Strict if pool.aging_interval_ms.is_some() => {
+                    return Err(invalid(
+                        format!("{field}.aging_interval_ms"),
+                        "only valid with policy = \"aging\"",
+                    ));
+                }
+                PolicyName::Strict => Policy::Strict,
+                PolicyName::Aging => Policy::Aging {
+                    interval: duration(
+                        &format!("{field}.aging_interval_ms"),
+                        pool.aging_interval_ms,
+                        DEFAULT_AGING_INTERVAL_MS,
+                        MAX_INTERVAL_MS,
+                        Duration::from_millis,
+                    )?,
+                },
+            };
             let backend = match pool.backend {
                 BackendKind::Cpu => {
                     if pool.device.is_some() {
@@ -529,7 +518,7 @@ impl Config {
                     },
                 },
             };
-            pools.insert(name, PoolConfig { name, policy: pool.policy, aging_interval, backend });
+            pools.insert(name, PoolConfig { name, policy, backend });
         }
         if pools.is_empty() {
             return Err(invalid("pools", "no pool defined (add e.g. [pools.A])"));
@@ -543,27 +532,27 @@ impl Config {
             if !ids.insert(vm.id) {
                 return Err(invalid(format!("{field}.id"), format!("duplicate VM id {}", vm.id)));
             }
-            let pool =
-                parse_pool(&vm.pool).ok().filter(|p| pools.contains_key(p)).ok_or_else(|| {
-                    invalid(
-                        format!("{field}.pool"),
-                        format!(
-                            "unknown pool {:?} (defined: {})",
-                            vm.pool,
-                            pools.keys().collect::<String>()
-                        ),
-                    )
-                })?;
+            let pool = vm.pool.parse().ok().filter(|p| pools.contains_key(p)).ok_or_else(|| {
+                invalid(
+                    format!("{field}.pool"),
+                    format!(
+                        "unknown pool {:?} (defined: {})",
+                        vm.pool,
+                        pools.keys().map(|p| p.name()).collect::<String>()
+                    ),
+                )
+            })?;
             let priority = match vm.priority {
-                RawPriority::Number(n) if (0..=i64::from(MAX_PRIORITY)).contains(&n) => n as u8,
                 RawPriority::Number(n) => {
-                    return Err(invalid(
-                        format!("{field}.priority"),
-                        format!("priority {n} out of range 0..=2"),
-                    ));
+                    u8::try_from(n).ok().and_then(Priority::new).ok_or_else(|| {
+                        invalid(
+                            format!("{field}.priority"),
+                            format!("priority {n} out of range 0..=2"),
+                        )
+                    })?
                 }
                 RawPriority::Name(s) => {
-                    parse_priority(&s).map_err(|m| invalid(format!("{field}.priority"), m))?
+                    s.parse().map_err(|m: String| invalid(format!("{field}.priority"), m))?
                 }
             };
             let region = vm.region.unwrap_or_else(|| region_dir.join(format!("vgpu-vm{}", vm.id)));
@@ -658,6 +647,10 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn pool(name: char) -> PoolId {
+        name.to_string().parse().unwrap()
+    }
+
     const BASE: &str = r#"
         [regions]
         dir = "/tmp"
@@ -685,12 +678,17 @@ mod tests {
         let c = Config::parse(BASE).unwrap();
         assert_eq!(c.region_size, 4 << 20);
         assert_eq!(c.geometry, Geometry { slot_count: 1, ring_entries: 256, arena_size: 1 << 20 });
-        assert_eq!(c.pools[&'B'].policy, Policy::Aging);
-        assert_eq!(c.pools[&'B'].aging_interval, Duration::from_millis(20));
-        assert_eq!(c.pools[&'A'].policy, Policy::Strict);
+        assert_eq!(
+            c.pools[&pool('B')].policy,
+            Policy::Aging { interval: Duration::from_millis(20) }
+        );
+        assert_eq!(c.pools[&pool('A')].policy, Policy::Strict);
         assert_eq!(c.vms[0].region, Path::new("/tmp/vgpu-vm1"));
         assert_eq!(c.vms[1].region, Path::new("/tmp/custom"));
-        assert_eq!(c.vms[1].identity(), SlotIdentity::new(2, b'B', 2));
+        assert_eq!(
+            c.vms[1].identity().slot(),
+            vgpu_ring::SlotIdentity::new(2, pool('B'), vgpu_ring::Priority::HIGH)
+        );
         assert_eq!(c.mediator.max_queued_per_vm, 256);
     }
 
@@ -753,11 +751,11 @@ mod tests {
         let cuda = BASE
             .replace("[pools.A]", "[pools.A]\nbackend = \"cuda\"\ndevice = 1\nfallback = \"cpu\"");
         let c = Config::parse(&cuda).unwrap();
-        assert_eq!(c.pools[&'A'].backend, Backend::Cuda { device: 1, fallback_to_cpu: true });
-        assert_eq!(c.pools[&'B'].backend, Backend::Cpu);
+        assert_eq!(c.pools[&pool('A')].backend, Backend::Cuda { device: 1, fallback_to_cpu: true });
+        assert_eq!(c.pools[&pool('B')].backend, Backend::Cpu);
         let plain = BASE.replace("[pools.A]", "[pools.A]\nbackend = \"cuda\"");
         assert_eq!(
-            Config::parse(&plain).unwrap().pools[&'A'].backend,
+            Config::parse(&plain).unwrap().pools[&pool('A')].backend,
             Backend::Cuda { device: 0, fallback_to_cpu: false }
         );
         assert!(

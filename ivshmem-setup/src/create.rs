@@ -4,9 +4,9 @@ use anyhow::{Context, Result, bail};
 use std::fs::Permissions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use vgpu_config::{Config, parse_pool, parse_priority, parse_size};
+use vgpu_config::{Config, parse_size};
 use vgpu_ring::stub::StubRegisters;
-use vgpu_ring::{Geometry, Region, SlotIdentity, priority_name};
+use vgpu_ring::{Geometry, PoolId, Priority, Region, VmIdentity};
 
 /// Arguments of `create`.
 #[derive(clap::Args)]
@@ -22,11 +22,11 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     vm: Option<u32>,
     /// Pool name, one ASCII letter or digit (with --path).
-    #[arg(long, value_parser = parse_pool)]
-    pool: Option<char>,
+    #[arg(long)]
+    pool: Option<PoolId>,
     /// Priority: 0|1|2 or low|medium|high (with --path).
-    #[arg(long, value_parser = parse_priority)]
-    priority: Option<u8>,
+    #[arg(long)]
+    priority: Option<Priority>,
     /// Region size, a power of two (with --path; default 4M).
     #[arg(long, value_parser = parse_size_arg, default_value = "4M")]
     size: u64,
@@ -54,11 +54,11 @@ pub(crate) struct StubArgs {
     #[arg(long)]
     vm: u32,
     /// Pool name, one ASCII letter or digit.
-    #[arg(long, value_parser = parse_pool)]
-    pool: char,
+    #[arg(long)]
+    pool: PoolId,
     /// Priority: 0|1|2 or low|medium|high.
-    #[arg(long, value_parser = parse_priority)]
-    priority: u8,
+    #[arg(long)]
+    priority: Priority,
     /// Output file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -72,7 +72,7 @@ struct Plan {
     path: PathBuf,
     size: u64,
     geometry: Geometry,
-    identity: SlotIdentity,
+    identity: VmIdentity,
 }
 
 pub(crate) fn run(args: &CreateArgs) -> Result<()> {
@@ -103,7 +103,7 @@ pub(crate) fn run(args: &CreateArgs) -> Result<()> {
                 path: path.clone(),
                 size: args.size,
                 geometry: Geometry { slot_count: 1, ring_entries: args.ring_entries, arena_size },
-                identity: SlotIdentity::new(vm, pool as u8, priority),
+                identity: VmIdentity { vm_id: vm, pool, priority },
             };
             (vec![plan], args.group.clone())
         }
@@ -130,16 +130,16 @@ pub(crate) fn run(args: &CreateArgs) -> Result<()> {
             "vm {}: {}  pool {}  priority {} ({})  {} bytes, {} ring entries, {}-byte arena\n",
             id.vm_id,
             plan.path.display(),
-            char::from(id.pool as u8),
+            id.pool,
             id.priority,
-            priority_name(id.priority),
+            id.priority.name(),
             plan.size,
             plan.geometry.ring_entries,
             plan.geometry.arena_size
         );
         if args.with_stubs {
             let stub_path = stub_path(&plan.path);
-            write_stub(&stub_path, id.vm_id, id.pool as u8, id.priority)?;
+            write_stub(&stub_path, &id)?;
             let _ = say!("      stub registers: {}\n", stub_path.display());
         }
     }
@@ -153,7 +153,7 @@ fn create_one(plan: &Plan, gid: Option<nix::unistd::Gid>) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     let made = (|| -> Result<()> {
         // Every page is reserved: a full filesystem fails here, never as a SIGBUS later.
-        Region::create(&tmp, plan.size, plan.geometry, &[plan.identity], false)?;
+        Region::create(&tmp, plan.size, plan.geometry, &[plan.identity.slot()], false)?;
         std::fs::set_permissions(&tmp, Permissions::from_mode(0o660))
             .with_context(|| format!("chmod {}", tmp.display()))?;
         if let Some(gid) = gid {
@@ -183,13 +183,16 @@ pub(crate) fn stub_path(region: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn write_stub(path: &Path, vm_id: u32, pool: u8, priority: u32) -> Result<()> {
-    let image = StubRegisters { pool, priority, vm_id }.to_image();
+fn write_stub(path: &Path, id: &VmIdentity) -> Result<()> {
+    let image = StubRegisters { pool: id.pool, priority: id.priority, vm_id: id.vm_id }.to_image();
     std::fs::write(path, image).with_context(|| format!("write {}", path.display()))
 }
 
 pub(crate) fn stub(args: &StubArgs) -> Result<()> {
-    write_stub(&args.out, args.vm, args.pool as u8, u32::from(args.priority))?;
+    write_stub(
+        &args.out,
+        &VmIdentity { vm_id: args.vm, pool: args.pool, priority: args.priority },
+    )?;
     let _ = say!(
         "wrote vgpu-stub registers to {}: pool {} priority {} vm {}\n",
         args.out.display(),

@@ -3,8 +3,9 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use vgpu_ring::{Access, Region, SlotControl, priority_name};
+use vgpu_ring::{Access, Priority, Region, SlotControl};
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
@@ -64,7 +65,7 @@ fn monotonic_ns() -> Result<u64> {
     Ok(Duration::from(now).as_nanos() as u64)
 }
 
-fn report(region: &Region) -> Result<Report> {
+fn report(region: &Arc<Region>) -> Result<Report> {
     let geometry = region.geometry();
     let epoch = region.epoch();
     let mediator = if epoch == 0 {
@@ -80,21 +81,22 @@ fn report(region: &Region) -> Result<Report> {
         })
     };
     let mut slots = Vec::new();
-    for slot in 0..geometry.slot_count {
-        let identity = region.identity(slot)?;
-        let indices = region.ring_indices(slot)?;
-        let status = region.host_status(slot)?;
+    for index in 0..geometry.slot_count {
+        let slot = region.slot(index)?;
+        let identity = slot.identity();
+        let indices = slot.ring_indices();
+        let status = slot.host_status();
         let pool = u8::try_from(identity.pool)
             .ok()
             .filter(u8::is_ascii_graphic)
             .map_or_else(|| format!("{:#x}", identity.pool), |b| char::from(b).to_string());
         slots.push(SlotReport {
-            slot,
+            slot: index,
             assigned: identity.is_assigned(),
             vm_id: identity.vm_id,
             pool,
             priority: identity.priority,
-            client_pid: region.client_pid(slot)?,
+            client_pid: slot.client_pid(),
             request_ring: RingReport {
                 head: indices.req_head,
                 tail: indices.req_tail,
@@ -162,7 +164,7 @@ fn render(r: &Report) -> String {
             s.vm_id,
             s.pool,
             s.priority,
-            priority_name(s.priority),
+            Priority::try_from(s.priority).map_or("invalid", Priority::name),
             s.client_pid,
             ring("requests: ", &s.request_ring),
             ring("responses:", &s.response_ring)
@@ -172,8 +174,10 @@ fn render(r: &Report) -> String {
 }
 
 pub(crate) fn run(args: &InspectArgs) -> Result<()> {
-    let region = Region::open(&args.path, Access::ReadOnly)
-        .with_context(|| format!("{} is not a usable vgpu region", args.path.display()))?;
+    let region = Arc::new(
+        Region::open(&args.path, Access::ReadOnly)
+            .with_context(|| format!("{} is not a usable vgpu region", args.path.display()))?,
+    );
     loop {
         let r = report(&region)?;
         let text = if args.json { serde_json::to_string_pretty(&r)? + "\n" } else { render(&r) };

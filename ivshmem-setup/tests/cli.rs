@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use vgpu_ring::stub::StubRegisters;
 use vgpu_ring::{Access, Region};
 
@@ -64,7 +65,11 @@ fn create_from_config_then_inspect_shows_the_identity() {
     let stub = std::fs::read(dir.path().join("vgpu-vm1.stub")).unwrap();
     assert_eq!(
         StubRegisters::parse(&stub).unwrap(),
-        StubRegisters { pool: b'A', priority: 0, vm_id: 1 }
+        StubRegisters {
+            pool: vgpu_ring::PoolId::new(b'A').unwrap(),
+            priority: vgpu_ring::Priority::LOW,
+            vm_id: 1
+        }
     );
 }
 
@@ -74,8 +79,15 @@ fn create_single_region_by_flags() {
     let path = dir.path().join("one");
     let p = path.to_str().unwrap();
     ok(&["create", "--path", p, "--vm", "9", "--pool", "C", "--priority", "high", "--size", "2M"]);
-    let region = Region::open(&path, Access::ReadOnly).unwrap();
-    assert_eq!(region.identity(0).unwrap(), vgpu_ring::SlotIdentity::new(9, b'C', 2));
+    let region = Arc::new(Region::open(&path, Access::ReadOnly).unwrap());
+    assert_eq!(
+        region.slot(0).unwrap().identity(),
+        vgpu_ring::SlotIdentity::new(
+            9,
+            vgpu_ring::PoolId::new(b'C').unwrap(),
+            vgpu_ring::Priority::HIGH
+        )
+    );
     drop(region); // a mapped region is in use and would be refused below
     let create = |extra: &[&str]| {
         let mut args = vec!["create", "--path", p, "--vm", "9", "--pool", "C"];
@@ -96,7 +108,7 @@ fn create_refuses_a_region_in_use_unless_forced() {
     // Recreating an unused region is fine.
     ok(&["create", "--config", cfg]);
     // This test process maps VM 1's region, as QEMU or the mediator would.
-    let mapped = Region::open(&dir.path().join("vgpu-vm1"), Access::ReadWrite).unwrap();
+    let mapped = Arc::new(Region::open(&dir.path().join("vgpu-vm1"), Access::ReadWrite).unwrap());
     let err = fails(&["create", "--config", cfg]);
     assert!(err.contains("in use") && err.contains(&std::process::id().to_string()), "{err}");
     ok(&["create", "--config", cfg, "--force"]);
@@ -166,7 +178,11 @@ fn stub_writes_the_register_image() {
     assert_eq!(image.len(), 4096);
     assert_eq!(
         StubRegisters::parse(&image).unwrap(),
-        StubRegisters { pool: b'A', priority: 2, vm_id: 100 }
+        StubRegisters {
+            pool: vgpu_ring::PoolId::new(b'A').unwrap(),
+            priority: vgpu_ring::Priority::HIGH,
+            vm_id: 100
+        }
     );
     assert!(
         fails(&["stub", "--vm", "1", "--pool", "AB", "--priority", "2", "--out", "/dev/null"])

@@ -11,13 +11,13 @@
 //! signature), and so is asking whether the driver libraries are present.
 #![allow(unsafe_code)]
 
-use crate::executor::{Arena, CpuExecutor, Executor, Job};
+use crate::executor::{CpuExecutor, Executor, Job, read_f32s, write_f32s};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use std::sync::Arc;
 use thiserror::Error;
-use vgpu_ring::{ErrorCode, Opcode};
+use vgpu_ring::{ErrorCode, Opcode, Slot};
 
 /// The kernels. SAXPY rounds the product before the sum (`__fmul_rn`, `__fadd_rn`), so
 /// that no fused multiply-add makes it differ from the CPU executor: VECTOR_ADD and
@@ -234,16 +234,16 @@ impl CudaExecutor {
 }
 
 impl Executor for CudaExecutor {
-    fn execute(&mut self, job: &Job, arena: &Arena) -> Result<u32, ErrorCode> {
+    fn execute(&mut self, job: &Job, slot: &Slot) -> Result<u32, ErrorCode> {
         if !job.is_compute() {
-            return self.host.execute(job, arena);
+            return self.host.execute(job, slot);
         }
-        let input = arena.read_f32s(job.input)?;
+        let input = read_f32s(slot, job.input)?;
         let output = self.compute(job.op, job.args, &input).map_err(|e| {
             tracing::error!("CUDA executor: {e}");
             ErrorCode::ExecutorFailed
         })?;
-        arena.write_f32s(job.output.0, &output)
+        write_f32s(slot, job.output.0, &output)
     }
 
     fn offloads_compute(&self) -> bool {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vgpu_config::{Backend, Config, PoolConfig};
+use vgpu_ring::PoolId;
 
 /// Host `CLOCK_MONOTONIC` in nanoseconds (the heartbeat's clock).
 #[must_use]
@@ -80,11 +81,11 @@ fn new_epoch() -> u64 {
 /// # Errors
 ///
 /// If another live mediator serves one of the regions, or no VM at all can be served.
-fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<char, Vec<VmPort>>> {
-    let mut by_pool: BTreeMap<char, Vec<VmPort>> = BTreeMap::new();
+fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<PoolId, Vec<VmPort>>> {
+    let mut by_pool: BTreeMap<PoolId, Vec<VmPort>> = BTreeMap::new();
     let mut reasons = Vec::new();
     for vm in &config.vms {
-        let port = VmPort::attach(vm.clone(), vm.pool, session)
+        let port = VmPort::attach(vm.clone(), session)
             .with_context(|| format!("vm {}: refusing to start", vm.id))?;
         if let Some(reason) = port.quarantine_reason() {
             reasons.push(format!("vm {}: {reason}", vm.id));
@@ -110,7 +111,7 @@ pub fn serve(
     config: &Config,
     shutdown: &Arc<AtomicBool>,
     options: ServeOptions,
-) -> Result<BTreeMap<char, DispatcherStats>> {
+) -> Result<BTreeMap<PoolId, DispatcherStats>> {
     // Executors first: a pool that cannot get its GPU stops the start before any
     // region announces a session.
     let executors = config

@@ -4,17 +4,17 @@
 //! heartbeat of its VMs' regions, carries out ring resets and quarantines a VM whose
 //! region becomes unusable (retrying it periodically).
 
-use crate::executor::{Arena, CpuExecutor, Executor, Job};
+use crate::executor::{CpuExecutor, Executor, Job};
 use crate::log_limit::{Problem, suppressed_note};
 use crate::port::{Session, VmPort};
-use crate::queue::{Ordering as QueueOrdering, PoolQueue};
+use crate::queue::PoolQueue;
 use crate::validate::validate;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
-use vgpu_ring::{ErrorCode, HeadWatch, Opcode, Request, decode_label};
+use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Request, Slot, decode_label};
 
 /// A request waiting in the pool's queue or executing.
 struct Pending {
@@ -24,9 +24,8 @@ struct Pending {
     generation: u64,
     /// The request's position in its ring (released once it is answered).
     position: u32,
-    tag: u32,
-    opcode: u16,
-    label: [u8; vgpu_ring::layout::LABEL_LEN],
+    /// The private copy of the request (its tag, opcode and label are echoed).
+    request: Request,
     job: Job,
     arrived: Instant,
 }
@@ -39,25 +38,25 @@ struct Finished {
     exec: Duration,
 }
 
-/// The pool's executor thread: runs one long job at a time, on the arena it is given.
+/// The pool's executor thread: runs one long job at a time, on the slot it is given.
 struct ExecutorThread {
-    jobs: Option<Sender<(Pending, Arena)>>,
+    jobs: Option<Sender<(Pending, Slot)>>,
     done: Receiver<Finished>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ExecutorThread {
-    fn spawn(pool: char, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
-        let (jobs, job_rx) = channel::<(Pending, Arena)>();
+    fn spawn(pool: PoolId, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
+        let (jobs, job_rx) = channel::<(Pending, Slot)>();
         let (done_tx, done) = channel();
         let thread =
             std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
-                for (pending, arena) in job_rx {
+                for (pending, slot) in job_rx {
                     let started = Instant::now();
-                    let result = executor.execute(&pending.job, &arena);
+                    let result = executor.execute(&pending.job, &slot);
                     let exec = started.elapsed();
-                    // The arena (and so the mapping) is let go before the answer.
-                    drop(arena);
+                    // The slot (and so the mapping) is let go before the answer.
+                    drop(slot);
                     if done_tx.send(Finished { pending, result, started, exec }).is_err() {
                         break;
                     }
@@ -136,7 +135,7 @@ pub struct Dispatcher {
     next_retry: Instant,
     /// [`vgpu_ring::fault_count`] as last seen.
     faults_seen: u64,
-    pool: char,
+    pool: PoolId,
     log_requests: bool,
     stats: DispatcherStats,
 }
@@ -159,7 +158,7 @@ impl Dispatcher {
         let now = Instant::now();
         Ok(Self {
             watches: vms.iter().map(Watch::of).collect(),
-            queue: PoolQueue::new(QueueOrdering::from_policy(pool.policy, pool.aging_interval)),
+            queue: PoolQueue::new(pool.policy),
             offload_compute: executor.offloads_compute(),
             executor: ExecutorThread::spawn(pool.name, executor)?,
             vms,
@@ -243,7 +242,7 @@ impl Dispatcher {
             let beat = crate::daemon::monotonic_ns();
             for port in &self.vms {
                 if let Some(link) = &port.link {
-                    let _ = link.region.store_heartbeat(beat);
+                    let _ = link.slot.region().store_heartbeat(beat);
                 }
             }
         }
@@ -263,7 +262,7 @@ impl Dispatcher {
         self.faults_seen = vgpu_ring::fault_count();
         for index in 0..self.vms.len() {
             let faulted =
-                self.vms[index].link.as_ref().is_some_and(|link| link.region.is_faulted());
+                self.vms[index].link.as_ref().is_some_and(|link| link.slot.region().is_faulted());
             if faulted {
                 self.vms[index]
                     .quarantine("the region file shrank under its mapping (SIGBUS caught)");
@@ -343,7 +342,7 @@ impl Dispatcher {
         match verdict {
             Ok(job) => {
                 port.in_flight += 1;
-                let priority = port.identity.priority as u8;
+                let priority = port.identity.priority;
                 self.queue.push(
                     priority,
                     now,
@@ -351,9 +350,7 @@ impl Dispatcher {
                         vm: index,
                         generation: port.generation,
                         position,
-                        tag: req.tag,
-                        opcode: req.opcode,
-                        label: req.label,
+                        request: *req,
                         job,
                         arrived: now,
                     },
@@ -381,7 +378,7 @@ impl Dispatcher {
                         suppressed_note(n)
                     );
                 }
-                let response = port.response(req.tag, req.opcode, req.label, Err(code));
+                let response = port.answer(req, Err(code));
                 self.respond(index, position, response);
             }
         }
@@ -407,7 +404,7 @@ impl Dispatcher {
                     self.pool,
                     port.vm.id,
                     queued.priority,
-                    decode_label(&pending.label)
+                    decode_label(&pending.request.label)
                 );
             }
             if pending.job.is_long() || (self.offload_compute && pending.job.is_compute()) {
@@ -415,7 +412,7 @@ impl Dispatcher {
                 // The sender lives until the executor is dropped; a send fails only if
                 // the executor thread died.
                 let sent = match &self.executor.jobs {
-                    Some(tx) => tx.send((pending, link.arena.clone())).map_err(|e| e.0.0),
+                    Some(tx) => tx.send((pending, link.slot.clone())).map_err(|e| e.0.0),
                     None => Err(pending),
                 };
                 match sent {
@@ -431,7 +428,7 @@ impl Dispatcher {
                     }
                 }
             } else {
-                let result = self.inline.execute(&pending.job, &link.arena);
+                let result = self.inline.execute(&pending.job, &link.slot);
                 // A NOOP takes no measurable time; anything else is timed, and its end
                 // is the next job's start.
                 let exec = if pending.job.op == Opcode::Noop {
@@ -474,7 +471,7 @@ impl Dispatcher {
             return;
         }
         port.in_flight = port.in_flight.saturating_sub(1);
-        let mut response = port.response(p.tag, p.opcode, p.label, f.result);
+        let mut response = port.answer(&p.request, f.result);
         response.queued_ns = f.started.saturating_duration_since(p.arrived).as_nanos() as u64;
         response.exec_ns = f.exec.as_nanos() as u64;
         self.respond(p.vm, p.position, response);
@@ -514,8 +511,7 @@ impl Dispatcher {
         self.resets_pending = false;
         for index in 0..self.vms.len() {
             let Some(link) = &self.vms[index].link else { continue };
-            let Ok(control) = link.region.control(0) else { continue };
-            let Some(ticket) = vgpu_ring::take_reset_request(&control) else { continue };
+            let Some(ticket) = vgpu_ring::take_reset_request(&link.slot) else { continue };
             if self.busy == Some(index) {
                 // Its job is in hand: reset once the answer is back.
                 self.resets_pending = true;

@@ -1,9 +1,8 @@
 //! Executors run validated jobs on a slot's arena data. All of them sit behind
 //! [`Executor`]; the CPU executor is always built.
 
-use std::sync::Arc;
 use std::time::Duration;
-use vgpu_ring::{ErrorCode, Opcode, Region};
+use vgpu_ring::{ErrorCode, Opcode, Slot};
 use zerocopy::IntoBytes;
 
 /// A validated request: the operation and arena ranges that were checked against the
@@ -45,77 +44,55 @@ impl Job {
     }
 }
 
-/// One slot's data arena, reached by copies.
-#[derive(Debug, Clone)]
-pub struct Arena {
-    region: Arc<Region>,
-    slot: u32,
+/// Copy a range of `slot`'s arena out, once.
+///
+/// # Errors
+///
+/// [`ErrorCode::BadRange`] if the range is outside the arena.
+pub fn read_bytes(slot: &Slot, (offset, len): (u32, u32)) -> Result<Vec<u8>, ErrorCode> {
+    let mut bytes = vec![0; len as usize];
+    slot.arena_read(u64::from(offset), &mut bytes).map_err(|_| ErrorCode::BadRange)?;
+    Ok(bytes)
 }
 
-impl Arena {
-    /// The arena of slot `slot` of `region`.
-    #[must_use]
-    pub fn new(region: Arc<Region>, slot: u32) -> Self {
-        Self { region, slot }
-    }
+/// Read a range of `slot`'s arena as little-endian f32s (`len / 4` of them), copied once.
+///
+/// # Errors
+///
+/// As [`read_bytes`].
+pub fn read_f32s(slot: &Slot, (offset, len): (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
+    let mut values = vec![0f32; len as usize / 4];
+    slot.arena_read(u64::from(offset), values.as_mut_bytes()).map_err(|_| ErrorCode::BadRange)?;
+    Ok(values)
+}
 
-    /// Copy `(offset, len)` out of the arena, once.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorCode::BadRange`] if the range is outside the arena.
-    pub fn read(&self, (offset, len): (u32, u32)) -> Result<Vec<u8>, ErrorCode> {
-        let mut bytes = vec![0; len as usize];
-        self.region
-            .arena_read(self.slot, u64::from(offset), &mut bytes)
-            .map_err(|_| ErrorCode::BadRange)?;
-        Ok(bytes)
-    }
+/// Write `bytes` into `slot`'s arena at `offset`; returns the bytes written.
+///
+/// # Errors
+///
+/// [`ErrorCode::BadRange`] if the range is outside the arena.
+pub fn write_bytes(slot: &Slot, offset: u32, bytes: &[u8]) -> Result<u32, ErrorCode> {
+    slot.arena_write(u64::from(offset), bytes).map_err(|_| ErrorCode::BadRange)?;
+    u32::try_from(bytes.len()).map_err(|_| ErrorCode::OutputTooSmall)
+}
 
-    /// Read `(offset, len)` as little-endian f32s (`len / 4` of them), copied once.
-    ///
-    /// # Errors
-    ///
-    /// As [`read`](Self::read).
-    pub fn read_f32s(&self, (offset, len): (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
-        let mut values = vec![0f32; len as usize / 4];
-        self.region
-            .arena_read(self.slot, u64::from(offset), values.as_mut_bytes())
-            .map_err(|_| ErrorCode::BadRange)?;
-        Ok(values)
-    }
-
-    /// Copy `bytes` into the arena at `offset`.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorCode::BadRange`] if the range is outside the arena.
-    pub fn write(&self, offset: u32, bytes: &[u8]) -> Result<(), ErrorCode> {
-        self.region
-            .arena_write(self.slot, u64::from(offset), bytes)
-            .map_err(|_| ErrorCode::BadRange)
-    }
-
-    /// Write f32s little-endian at `offset`; returns the bytes written.
-    ///
-    /// # Errors
-    ///
-    /// As [`write`](Self::write).
-    pub fn write_f32s(&self, offset: u32, values: &[f32]) -> Result<u32, ErrorCode> {
-        let bytes = values.as_bytes();
-        self.write(offset, bytes)?;
-        u32::try_from(bytes.len()).map_err(|_| ErrorCode::OutputTooSmall)
-    }
+/// Write f32s little-endian into `slot`'s arena at `offset`; returns the bytes written.
+///
+/// # Errors
+///
+/// As [`write_bytes`].
+pub fn write_f32s(slot: &Slot, offset: u32, values: &[f32]) -> Result<u32, ErrorCode> {
+    write_bytes(slot, offset, values.as_bytes())
 }
 
 /// Something that runs jobs.
 pub trait Executor: Send {
-    /// Run `job` on `arena`; returns the number of output bytes written.
+    /// Run `job` on `slot`'s arena; returns the number of output bytes written.
     ///
     /// # Errors
     ///
     /// The [`ErrorCode`] to answer with.
-    fn execute(&mut self, job: &Job, arena: &Arena) -> Result<u32, ErrorCode>;
+    fn execute(&mut self, job: &Job, slot: &Slot) -> Result<u32, ErrorCode>;
 
     /// Whether every compute job (see [`Job::is_compute`]) should go to this executor,
     /// however small; otherwise small jobs run inline on the dispatcher, on the CPU.
@@ -129,7 +106,7 @@ pub trait Executor: Send {
 pub struct CpuExecutor;
 
 impl Executor for CpuExecutor {
-    fn execute(&mut self, job: &Job, arena: &Arena) -> Result<u32, ErrorCode> {
+    fn execute(&mut self, job: &Job, slot: &Slot) -> Result<u32, ErrorCode> {
         match job.op {
             Opcode::Noop => Ok(0),
             Opcode::Sleep => {
@@ -137,30 +114,29 @@ impl Executor for CpuExecutor {
                 Ok(0)
             }
             Opcode::Echo => {
-                let bytes = arena.read(job.input)?;
-                arena.write(job.output.0, &bytes)?;
-                Ok(job.input.1)
+                let bytes = read_bytes(slot, job.input)?;
+                write_bytes(slot, job.output.0, &bytes)
             }
             Opcode::VectorAdd => {
-                let data = arena.read_f32s(job.input)?;
+                let data = read_f32s(slot, job.input)?;
                 let (a, b) = data.split_at(data.len() / 2);
-                arena.write_f32s(job.output.0, &vector_add(a, b))
+                write_f32s(slot, job.output.0, &vector_add(a, b))
             }
             Opcode::Saxpy => {
-                let data = arena.read_f32s(job.input)?;
+                let data = read_f32s(slot, job.input)?;
                 let (x, y) = data.split_at(data.len() / 2);
-                arena.write_f32s(job.output.0, &saxpy(f32::from_bits(job.args[1]), x, y))
+                write_f32s(slot, job.output.0, &saxpy(f32::from_bits(job.args[1]), x, y))
             }
             Opcode::Dot => {
-                let data = arena.read_f32s(job.input)?;
+                let data = read_f32s(slot, job.input)?;
                 let (x, y) = data.split_at(data.len() / 2);
-                arena.write_f32s(job.output.0, &[dot(x, y)])
+                write_f32s(slot, job.output.0, &[dot(x, y)])
             }
             Opcode::Matmul => {
                 let [m, k, n] = job.args.map(|v| v as usize);
-                let data = arena.read_f32s(job.input)?;
+                let data = read_f32s(slot, job.input)?;
                 let (a, b) = data.split_at(m * k);
-                arena.write_f32s(job.output.0, &matmul(a, b, m, k, n))
+                write_f32s(slot, job.output.0, &matmul(a, b, m, k, n))
             }
         }
     }

@@ -9,7 +9,6 @@
 //! so each taken position is marked when its answer goes out and the index moves over
 //! the marked prefix.
 
-use crate::executor::Arena;
 use crate::log_limit::{LogLimiter, Problem, suppressed_note};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,8 +16,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use vgpu_config::VmConfig;
 use vgpu_ring::{
-    ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PushError, Region, RegionError,
-    RequestConsumer, Response, ResponseProducer, SlotControl, SlotIdentity, Status,
+    ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PoolId, PushError, Region,
+    RegionError, Request, RequestConsumer, Response, ResponseProducer, Slot, SlotControl,
+    VmIdentity,
 };
 
 /// What every region of one mediator session shares.
@@ -34,12 +34,11 @@ pub(crate) struct Session {
     pub(crate) geometry: Geometry,
 }
 
-/// An attached VM's region and rings.
+/// An attached VM's slot and rings.
 pub(crate) struct Link {
-    pub(crate) region: Arc<Region>,
+    pub(crate) slot: Slot,
     pub(crate) requests: RequestConsumer,
     responses: ResponseProducer,
-    pub(crate) arena: Arena,
     /// Answered flags of the taken, unreleased request positions (by position modulo
     /// the ring size).
     answered: Box<[bool]>,
@@ -53,27 +52,26 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Take the host's ends of slot 0, check the indices afresh and publish the result
-    /// in `host_status` (clearing bits a previous session or a guest left there).
-    fn new(region: Arc<Region>) -> Result<Self, RegionError> {
-        let host = vgpu_ring::host_endpoints(&region, 0)?;
+    /// Take the host's ends of `slot`'s rings, check the indices afresh and publish the
+    /// result in `host_status` (clearing bits a previous session or a guest left there).
+    fn new(slot: Slot) -> Result<Self, RegionError> {
+        let host = slot.host_endpoints()?;
         let request_poisoned = host.requests.poisoned().is_some();
         let response_poisoned = host.responses.poisoned().is_some();
         let status = if request_poisoned { SlotControl::REQUEST_POISONED } else { 0 }
             | if response_poisoned { SlotControl::RESPONSE_POISONED } else { 0 };
-        region.set_host_status(0, status)?;
+        slot.set_host_status(status)?;
         // The host owns `reset_done`; Relaxed: only this thread writes it.
-        let reset_done = region.control(0)?.load(ControlWord::ResetDone, Ordering::Relaxed);
+        let reset_done = slot.load(ControlWord::ResetDone, Ordering::Relaxed);
         Ok(Self {
             answered: vec![false; host.requests.capacity() as usize].into_boxed_slice(),
-            arena: Arena::new(Arc::clone(&region), 0),
             requests: host.requests,
             responses: host.responses,
             parked: VecDeque::new(),
             reset_done,
             request_poisoned,
             response_poisoned,
-            region,
+            slot,
         })
     }
 
@@ -90,15 +88,15 @@ impl Link {
     }
 
     fn set_status_bit(&self, bit: u32) {
-        let status = self.region.host_status(0).unwrap_or(0);
-        let _ = self.region.set_host_status(0, status | bit);
+        // The region is writable (attached as host), so this cannot fail.
+        let _ = self.slot.mark_status(bit);
     }
 }
 
 /// One VM of a pool.
 pub(crate) struct VmPort {
     pub(crate) vm: VmConfig,
-    pub(crate) identity: SlotIdentity,
+    pub(crate) identity: VmIdentity,
     /// `None` while the VM is quarantined.
     pub(crate) link: Option<Link>,
     /// Why the VM is quarantined (the last reason logged).
@@ -109,7 +107,7 @@ pub(crate) struct VmPort {
     /// Requests of this VM queued or executing.
     pub(crate) in_flight: u32,
     pub(crate) log: LogLimiter,
-    pool: char,
+    pool: PoolId,
 }
 
 impl VmPort {
@@ -119,16 +117,16 @@ impl VmPort {
     ///
     /// [`RegionError::ServedElsewhere`] only: another mediator serves the region, which
     /// a starting daemon must not ignore. Every other problem quarantines the VM.
-    pub(crate) fn attach(vm: VmConfig, pool: char, session: &Session) -> Result<Self, RegionError> {
+    pub(crate) fn attach(vm: VmConfig, session: &Session) -> Result<Self, RegionError> {
         let mut port = Self {
             identity: vm.identity(),
+            pool: vm.pool,
             vm,
             link: None,
             quarantine: None,
             generation: 0,
             in_flight: 0,
             log: LogLimiter::default(),
-            pool,
         };
         match port.try_attach(session) {
             Ok(()) => Ok(port),
@@ -143,15 +141,15 @@ impl VmPort {
     /// Attach (again) from the configuration: stamp the region, announce the session,
     /// take the rings.
     pub(crate) fn try_attach(&mut self, session: &Session) -> Result<(), RegionError> {
-        let region = Region::attach_host(
+        let region = Arc::new(Region::attach_host(
             &self.vm.region,
             session.region_size,
             session.geometry,
-            &[self.identity],
-        )?;
+            &[self.identity.slot()],
+        )?);
         region.store_heartbeat(crate::daemon::monotonic_ns())?;
         region.begin_session(session.epoch, std::process::id(), session.heartbeat_interval_ms)?;
-        let link = Link::new(Arc::new(region))?;
+        let link = Link::new(region.slot(0)?)?;
         if link.request_poisoned || link.response_poisoned {
             tracing::warn!(
                 "Pool {}: vm{} rings hold impossible indices; isolated until the guest resets them",
@@ -206,31 +204,9 @@ impl VmPort {
         self.link.as_ref().map(|l| l.requests.backend().head_watch())
     }
 
-    /// The response to request `tag` with `result`, carrying the slot's configured
-    /// identity; timings are left at zero.
-    pub(crate) fn response(
-        &self,
-        tag: u32,
-        opcode: u16,
-        label: [u8; vgpu_ring::layout::LABEL_LEN],
-        result: Result<u32, ErrorCode>,
-    ) -> Response {
-        let (status, error, out_len) = match result {
-            Ok(n) => (Status::Success, ErrorCode::None, n),
-            Err(e) => (Status::Error, e, 0),
-        };
-        Response {
-            tag,
-            status: status as u32,
-            error: error as u32,
-            out_len,
-            vm_id: self.identity.vm_id,
-            pool: self.identity.pool as u8,
-            priority: self.identity.priority as u8,
-            opcode,
-            label,
-            ..Response::default()
-        }
+    /// The answer to `request` with `result`, carrying the slot's configured identity.
+    pub(crate) fn answer(&self, request: &Request, result: Result<u32, ErrorCode>) -> Response {
+        Response::answer(request, &self.identity, result)
     }
 
     /// Publish the answer to the request at `position`, parking it if the response ring
@@ -316,11 +292,11 @@ impl VmPort {
     pub(crate) fn reset(&mut self, ticket: u32, now: Instant) -> Result<(), RegionError> {
         let Some(link) = self.link.take() else { return Ok(()) };
         let dropped = self.in_flight as usize + link.parked.len();
-        let region = Arc::clone(&link.region);
+        let slot = link.slot.clone();
         // The old endpoints go before the indices change under them.
         drop(link);
-        vgpu_ring::complete_reset(&region.control(0)?, ticket);
-        let link = Link::new(region)?;
+        vgpu_ring::complete_reset(&slot, ticket);
+        let link = Link::new(slot)?;
         self.link = Some(link);
         self.generation += 1;
         self.in_flight = 0;

@@ -7,39 +7,17 @@
 //! the one with the highest effective priority, ties going to the earliest arrival.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vgpu_config::Policy;
-
-/// How a pool orders waiting requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
-    /// Priority, then arrival.
-    Strict,
-    /// As strict, but a request gains one priority level per `interval` of waiting.
-    Aging {
-        /// Time per level gained.
-        interval: Duration,
-    },
-}
-
-impl Ordering {
-    /// The ordering a pool's configured policy asks for.
-    #[must_use]
-    pub fn from_policy(policy: Policy, aging_interval: Duration) -> Self {
-        match policy {
-            Policy::Strict => Self::Strict,
-            Policy::Aging => Self::Aging { interval: aging_interval },
-        }
-    }
-}
+use vgpu_ring::Priority;
 
 /// One waiting item with its bookkeeping.
 #[derive(Debug, Clone)]
 pub struct Queued<T> {
     /// Arrival sequence number (monotonic per pool, taken when first seen).
     pub seq: u64,
-    /// Base priority (0–2).
-    pub priority: u8,
+    /// Base priority.
+    pub priority: Priority,
     /// When it was queued.
     pub arrived: Instant,
     /// The item.
@@ -51,14 +29,26 @@ pub struct Queued<T> {
 pub struct PoolQueue<T> {
     levels: [VecDeque<Queued<T>>; 3],
     next_seq: u64,
-    ordering: Ordering,
+    policy: Policy,
 }
 
 impl<T> PoolQueue<T> {
-    /// An empty queue.
+    /// An empty queue ordered by `policy`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// queue.push(Priority::LOW, now, "TEST_LOW");
+    /// queue.push(Priority::HIGH, now, "TEST_HIGH");
+    /// assert_eq!(queue.pop(now).unwrap().item, "TEST_HIGH");
+    /// ```
     #[must_use]
-    pub fn new(ordering: Ordering) -> Self {
-        Self { levels: Default::default(), next_seq: 0, ordering }
+    pub fn new(policy: Policy) -> Self {
+        Self { levels: Default::default(), next_seq: 0, policy }
     }
 
     /// Number of waiting items.
@@ -73,23 +63,23 @@ impl<T> PoolQueue<T> {
         self.levels.iter().all(VecDeque::is_empty)
     }
 
-    /// Queue `item` with `priority` (values above 2 count as 2), arriving `now`; returns
-    /// its sequence number.
-    pub fn push(&mut self, priority: u8, now: Instant, item: T) -> u64 {
-        let priority = priority.min(2);
+    /// Queue `item` with `priority`, arriving `now`; returns its sequence number.
+    pub fn push(&mut self, priority: Priority, now: Instant, item: T) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.levels[usize::from(priority)].push_back(Queued { seq, priority, arrived: now, item });
+        self.levels[priority.index()].push_back(Queued { seq, priority, arrived: now, item });
         seq
     }
 
     fn effective(&self, q: &Queued<T>, now: Instant) -> u64 {
-        match self.ordering {
-            Ordering::Strict => u64::from(q.priority),
-            Ordering::Aging { interval } => {
+        let base = u64::from(q.priority.get());
+        match self.policy {
+            Policy::Strict => base,
+            Policy::Aging { interval } => {
                 let waited = now.saturating_duration_since(q.arrived).as_nanos();
                 let gained = waited / interval.as_nanos().max(1);
-                (u64::from(q.priority) + u64::try_from(gained).unwrap_or(u64::MAX)).min(2)
+                let top = u64::from(Priority::HIGH.get());
+                base.saturating_add(u64::try_from(gained).unwrap_or(u64::MAX)).min(top)
             }
         }
     }
@@ -123,15 +113,20 @@ impl<T> PoolQueue<T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
+
+    const P0: Priority = Priority::LOW;
+    const P1: Priority = Priority::MEDIUM;
+    const P2: Priority = Priority::HIGH;
 
     #[test]
     fn strict_orders_by_priority_then_arrival() {
         let now = Instant::now();
-        let mut q = PoolQueue::new(Ordering::Strict);
-        q.push(0, now, "low");
-        q.push(2, now, "high");
-        q.push(1, now, "medium");
-        q.push(2, now, "high2");
+        let mut q = PoolQueue::new(Policy::Strict);
+        q.push(P0, now, "low");
+        q.push(P2, now, "high");
+        q.push(P1, now, "medium");
+        q.push(P2, now, "high2");
         let order: Vec<_> = std::iter::from_fn(|| q.pop(now)).map(|x| x.item).collect();
         assert_eq!(order, ["high", "high2", "medium", "low"]);
         assert!(q.is_empty());
@@ -141,18 +136,18 @@ mod tests {
     fn aging_promotes_one_level_per_interval() {
         let t0 = Instant::now();
         let interval = Duration::from_millis(100);
-        let mut q = PoolQueue::new(Ordering::Aging { interval });
-        q.push(0, t0, "old-low");
-        q.push(2, t0 + Duration::from_millis(150), "high");
+        let mut q = PoolQueue::new(Policy::Aging { interval });
+        q.push(P0, t0, "old-low");
+        q.push(P2, t0 + Duration::from_millis(150), "high");
         // At 150 ms the low one has gained one level (1) < 2: high goes first.
         assert_eq!(q.pop(t0 + Duration::from_millis(150)).unwrap().item, "high");
-        q.push(2, t0 + Duration::from_millis(200), "high-again");
+        q.push(P2, t0 + Duration::from_millis(200), "high-again");
         // At 200 ms it has gained two levels (2) and arrived earlier: it goes first.
         assert_eq!(q.pop(t0 + Duration::from_millis(200)).unwrap().item, "old-low");
         // The same queue under strict ordering would never have let it pass.
-        let mut strict = PoolQueue::new(Ordering::Strict);
-        strict.push(0, t0, "old-low");
-        strict.push(2, t0 + Duration::from_secs(60), "high");
+        let mut strict = PoolQueue::new(Policy::Strict);
+        strict.push(P0, t0, "old-low");
+        strict.push(P2, t0 + Duration::from_secs(60), "high");
         assert_eq!(strict.pop(t0 + Duration::from_secs(3600)).unwrap().item, "high");
     }
 
@@ -164,10 +159,10 @@ mod tests {
             ops in prop::collection::vec((0u8..3, 0u32..8, any::<bool>()), 1..200)
         ) {
             let now = Instant::now();
-            let mut q = PoolQueue::new(Ordering::Strict);
+            let mut q = PoolQueue::new(Policy::Strict);
             let mut popped = Vec::new();
             for (i, (priority, vm, pop_now)) in ops.iter().enumerate() {
-                q.push(*priority, now, (i, *vm));
+                q.push(Priority::new(*priority).unwrap(), now, (i, *vm));
                 if *pop_now {
                     // A pop mid-stream returns the best of what is queued so far.
                     let got = q.pop(now).unwrap();
@@ -190,7 +185,7 @@ mod tests {
             }
             model.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             expected.extend(model);
-            let got: Vec<(u8, u64)> = popped.iter().map(|q| (q.priority, q.seq)).collect();
+            let got: Vec<(u8, u64)> = popped.iter().map(|q| (q.priority.get(), q.seq)).collect();
             prop_assert_eq!(got, expected);
         }
     }

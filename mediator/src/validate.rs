@@ -2,7 +2,7 @@
 //! it wrote is checked against the host's own configuration and the slot's arena.
 
 use crate::executor::Job;
-use vgpu_ring::{ErrorCode, OpShape, Opcode, Request, SlotIdentity};
+use vgpu_ring::{ErrorCode, OpShape, Opcode, Request, VmIdentity};
 
 /// Turn a private copy of a request into a [`Job`], or the error to answer with.
 ///
@@ -12,11 +12,8 @@ use vgpu_ring::{ErrorCode, OpShape, Opcode, Request, SlotIdentity};
 /// id than the host configured for the slot; [`ErrorCode::UnknownOpcode`];
 /// [`ErrorCode::BadShape`]; [`ErrorCode::BadRange`] if a range leaves the arena;
 /// [`ErrorCode::OutputTooSmall`].
-pub fn validate(req: &Request, identity: &SlotIdentity, arena_size: u32) -> Result<Job, ErrorCode> {
-    if u32::from(req.pool) != identity.pool
-        || u32::from(req.priority) != identity.priority
-        || req.vm_id != identity.vm_id
-    {
+pub fn validate(req: &Request, identity: &VmIdentity, arena_size: u32) -> Result<Job, ErrorCode> {
+    if !identity.claimed_by(req) {
         return Err(ErrorCode::IdentityMismatch);
     }
     let op = Opcode::try_from(req.opcode).map_err(|_| ErrorCode::UnknownOpcode)?;
@@ -55,7 +52,11 @@ pub fn validate(req: &Request, identity: &SlotIdentity, arena_size: u32) -> Resu
 mod tests {
     use super::*;
 
-    const ID: SlotIdentity = SlotIdentity::new(7, b'A', 1);
+    const ID: VmIdentity = VmIdentity {
+        vm_id: 7,
+        pool: vgpu_ring::PoolId::new(b'A').unwrap(),
+        priority: vgpu_ring::Priority::MEDIUM,
+    };
 
     fn req(op: Opcode, args: [u32; 3], input: (u32, u32), output: (u32, u32)) -> Request {
         Request {

@@ -2,6 +2,7 @@
 //! non-zero exit (the full behaviour is in vgpu-tests' system tests).
 
 use std::process::Command;
+use std::sync::Arc;
 use vgpu_ring::{Geometry, Region, SlotIdentity};
 
 fn mediator(config: &std::path::Path) -> (i32, String) {
@@ -39,7 +40,7 @@ fn refuses_to_start_without_a_single_usable_region_or_with_a_bad_config() {
         &dir.path().join("vgpu-vm1"),
         1 << 20,
         Geometry { ring_entries: 64, arena_size: 4096, ..Geometry::default() },
-        &[SlotIdentity::new(1, b'A', 1)],
+        &[SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::MEDIUM)],
         false,
     )
     .unwrap();
@@ -81,7 +82,7 @@ fn a_cuda_pool_without_a_gpu_fails_at_start() {
         &dir.path().join("vgpu-vm1"),
         2 << 20,
         Geometry::default(),
-        &[SlotIdentity::new(1, b'A', 1)],
+        &[SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::MEDIUM)],
         false,
     )
     .unwrap();
@@ -90,6 +91,7 @@ fn a_cuda_pool_without_a_gpu_fails_at_start() {
     assert!(err.contains("pool A: backend = \"cuda\" (device 0) but"), "{err}");
     assert!(err.contains("add fallback = \"cpu\""), "{err}");
     // No session was announced to the guests.
-    let region = Region::open(&dir.path().join("vgpu-vm1"), vgpu_ring::Access::ReadOnly).unwrap();
+    let region =
+        Arc::new(Region::open(&dir.path().join("vgpu-vm1"), vgpu_ring::Access::ReadOnly).unwrap());
     assert_eq!(region.epoch(), 0);
 }

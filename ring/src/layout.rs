@@ -7,6 +7,7 @@
 //!
 //! All multi-byte fields are little-endian (the only byte order this crate builds for).
 
+use crate::identity::{PoolId, Priority};
 use core::mem::{offset_of, size_of};
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -92,8 +93,9 @@ pub struct RegionHeader {
     pub heartbeat_interval_ms: u32,
     /// Reserved, zero.
     pub reserved2: [u8; 104],
-    /// Pending-work bitmap: a guest sets bit `i % 64` of word `i / 64` after publishing
-    /// requests in slot `i`; the mediator clears a word when it drains it.
+    /// Pending-work bitmap (bit `i % 64` of word `i / 64` for slot `i`): reserved; a
+    /// guest may set it, the mediator of this version does not read it (it polls each
+    /// slot's request ring producer index).
     pub pending: [u64; (MAX_SLOTS / 64) as usize],
     /// Reserved, zero; pads the header to one page.
     pub reserved3: [u8; 3712],
@@ -141,9 +143,32 @@ impl SlotIdentity {
     pub const ASSIGNED: u32 = 1;
 
     /// An assigned identity.
+    ///
+    /// ```
+    /// use vgpu_ring::{PoolId, Priority, SlotIdentity};
+    /// let id = SlotIdentity::new(7, PoolId::new(b'A').unwrap(), Priority::HIGH);
+    /// assert_eq!((id.pool_id(), id.priority_level()), (PoolId::new(b'A'), Some(Priority::HIGH)));
+    /// ```
     #[must_use]
-    pub const fn new(vm_id: u32, pool: u8, priority: u8) -> Self {
-        Self { vm_id, pool: pool as u32, priority: priority as u32, flags: Self::ASSIGNED }
+    pub const fn new(vm_id: u32, pool: PoolId, priority: Priority) -> Self {
+        Self {
+            vm_id,
+            pool: pool.byte() as u32,
+            priority: priority.get() as u32,
+            flags: Self::ASSIGNED,
+        }
+    }
+
+    /// The pool, if the word holds a valid one (a guest may have written anything).
+    #[must_use]
+    pub fn pool_id(&self) -> Option<PoolId> {
+        PoolId::try_from(self.pool).ok()
+    }
+
+    /// The priority, if the word holds a valid one.
+    #[must_use]
+    pub fn priority_level(&self) -> Option<Priority> {
+        Priority::try_from(self.priority).ok()
     }
 
     /// Whether the host assigned this slot.

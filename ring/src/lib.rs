@@ -5,7 +5,11 @@
 //! - The SPSC ring algorithm, written once ([`Producer`], [`Consumer`]) over a
 //!   [`RingBackend`]: [`MappedRing`] in a mapped region, [`HeapRing`] in private memory
 //!   (the backend the loom models check).
-//! - [`Region`]: creating, formatting, mapping and validating a region file or PCI BAR.
+//! - [`Region`]: creating, formatting, mapping and validating a region file or PCI BAR;
+//!   [`Slot`]: one VM's slot of it (identity, status, arena, ring endpoints).
+//! - [`PoolId`], [`Priority`], [`VmIdentity`]: who a VM is, each validated once.
+//! - The reset handshake ([`request_reset`], [`take_reset_request`], ...) and the
+//!   SIGBUS protection of mappings ([`fault_count`], [`Region::is_faulted`]).
 //!
 //! This is the only crate of the project with `unsafe` code; every block states the
 //! invariant it relies on.
@@ -13,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod heap;
+mod identity;
 pub mod layout;
 mod mapped;
 mod protocol;
@@ -20,23 +25,24 @@ mod region;
 mod reset;
 mod ring;
 mod sigbus;
+mod slot;
 pub mod stub;
 mod sync;
 
 pub use heap::{HeapRing, heap_ring};
+pub use identity::{PoolId, Priority, VmIdentity};
 pub use layout::{Request, Response, SlotControl, SlotIdentity, decode_label, encode_label};
 pub use mapped::{
     GuestEndpoints, HeadWatch, HostEndpoints, MappedRing, RequestConsumer, RequestProducer,
-    ResponseConsumer, ResponseProducer, guest_endpoints, host_endpoints,
+    ResponseConsumer, ResponseProducer,
 };
-pub use protocol::{
-    ErrorCode, MAX_PRIORITY, OpShape, Opcode, Status, priority_name, response_text,
-};
-pub use region::{Access, Geometry, Region, RegionError, RingIndices, SlotControlWords};
+pub use protocol::{ErrorCode, OpShape, Opcode, Status, response_text};
+pub use region::{Access, Geometry, GeometryError, Region, RegionError, RingIndices};
 pub use reset::{
     ControlBlock, ControlWord, HeapControl, complete_reset, request_reset, reset_completed,
     take_reset_request,
 };
 pub use ring::{Consumer, Producer, PushError, RingBackend, RingError};
 pub use sigbus::fault_count;
+pub use slot::Slot;
 pub use sync::spin_hint;

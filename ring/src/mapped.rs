@@ -41,7 +41,11 @@ impl<E> core::fmt::Debug for MappedRing<E> {
 unsafe impl<E: Send> Send for MappedRing<E> {}
 
 impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
-    fn new(region: &Arc<Region>, slot: u32, kind: RingKind) -> Result<Self, RegionError> {
+    pub(crate) fn new(
+        region: &Arc<Region>,
+        slot: u32,
+        kind: RingKind,
+    ) -> Result<Self, RegionError> {
         if !region.is_writable() {
             return Err(RegionError::ReadOnly);
         }
@@ -160,43 +164,6 @@ pub struct HostEndpoints {
     pub requests: RequestConsumer,
     /// Pushes responses.
     pub responses: ResponseProducer,
-}
-
-/// Take the guest's ends of slot `slot`'s rings. Exactly one guest may hold them.
-///
-/// ```
-/// use std::sync::Arc;
-/// use vgpu_ring::{Geometry, Region, Request, guest_endpoints, host_endpoints};
-/// let dir = tempfile::tempdir().unwrap();
-/// let geometry = Geometry { slot_count: 1, ring_entries: 8, arena_size: 4096 };
-/// let region = Arc::new(Region::create(&dir.path().join("r"), 1 << 15, geometry, &[], false)?);
-/// let mut guest = guest_endpoints(&region, 0)?;
-/// let mut host = host_endpoints(&region, 0)?;
-/// guest.requests.push(Request { tag: 9, ..Request::default() }).unwrap();
-/// assert_eq!(host.requests.pop().unwrap().unwrap().tag, 9);
-/// # Ok::<(), vgpu_ring::RegionError>(())
-/// ```
-///
-/// # Errors
-///
-/// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
-pub fn guest_endpoints(region: &Arc<Region>, slot: u32) -> Result<GuestEndpoints, RegionError> {
-    Ok(GuestEndpoints {
-        requests: Producer::new(MappedRing::new(region, slot, RingKind::Request)?),
-        responses: Consumer::new(MappedRing::new(region, slot, RingKind::Response)?),
-    })
-}
-
-/// Take the host's ends of slot `slot`'s rings. Exactly one host thread may hold them.
-///
-/// # Errors
-///
-/// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
-pub fn host_endpoints(region: &Arc<Region>, slot: u32) -> Result<HostEndpoints, RegionError> {
-    Ok(HostEndpoints {
-        requests: Consumer::new(MappedRing::new(region, slot, RingKind::Request)?),
-        responses: Producer::new(MappedRing::new(region, slot, RingKind::Response)?),
-    })
 }
 
 /// A cheap, read-only view of one ring's producer index, for a host polling many

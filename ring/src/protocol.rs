@@ -169,20 +169,6 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// Highest priority value (2 = high).
-pub const MAX_PRIORITY: u8 = 2;
-
-/// The name of a priority value, as the original client printed it.
-#[must_use]
-pub const fn priority_name(priority: u32) -> &'static str {
-    match priority {
-        2 => "high",
-        1 => "medium",
-        0 => "low",
-        _ => "invalid",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +185,59 @@ mod tests {
             assert_eq!(ErrorCode::try_from(e as u32), Ok(e));
         }
         assert_eq!(Status::try_from(3), Err(3));
-        assert_eq!(priority_name(1), "medium");
+    }
+}
+
+impl crate::Response {
+    /// The answer to `request` from the slot whose configured identity is `identity`:
+    /// the request's tag, opcode and label echoed, the host's identity (never what the
+    /// request claimed), and `result` (bytes written, or the error); timings are zero.
+    ///
+    /// ```
+    /// use vgpu_ring::{ErrorCode, PoolId, Priority, Request, Response, VmIdentity};
+    /// let id = VmIdentity { vm_id: 7, pool: PoolId::new(b'A').unwrap(), priority: Priority::LOW };
+    /// let request = Request { tag: 9, opcode: 4, ..Request::default() };
+    /// let ok = Response::answer(&request, &id, Ok(16));
+    /// assert_eq!((ok.tag, ok.vm_id, ok.outcome()), (9, 7, Ok(16)));
+    /// let refused = Response::answer(&request, &id, Err(ErrorCode::BadShape));
+    /// assert_eq!(refused.outcome(), Err(ErrorCode::BadShape));
+    /// ```
+    #[must_use]
+    pub fn answer(
+        request: &crate::Request,
+        identity: &crate::VmIdentity,
+        result: Result<u32, ErrorCode>,
+    ) -> Self {
+        let (status, error, out_len) = match result {
+            Ok(n) => (Status::Success, ErrorCode::None, n),
+            Err(e) => (Status::Error, e, 0),
+        };
+        Self {
+            tag: request.tag,
+            status: status as u32,
+            error: error as u32,
+            out_len,
+            vm_id: identity.vm_id,
+            pool: identity.pool.byte(),
+            priority: identity.priority.get(),
+            opcode: request.opcode,
+            label: request.label,
+            queued_ns: 0,
+            exec_ns: 0,
+        }
+    }
+
+    /// What the response says: `Ok(bytes written)` for status 1, else the error code (an
+    /// unknown code, or a status that is neither, reads as
+    /// [`ErrorCode::ExecutorFailed`]: the peer is not one this build understands).
+    pub fn outcome(&self) -> Result<u32, ErrorCode> {
+        match Status::try_from(self.status) {
+            Ok(Status::Success) => Ok(self.out_len),
+            _ => Err(ErrorCode::try_from(self.error)
+                .ok()
+                .filter(|&e| e != ErrorCode::None)
+                .unwrap_or(ErrorCode::ExecutorFailed)),
+        }
     }
 }
 
@@ -218,14 +256,18 @@ mod tests {
 pub fn response_text(r: &crate::Response) -> String {
     let label = crate::decode_label(&r.label);
     let pool = if r.pool.is_ascii_graphic() { char::from(r.pool) } else { '?' };
-    if r.status == Status::Success as u32 {
-        format!("{}:Pool {pool} processed: {label} (prio={}, vm={})", r.status, r.priority, r.vm_id)
-    } else {
-        let error = ErrorCode::try_from(r.error).map_or("unknown error", ErrorCode::describe);
-        format!(
-            "{}:Pool {pool} error: {label} ({error}; prio={}, vm={})",
+    match r.outcome() {
+        Ok(_) => format!(
+            "{}:Pool {pool} processed: {label} (prio={}, vm={})",
             r.status, r.priority, r.vm_id
-        )
+        ),
+        Err(_) => {
+            let error = ErrorCode::try_from(r.error).map_or("unknown error", ErrorCode::describe);
+            format!(
+                "{}:Pool {pool} error: {label} ({error}; prio={}, vm={})",
+                r.status, r.priority, r.vm_id
+            )
+        }
     }
 }
 

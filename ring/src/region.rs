@@ -11,7 +11,6 @@ use crate::layout::{
     REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, RegionHeader,
     SlotControl, SlotIdentity, VERSION_MAJOR, VERSION_MINOR,
 };
-use crate::reset::{ControlBlock, ControlWord};
 use crate::sigbus::Registration;
 use crate::sync::Ordering;
 use crate::sync::mapped::{AtomicU32, AtomicU64};
@@ -41,26 +40,29 @@ impl Default for Geometry {
 }
 
 impl Geometry {
-    /// Check the geometry's own constraints.
+    /// Check the geometry's own constraints (the one place they are written).
+    ///
+    /// ```
+    /// use vgpu_ring::{Geometry, GeometryError};
+    /// assert!(Geometry::default().validate().is_ok());
+    /// let odd = Geometry { ring_entries: 100, ..Geometry::default() };
+    /// assert_eq!(odd.validate(), Err(GeometryError::RingEntries(100)));
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`RegionError::BadGeometry`] naming the violated constraint.
-    pub fn validate(&self) -> Result<(), RegionError> {
-        let bad = |reason: String| Err(RegionError::BadGeometry(reason));
+    /// The [`GeometryError`] naming the violated constraint.
+    pub fn validate(&self) -> Result<(), GeometryError> {
         if self.slot_count == 0 || self.slot_count > MAX_SLOTS {
-            return bad(format!("slot count {} not in 1..={MAX_SLOTS}", self.slot_count));
+            return Err(GeometryError::SlotCount(self.slot_count));
         }
         if !self.ring_entries.is_power_of_two()
             || !(MIN_RING_ENTRIES..=MAX_RING_ENTRIES).contains(&self.ring_entries)
         {
-            return bad(format!(
-                "ring entries {} not a power of two in {MIN_RING_ENTRIES}..={MAX_RING_ENTRIES}",
-                self.ring_entries
-            ));
+            return Err(GeometryError::RingEntries(self.ring_entries));
         }
         if self.arena_size == 0 || !self.arena_size.is_multiple_of(64) {
-            return bad(format!("arena size {} not a positive multiple of 64", self.arena_size));
+            return Err(GeometryError::ArenaSize(self.arena_size));
         }
         Ok(())
     }
@@ -108,6 +110,20 @@ impl Geometry {
     }
 }
 
+/// A geometry that breaks one of the layout's constraints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum GeometryError {
+    /// The slot count is not in `1..=MAX_SLOTS`.
+    #[error("slot count {0} not in 1..={MAX_SLOTS}")]
+    SlotCount(u32),
+    /// The ring size is not a power of two in the allowed range.
+    #[error("ring entries {0} not a power of two in {MIN_RING_ENTRIES}..={MAX_RING_ENTRIES}")]
+    RingEntries(u32),
+    /// The arena size is not a positive multiple of 64.
+    #[error("arena size {0} not a positive multiple of 64")]
+    ArenaSize(u32),
+}
+
 /// Why a region could not be created, opened or accessed.
 #[derive(Debug, Error)]
 pub enum RegionError {
@@ -146,7 +162,10 @@ pub enum RegionError {
     /// The formatter has not finished (init word not set).
     #[error("region not initialized (formatting incomplete or never done)")]
     NotInitialized,
-    /// The geometry is invalid or inconsistent with the region's size.
+    /// The geometry breaks a constraint of the layout.
+    #[error("bad geometry: {0}")]
+    Geometry(#[from] GeometryError),
+    /// The header or a range is inconsistent with the region's size or layout.
     #[error("bad geometry: {0}")]
     BadGeometry(String),
     /// The region's geometry differs from the one expected (e.g. the host's config).
@@ -263,8 +282,9 @@ impl Region {
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("vm1");
     /// let geometry = Geometry { slot_count: 1, ring_entries: 64, arena_size: 4096 };
-    /// let region = Region::create(&path, 1 << 16, geometry, &[SlotIdentity::new(1, b'A', 2)], false)?;
-    /// assert_eq!(region.identity(0)?.vm_id, 1);
+    /// let id = SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH);
+    /// let region = std::sync::Arc::new(Region::create(&path, 1 << 16, geometry, &[id], false)?);
+    /// assert_eq!(region.slot(0)?.identity().vm_id, 1);
     /// # Ok::<(), vgpu_ring::RegionError>(())
     /// ```
     ///
@@ -348,7 +368,7 @@ impl Region {
         for slot in 0..geometry.slot_count {
             let identity =
                 identities.get(slot as usize).copied().unwrap_or_else(SlotIdentity::new_zeroed);
-            self.set_identity(slot, identity)?;
+            self.write_bytes(geometry.slot_offset(slot), identity.as_bytes())?;
         }
         // SYNC: Release pairs with the Acquire load of `init` in `open`: everything
         // written above is visible to whoever sees INIT_READY.
@@ -371,7 +391,7 @@ impl Region {
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("vm1");
     /// let geometry = Geometry { slot_count: 1, ring_entries: 64, arena_size: 4096 };
-    /// let id = [SlotIdentity::new(1, b'A', 2)];
+    /// let id = [SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH)];
     /// Region::create(&path, 1 << 16, geometry, &id, false)?;
     /// let host = Region::attach_host(&path, 1 << 16, geometry, &id)?;
     /// // A second host is refused while the first lives.
@@ -593,21 +613,6 @@ impl Region {
         self.guard.protected()
     }
 
-    /// Atomic access to slot `slot`'s control block words (the reset handshake's
-    /// [`ControlBlock`]).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`].
-    pub fn control(&self, slot: u32) -> Result<SlotControlWords<'_>, RegionError> {
-        let base = self.check_slot(slot)?;
-        // Check every word once, so that the accessors cannot fail later.
-        for word in ControlWord::ALL {
-            self.atomic_u32(base + word.offset())?;
-        }
-        Ok(SlotControlWords { region: self, base })
-    }
-
     /// Whether the mapping is writable.
     #[must_use]
     pub fn is_writable(&self) -> bool {
@@ -694,91 +699,7 @@ impl Region {
         }
     }
 
-    /// The identity stored in slot `slot` (host-written; a guest may have changed it,
-    /// so the host uses its own configuration instead).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`].
-    pub fn identity(&self, slot: u32) -> Result<SlotIdentity, RegionError> {
-        self.read_value(self.check_slot(slot)?)
-    }
-
-    /// Write slot `slot`'s identity (host only).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
-    pub fn set_identity(&self, slot: u32, identity: SlotIdentity) -> Result<(), RegionError> {
-        self.write_bytes(self.check_slot(slot)?, identity.as_bytes())
-    }
-
-    fn slot_atomic_u32(&self, slot: u32, field: usize) -> Result<&AtomicU32, RegionError> {
-        self.atomic_u32(self.check_slot(slot)? + field)
-    }
-
-    /// Load slot `slot`'s four ring indices (a snapshot, for inspection).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`].
-    pub fn ring_indices(&self, slot: u32) -> Result<RingIndices, RegionError> {
-        let load = |field| {
-            Ok::<_, RegionError>(self.slot_atomic_u32(slot, field)?.load(Ordering::Relaxed))
-        };
-        Ok(RingIndices {
-            req_head: load(REQ_HEAD_OFFSET)?,
-            req_tail: load(REQ_TAIL_OFFSET)?,
-            resp_head: load(RESP_HEAD_OFFSET)?,
-            resp_tail: load(RESP_TAIL_OFFSET)?,
-        })
-    }
-
-    /// Slot `slot`'s host status bits ([`SlotControl::REQUEST_POISONED`], ...).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`].
-    pub fn host_status(&self, slot: u32) -> Result<u32, RegionError> {
-        Ok(self
-            .slot_atomic_u32(slot, offset_of!(SlotControl, host_status))?
-            .load(Ordering::Relaxed))
-    }
-
-    /// Store slot `slot`'s host status bits (host only).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
-    pub fn set_host_status(&self, slot: u32, status: u32) -> Result<(), RegionError> {
-        self.require_writable()?;
-        self.slot_atomic_u32(slot, offset_of!(SlotControl, host_status))?
-            .store(status, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// The process id a client recorded in slot `slot` (0 if none).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`].
-    pub fn client_pid(&self, slot: u32) -> Result<u32, RegionError> {
-        Ok(self.slot_atomic_u32(slot, offset_of!(SlotControl, client_pid))?.load(Ordering::Relaxed))
-    }
-
-    /// Record the attached client's process id in slot `slot` (0 when it detaches).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
-    pub fn set_client_pid(&self, slot: u32, pid: u32) -> Result<(), RegionError> {
-        self.require_writable()?;
-        self.slot_atomic_u32(slot, offset_of!(SlotControl, client_pid))?
-            .store(pid, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn require_writable(&self) -> Result<(), RegionError> {
+    pub(crate) fn require_writable(&self) -> Result<(), RegionError> {
         if self.writable { Ok(()) } else { Err(RegionError::ReadOnly) }
     }
 
@@ -836,38 +757,6 @@ impl Region {
         Ok(())
     }
 
-    /// Set slot `slot`'s bit in the pending-work bitmap (guest, after publishing).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::SlotOutOfRange`], [`RegionError::ReadOnly`].
-    pub fn mark_pending(&self, slot: u32) -> Result<(), RegionError> {
-        self.check_slot(slot)?;
-        self.require_writable()?;
-        // SYNC: Release pairs with the Acquire swap in `take_pending`; the ring's own
-        // index publication already orders the entries, this only orders the hint.
-        self.pending_word(slot / 64).fetch_or(1 << (slot % 64), Ordering::Release);
-        Ok(())
-    }
-
-    /// Clear and return word `word` of the pending-work bitmap (host).
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::ReadOnly`].
-    pub fn take_pending(&self, word: u32) -> Result<u64, RegionError> {
-        self.require_writable()?;
-        if word >= MAX_SLOTS / 64 {
-            return Err(RegionError::SlotOutOfRange { slot: word * 64, count: MAX_SLOTS });
-        }
-        // SYNC: Acquire pairs with the Release fetch_or in `mark_pending`.
-        Ok(self.pending_word(word).swap(0, Ordering::Acquire))
-    }
-
-    fn pending_word(&self, word: u32) -> &AtomicU64 {
-        self.header_u64(offset_of!(RegionHeader, pending) + word as usize * 8)
-    }
-
     fn header_u64(&self, offset: usize) -> &AtomicU64 {
         // Header fields are inside the first page, which `open`/`create` checked exists.
         self.atomic_u64(offset).expect("header field inside the mapped header page")
@@ -877,32 +766,9 @@ impl Region {
         self.atomic_u32(offset).expect("header field inside the mapped header page")
     }
 
-    fn arena_range(&self, slot: u32, offset: u64, len: usize) -> Result<usize, RegionError> {
-        let base = self.check_slot(slot)? + self.geometry.arena_offset();
-        let size = self.geometry.arena_size;
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= u64::from(size) => Ok(base + offset as usize),
-            _ => Err(RegionError::ArenaOutOfBounds { offset, len: len as u64, size }),
-        }
-    }
-
-    /// Copy `bytes` into slot `slot`'s arena at `offset`.
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::ArenaOutOfBounds`], [`RegionError::SlotOutOfRange`],
-    /// [`RegionError::ReadOnly`].
-    pub fn arena_write(&self, slot: u32, offset: u64, bytes: &[u8]) -> Result<(), RegionError> {
-        self.write_bytes(self.arena_range(slot, offset, bytes.len())?, bytes)
-    }
-
-    /// Copy `out.len()` bytes out of slot `slot`'s arena at `offset`, once.
-    ///
-    /// # Errors
-    ///
-    /// [`RegionError::ArenaOutOfBounds`], [`RegionError::SlotOutOfRange`].
-    pub fn arena_read(&self, slot: u32, offset: u64, out: &mut [u8]) -> Result<(), RegionError> {
-        let src = self.byte_range(self.arena_range(slot, offset, out.len())?, out.len())?;
+    /// Copy `out.len()` bytes at `offset` out of the mapping, once.
+    pub(crate) fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
+        let src = self.byte_range(offset, out.len())?;
         // SAFETY: src is valid for out.len() bytes (checked); `out` is private memory.
         unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
         Ok(())
@@ -925,32 +791,6 @@ fn reserve(file: &File, path: &Path, size: u64) -> Result<(), RegionError> {
             file.set_len(size).map_err(io_err(path))
         }
         Err(e) => Err(io_err(path)(e.into())),
-    }
-}
-
-/// One slot's control block words, reached atomically (see [`Region::control`]).
-#[derive(Debug, Clone, Copy)]
-pub struct SlotControlWords<'a> {
-    region: &'a Region,
-    base: usize,
-}
-
-impl SlotControlWords<'_> {
-    fn word(&self, word: ControlWord) -> &AtomicU32 {
-        // Checked in `Region::control`.
-        self.region
-            .atomic_u32(self.base + word.offset())
-            .expect("control word checked when the handle was made")
-    }
-}
-
-impl ControlBlock for SlotControlWords<'_> {
-    fn load(&self, word: ControlWord, order: Ordering) -> u32 {
-        self.word(word).load(order)
-    }
-
-    fn store(&self, word: ControlWord, value: u32, order: Ordering) {
-        self.word(word).store(value, order);
     }
 }
 

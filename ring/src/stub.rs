@@ -1,6 +1,7 @@
 //! The vgpu-stub PCI device's MMIO registers (BAR 0), from which a guest reads the
 //! identity the host administrator gave its VM (as in the original design).
 
+use crate::identity::{PoolId, Priority};
 use thiserror::Error;
 
 /// Size of the register window.
@@ -15,10 +16,10 @@ pub const STUB_VM_ID: usize = 0x010;
 /// The identity registers of a vgpu-stub device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StubRegisters {
-    /// Pool name (ASCII byte).
-    pub pool: u8,
+    /// Pool.
+    pub pool: PoolId,
     /// Priority.
-    pub priority: u32,
+    pub priority: Priority,
     /// VM id.
     pub vm_id: u32,
 }
@@ -46,14 +47,16 @@ impl StubRegisters {
     ///
     /// ```
     /// use vgpu_ring::stub::StubRegisters;
-    /// let regs = StubRegisters { pool: b'A', priority: 2, vm_id: 100 };
+    /// use vgpu_ring::{PoolId, Priority};
+    /// let regs = StubRegisters { pool: PoolId::new(b'A').unwrap(), priority: Priority::HIGH, vm_id: 100 };
     /// assert_eq!(StubRegisters::parse(&regs.to_image()), Ok(regs));
     /// ```
     #[must_use]
     pub fn to_image(&self) -> Vec<u8> {
         let mut image = vec![0; STUB_SIZE];
-        image[STUB_POOL..STUB_POOL + 4].copy_from_slice(&u32::from(self.pool).to_le_bytes());
-        image[STUB_PRIORITY..STUB_PRIORITY + 4].copy_from_slice(&self.priority.to_le_bytes());
+        image[STUB_POOL..STUB_POOL + 4].copy_from_slice(&u32::from(self.pool.byte()).to_le_bytes());
+        image[STUB_PRIORITY..STUB_PRIORITY + 4]
+            .copy_from_slice(&u32::from(self.priority.get()).to_le_bytes());
         image[STUB_VM_ID..STUB_VM_ID + 4].copy_from_slice(&self.vm_id.to_le_bytes());
         image
     }
@@ -67,15 +70,9 @@ impl StubRegisters {
         if bytes.len() < STUB_VM_ID + 4 {
             return Err(StubError::TooShort(bytes.len()));
         }
-        let pool = register(bytes, STUB_POOL);
-        let pool = u8::try_from(pool)
-            .ok()
-            .filter(u8::is_ascii_alphanumeric)
-            .ok_or(StubError::BadPool(pool))?;
-        let priority = register(bytes, STUB_PRIORITY);
-        if priority > 2 {
-            return Err(StubError::BadPriority(priority));
-        }
+        let pool = PoolId::try_from(register(bytes, STUB_POOL)).map_err(StubError::BadPool)?;
+        let priority =
+            Priority::try_from(register(bytes, STUB_PRIORITY)).map_err(StubError::BadPriority)?;
         Ok(Self { pool, priority, vm_id: register(bytes, STUB_VM_ID) })
     }
 }
@@ -86,7 +83,9 @@ mod tests {
 
     #[test]
     fn registers_sit_at_the_original_offsets() {
-        let image = StubRegisters { pool: b'B', priority: 1, vm_id: 0x0102_0304 }.to_image();
+        let pool = PoolId::new(b'B').unwrap();
+        let image =
+            StubRegisters { pool, priority: Priority::MEDIUM, vm_id: 0x0102_0304 }.to_image();
         assert_eq!(image.len(), 4096);
         assert_eq!(&image[8..12], &[b'B', 0, 0, 0]);
         assert_eq!(&image[12..16], &[1, 0, 0, 0]);
@@ -95,7 +94,8 @@ mod tests {
 
     #[test]
     fn invalid_registers_are_refused() {
-        let mut image = StubRegisters { pool: b'A', priority: 0, vm_id: 1 }.to_image();
+        let pool = PoolId::new(b'A').unwrap();
+        let mut image = StubRegisters { pool, priority: Priority::LOW, vm_id: 1 }.to_image();
         image[12] = 3;
         assert_eq!(StubRegisters::parse(&image), Err(StubError::BadPriority(3)));
         image[12] = 0;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use vgpu_ring::layout::{
     ENTRY_SIZE, REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET,
 };
-use vgpu_ring::{Geometry, PushError, Region, Response, SlotIdentity, host_endpoints};
+use vgpu_ring::{Geometry, PushError, Region, Response, SlotIdentity};
 
 const GEOMETRY: Geometry = Geometry { slot_count: 2, ring_entries: 8, arena_size: 4096 };
 
@@ -27,11 +27,14 @@ impl Garbage {
 
 fn setup(dir: &Path) -> (Arc<Region>, File) {
     let path = dir.join("region");
-    let ids = [SlotIdentity::new(1, b'A', 0), SlotIdentity::new(2, b'A', 1)];
-    let region = Region::create(&path, 1 << 16, GEOMETRY, &ids, false).unwrap();
+    let ids = [
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+        SlotIdentity::new(2, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::MEDIUM),
+    ];
+    let region = Arc::new(Region::create(&path, 1 << 16, GEOMETRY, &ids, false).unwrap());
     // The hostile peer writes through its own file handle, not through our mapping.
     let peer = File::options().read(true).write(true).open(&path).unwrap();
-    (Arc::new(region), peer)
+    (region, peer)
 }
 
 fn write_u32(peer: &File, offset: usize, value: u32) {
@@ -48,7 +51,7 @@ fn snapshot(peer: &File, len: usize) -> Vec<u8> {
 fn impossible_head_poisons_the_consumer_and_it_stays_poisoned() {
     let dir = tempfile::tempdir().unwrap();
     let (region, peer) = setup(dir.path());
-    let mut host = host_endpoints(&region, 0).unwrap();
+    let mut host = region.slot(0).unwrap().host_endpoints().unwrap();
     let head_at = GEOMETRY.slot_offset(0) + REQ_HEAD_OFFSET;
     write_u32(&peer, head_at, 9); // capacity 8, tail 0
     let err = host.requests.pop().unwrap_err();
@@ -63,7 +66,7 @@ fn impossible_head_poisons_the_consumer_and_it_stays_poisoned() {
 fn head_moving_backwards_poisons_the_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let (region, peer) = setup(dir.path());
-    let mut host = host_endpoints(&region, 0).unwrap();
+    let mut host = region.slot(0).unwrap().host_endpoints().unwrap();
     let head_at = GEOMETRY.slot_offset(0) + REQ_HEAD_OFFSET;
     write_u32(&peer, head_at, 4);
     assert_eq!(host.requests.available(), Ok(4));
@@ -76,11 +79,11 @@ fn garbage_indices_at_attach_start_poisoned() {
     let dir = tempfile::tempdir().unwrap();
     let (region, peer) = setup(dir.path());
     write_u32(&peer, GEOMETRY.slot_offset(1) + REQ_HEAD_OFFSET, 0xdead_beef);
-    let mut host = host_endpoints(&region, 1).unwrap();
+    let mut host = region.slot(1).unwrap().host_endpoints().unwrap();
     assert!(host.requests.poisoned().is_some());
     assert!(host.requests.pop().is_err());
     // The other slot is unaffected.
-    assert!(host_endpoints(&region, 0).unwrap().requests.poisoned().is_none());
+    assert!(region.slot(0).unwrap().host_endpoints().unwrap().requests.poisoned().is_none());
 }
 
 /// Random indices and entry bytes at full speed: the consumer never panics, never hands
@@ -96,7 +99,7 @@ fn random_garbage_never_yields_more_than_capacity_per_view() {
     let mut poisoned_runs = 0;
     for round in 0..2_000 {
         // Each round attaches afresh, as a restarted host would.
-        let mut host = host_endpoints(&region, 0).unwrap();
+        let mut host = region.slot(0).unwrap().host_endpoints().unwrap();
         let mut junk = vec![0u8; 8 * ENTRY_SIZE];
         junk.iter_mut().for_each(|b| *b = rng.next() as u8);
         peer.write_all_at(&junk, entries_at as u64).unwrap();
@@ -134,9 +137,9 @@ fn garbage_tail_never_makes_the_producer_write_outside_the_ring() {
     let slot = GEOMETRY.slot_offset(0);
     let ring_start = slot + GEOMETRY.response_ring_offset();
     let ring_end = ring_start + 8 * ENTRY_SIZE;
-    region.arena_write(0, 0, &[0xa5; 4096]).unwrap();
+    region.slot(0).unwrap().arena_write(0, &[0xa5; 4096]).unwrap();
     let mut rng = Garbage(42);
-    let mut host = host_endpoints(&region, 0).unwrap();
+    let mut host = region.slot(0).unwrap().host_endpoints().unwrap();
     for _ in 0..2_000 {
         write_u32(&peer, slot + RESP_TAIL_OFFSET, rng.next() as u32);
         let before = snapshot(&peer, len);
@@ -153,11 +156,11 @@ fn garbage_tail_never_makes_the_producer_write_outside_the_ring() {
             assert!(a == b || in_ring || is_head, "byte {i} outside the response ring changed");
         }
         if host.responses.poisoned().is_some() {
-            host = host_endpoints(&region, 0).unwrap();
+            host = region.slot(0).unwrap().host_endpoints().unwrap();
         }
     }
     // The request ring and the arena are untouched.
     let mut arena = vec![0; 4096];
-    region.arena_read(0, 0, &mut arena).unwrap();
+    region.slot(0).unwrap().arena_read(0, &mut arena).unwrap();
     assert!(arena.iter().all(|&b| b == 0xa5));
 }

@@ -4,16 +4,20 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use vgpu_ring::layout::{PAGE_SIZE, REGION_MAGIC};
-use vgpu_ring::{
-    Access, Geometry, Region, RegionError, Request, Response, SlotIdentity, guest_endpoints,
-    host_endpoints,
-};
+use vgpu_ring::{Access, Geometry, Region, RegionError, Request, Response, SlotIdentity};
 
 const GEOMETRY: Geometry = Geometry { slot_count: 1, ring_entries: 16, arena_size: 8192 };
 
 fn create(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("vm7");
-    Region::create(&path, 1 << 16, GEOMETRY, &[SlotIdentity::new(7, b'B', 1)], false).unwrap();
+    Region::create(
+        &path,
+        1 << 16,
+        GEOMETRY,
+        &[SlotIdentity::new(7, vgpu_ring::PoolId::new(b'B').unwrap(), vgpu_ring::Priority::MEDIUM)],
+        false,
+    )
+    .unwrap();
     path
 }
 
@@ -21,14 +25,21 @@ fn create(dir: &std::path::Path) -> std::path::PathBuf {
 fn create_then_open_round_trips_geometry_and_identity() {
     let dir = tempfile::tempdir().unwrap();
     let path = create(dir.path());
-    let region = Region::open(&path, Access::ReadOnly).unwrap();
+    let region = Arc::new(Region::open(&path, Access::ReadOnly).unwrap());
     assert_eq!(region.geometry(), GEOMETRY);
     assert_eq!(region.size(), 1 << 16);
-    assert_eq!(region.identity(0).unwrap(), SlotIdentity::new(7, b'B', 1));
+    assert_eq!(
+        region.slot(0).unwrap().identity(),
+        SlotIdentity::new(7, vgpu_ring::PoolId::new(b'B').unwrap(), vgpu_ring::Priority::MEDIUM)
+    );
     assert_eq!(region.epoch(), 0);
-    assert!(matches!(region.identity(1), Err(RegionError::SlotOutOfRange { slot: 1, count: 1 })));
+    assert!(matches!(region.slot(1), Err(RegionError::SlotOutOfRange { slot: 1, count: 1 })));
     assert!(matches!(
-        region.set_identity(0, SlotIdentity::new(1, b'A', 0)),
+        region.slot(0).unwrap().set_identity(SlotIdentity::new(
+            1,
+            vgpu_ring::PoolId::new(b'A').unwrap(),
+            vgpu_ring::Priority::LOW
+        )),
         Err(RegionError::ReadOnly)
     ));
 }
@@ -54,7 +65,7 @@ fn create_refuses_bad_sizes_and_existing_files() {
     let bad = Geometry { ring_entries: 12, ..GEOMETRY };
     assert!(matches!(
         Region::create(&other, 1 << 16, bad, &[], false),
-        Err(RegionError::BadGeometry(_))
+        Err(RegionError::Geometry(vgpu_ring::GeometryError::RingEntries(12)))
     ));
 }
 
@@ -120,29 +131,24 @@ fn random_bytes_are_not_a_region() {
 }
 
 #[test]
-fn session_heartbeat_pending_and_arena() {
+fn session_heartbeat_and_arena() {
     let dir = tempfile::tempdir().unwrap();
     let path = create(dir.path());
-    let region = Region::open(&path, Access::ReadWrite).unwrap();
+    let region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
     region.begin_session(77, 1234, 100).unwrap();
     region.store_heartbeat(5_000).unwrap();
-    let view = Region::open(&path, Access::ReadOnly).unwrap();
+    let view = Arc::new(Region::open(&path, Access::ReadOnly).unwrap());
     assert_eq!((view.epoch(), view.mediator_pid(), view.heartbeat()), (77, 1234, (5_000, 100)));
 
-    region.mark_pending(0).unwrap();
-    assert_eq!(region.take_pending(0).unwrap(), 1);
-    assert_eq!(region.take_pending(0).unwrap(), 0);
-    assert!(region.mark_pending(1).is_err());
-
-    region.arena_write(0, 8190, &[1, 2]).unwrap();
+    region.slot(0).unwrap().arena_write(8190, &[1, 2]).unwrap();
     let mut out = [0; 2];
-    view.arena_read(0, 8190, &mut out).unwrap();
+    view.slot(0).unwrap().arena_read(8190, &mut out).unwrap();
     assert_eq!(out, [1, 2]);
     assert!(matches!(
-        region.arena_write(0, 8191, &[1, 2]),
+        region.slot(0).unwrap().arena_write(8191, &[1, 2]),
         Err(RegionError::ArenaOutOfBounds { .. })
     ));
-    assert!(region.arena_read(0, u64::MAX, &mut out).is_err());
+    assert!(region.slot(0).unwrap().arena_read(u64::MAX, &mut out).is_err());
 }
 
 #[test]
@@ -151,8 +157,8 @@ fn rings_carry_entries_between_two_mappings() {
     let path = create(dir.path());
     let guest_region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
     let host_region = Arc::new(Region::open_expecting(&path, Access::ReadWrite, GEOMETRY).unwrap());
-    let mut guest = guest_endpoints(&guest_region, 0).unwrap();
-    let mut host = host_endpoints(&host_region, 0).unwrap();
+    let mut guest = guest_region.slot(0).unwrap().guest_endpoints().unwrap();
+    let mut host = host_region.slot(0).unwrap().host_endpoints().unwrap();
     for round in 0..5u32 {
         for i in 0..16 {
             guest.requests.stage(Request { tag: round * 100 + i, ..Request::default() }).unwrap();
@@ -171,13 +177,13 @@ fn rings_carry_entries_between_two_mappings() {
             assert_eq!(guest.responses.pop().unwrap().unwrap().tag, round * 100 + i);
         }
     }
-    let indices = host_region.ring_indices(0).unwrap();
+    let indices = host_region.slot(0).unwrap().ring_indices();
     assert_eq!(
         (indices.req_head, indices.req_tail, indices.resp_head, indices.resp_tail),
         (80, 80, 80, 80)
     );
-    let view = Region::open(&path, Access::ReadOnly).unwrap();
-    assert!(matches!(guest_endpoints(&Arc::new(view), 0), Err(RegionError::ReadOnly)));
+    let view = Arc::new(Region::open(&path, Access::ReadOnly).unwrap());
+    assert!(matches!(view.slot(0).unwrap().guest_endpoints(), Err(RegionError::ReadOnly)));
 }
 
 /// A file truncated under a live mapping: the access that would raise a fatal SIGBUS
@@ -188,23 +194,30 @@ fn a_file_shrinking_under_the_mapping_is_survived_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = create(dir.path());
     let other = dir.path().join("other");
-    Region::create(&other, 1 << 16, GEOMETRY, &[SlotIdentity::new(8, b'B', 1)], false).unwrap();
-    let region = Region::open(&path, Access::ReadWrite).unwrap();
-    let second = Region::open(&other, Access::ReadWrite).unwrap();
+    Region::create(
+        &other,
+        1 << 16,
+        GEOMETRY,
+        &[SlotIdentity::new(8, vgpu_ring::PoolId::new(b'B').unwrap(), vgpu_ring::Priority::MEDIUM)],
+        false,
+    )
+    .unwrap();
+    let region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
+    let second = Arc::new(Region::open(&other, Access::ReadWrite).unwrap());
     assert!(region.is_protected() && !region.is_faulted());
     let faults = vgpu_ring::fault_count();
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
     // The arena lies beyond the first page: reading it faults and is handled.
     let mut bytes = [0xffu8; 64];
-    region.arena_read(0, 0, &mut bytes).unwrap();
+    region.slot(0).unwrap().arena_read(0, &mut bytes).unwrap();
     assert_eq!(bytes, [0; 64], "the replacement memory reads as zeros");
     assert!(region.is_faulted());
     assert!(vgpu_ring::fault_count() > faults);
     // Writes land harmlessly too, and the other region still works.
-    region.arena_write(0, 0, &[1, 2, 3]).unwrap();
+    region.slot(0).unwrap().arena_write(0, &[1, 2, 3]).unwrap();
     assert!(!second.is_faulted());
-    second.arena_write(0, 0, &[9]).unwrap();
-    assert_eq!(second.identity(0).unwrap().vm_id, 8);
+    second.slot(0).unwrap().arena_write(0, &[9]).unwrap();
+    assert_eq!(second.slot(0).unwrap().identity().vm_id, 8);
 }
 
 /// The host attaches from its configuration: whatever a guest wrote over the header and
@@ -220,13 +233,14 @@ fn attach_host_restamps_a_scribbled_header_and_identity() {
     file.write_all_at(&[0xAB; 16], PAGE_SIZE as u64).unwrap();
     file.write_all_at(b"arena", PAGE_SIZE as u64 + GEOMETRY.arena_offset() as u64).unwrap();
     assert!(Region::open(&path, Access::ReadOnly).is_err());
-    let id = SlotIdentity::new(7, b'B', 1);
-    let host = Region::attach_host(&path, 1 << 16, GEOMETRY, &[id]).unwrap();
-    assert_eq!(host.identity(0).unwrap(), id);
-    let guest = Region::open(&path, Access::ReadOnly).unwrap();
+    let id =
+        SlotIdentity::new(7, vgpu_ring::PoolId::new(b'B').unwrap(), vgpu_ring::Priority::MEDIUM);
+    let host = Arc::new(Region::attach_host(&path, 1 << 16, GEOMETRY, &[id]).unwrap());
+    assert_eq!(host.slot(0).unwrap().identity(), id);
+    let guest = Arc::new(Region::open(&path, Access::ReadOnly).unwrap());
     assert_eq!(guest.geometry(), GEOMETRY);
     let mut kept = [0u8; 5];
-    guest.arena_read(0, 0, &mut kept).unwrap();
+    guest.slot(0).unwrap().arena_read(0, &mut kept).unwrap();
     assert_eq!(&kept, b"arena");
 }
 
@@ -235,7 +249,8 @@ fn attach_host_restamps_a_scribbled_header_and_identity() {
 fn attach_host_refuses_what_the_configuration_cannot_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = create(dir.path());
-    let id = [SlotIdentity::new(7, b'B', 1)];
+    let id =
+        [SlotIdentity::new(7, vgpu_ring::PoolId::new(b'B').unwrap(), vgpu_ring::Priority::MEDIUM)];
     assert!(matches!(
         Region::attach_host(&path, 1 << 17, GEOMETRY, &id),
         Err(RegionError::WrongSize { found: 65536, expected: 131072, .. })
@@ -257,13 +272,14 @@ fn attach_host_refuses_what_the_configuration_cannot_fix() {
 fn one_host_per_region() {
     let dir = tempfile::tempdir().unwrap();
     let path = create(dir.path());
-    let id = [SlotIdentity::new(7, b'B', 1)];
+    let id =
+        [SlotIdentity::new(7, vgpu_ring::PoolId::new(b'B').unwrap(), vgpu_ring::Priority::MEDIUM)];
     let client_lock = nix::fcntl::Flock::lock(
         std::fs::File::open(&path).unwrap(),
         nix::fcntl::FlockArg::LockExclusiveNonblock,
     )
     .unwrap();
-    let first = Region::attach_host(&path, 1 << 16, GEOMETRY, &id).unwrap();
+    let first = Arc::new(Region::attach_host(&path, 1 << 16, GEOMETRY, &id).unwrap());
     first.begin_session(3, 4242, 10).unwrap();
     match Region::attach_host(&path, 1 << 16, GEOMETRY, &id) {
         Err(RegionError::ServedElsewhere { pid, .. }) => assert_eq!(pid, 4242),
@@ -281,26 +297,26 @@ fn reset_handshake_over_a_mapped_slot() {
     let dir = tempfile::tempdir().unwrap();
     let path = create(dir.path());
     let region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
-    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     for tag in 0..5 {
         guest.requests.push(Request { tag, ..Request::default() }).unwrap();
     }
-    region.set_host_status(0, 1).unwrap();
-    let control = region.control(0).unwrap();
+    region.slot(0).unwrap().set_host_status(1).unwrap();
+    let control = region.slot(0).unwrap();
     let ticket = vgpu_ring::request_reset(&control);
     assert!(!vgpu_ring::reset_completed(&control, ticket));
     let asked = vgpu_ring::take_reset_request(&control).unwrap();
     vgpu_ring::complete_reset(&control, asked);
     assert!(vgpu_ring::reset_completed(&control, ticket));
     assert_eq!(vgpu_ring::take_reset_request(&control), None);
-    let indices = region.ring_indices(0).unwrap();
+    let indices = region.slot(0).unwrap().ring_indices();
     assert_eq!(
         (indices.req_head, indices.req_tail, indices.resp_head, indices.resp_tail),
         (0, 0, 0, 0)
     );
-    assert_eq!(region.host_status(0).unwrap(), 0);
-    let mut guest = guest_endpoints(&region, 0).unwrap();
-    let mut host = host_endpoints(&region, 0).unwrap();
+    assert_eq!(region.slot(0).unwrap().host_status(), 0);
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
+    let mut host = region.slot(0).unwrap().host_endpoints().unwrap();
     guest.requests.push(Request { tag: 99, ..Request::default() }).unwrap();
     assert_eq!(host.requests.pop().unwrap().unwrap().tag, 99);
     host.responses.push(Response { tag: 99, ..Response::default() }).unwrap();
@@ -329,7 +345,7 @@ fn a_sigbus_outside_every_region_still_ends_the_process() {
 fn sigbus_outside_regions_child() {
     assert_eq!(std::env::var("VGPU_SIGBUS_CHILD").as_deref(), Ok("1"), "only as a child");
     let dir = tempfile::tempdir().unwrap();
-    let _region = Region::open(&create(dir.path()), Access::ReadWrite).unwrap();
+    let _region = Arc::new(Region::open(&create(dir.path()), Access::ReadWrite).unwrap());
     let path = dir.path().join("plain");
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -10,7 +10,7 @@
 use anyhow::{Result, bail};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vgpu_ring::{PushError, guest_endpoints, spin_hint};
+use vgpu_ring::{PushError, spin_hint};
 use vgpu_tests::baseline::{Counts, Peer, bench_region, finish, ring_round_trips, uds_round_trips};
 use vgpu_tests::peer::message;
 use vgpu_tests::pin_to_core;
@@ -35,7 +35,7 @@ struct Params {
 fn throughput_run(dir: &Path, count: u64) -> Result<f64> {
     let region = bench_region(dir, "throughput-region")?;
     let child = peer().spawn("consume", region.path(), count)?;
-    let mut guest = guest_endpoints(&region, 0)?;
+    let mut guest = region.slot(0).unwrap().guest_endpoints()?;
     // Let the child map and pin before the clock starts.
     std::thread::sleep(Duration::from_millis(50));
     let start = Instant::now();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vgpu_ring::{Geometry, Region, Request, SlotIdentity, guest_endpoints, spin_hint};
+use vgpu_ring::{Geometry, Region, Request, SlotIdentity, spin_hint};
 
 /// The peer process: the `ring-peer` binary and the core it is pinned to.
 #[derive(Debug, Clone)]
@@ -74,7 +74,13 @@ pub fn bench_region(dir: &Path, name: &str) -> Result<Arc<Region>> {
     let geometry = Geometry { slot_count: 1, ring_entries: 256, arena_size: 4096 };
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
-    Ok(Arc::new(Region::create(&path, 1 << 16, geometry, &[SlotIdentity::new(1, b'A', 0)], false)?))
+    Ok(Arc::new(Region::create(
+        &path,
+        1 << 16,
+        geometry,
+        &[SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW)],
+        false,
+    )?))
 }
 
 /// Ping-pong through the request and response rings with a bare echo peer: the floor
@@ -87,7 +93,7 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histo
     let region = bench_region(dir, "floor-region")?;
     let total = counts.warmup + counts.measured;
     let child = peer.spawn("echo", region.path(), total)?;
-    let mut guest = guest_endpoints(&region, 0)?;
+    let mut guest = region.slot(0).unwrap().guest_endpoints()?;
     let mut hist = latency_histogram();
     for i in 0..total {
         let start = Instant::now();

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
-use vgpu_ring::{Access, Region, Request, Response, host_endpoints, spin_hint};
+use vgpu_ring::{Access, Region, Request, Response, spin_hint};
 
 /// Size of one message on every transport of the benchmark (one ring entry).
 pub const MESSAGE_SIZE: usize = 64;
@@ -56,7 +56,7 @@ pub fn check_message(seq: u64, got: &Request) -> Result<()> {
 
 fn open_host(region: &Path) -> Result<vgpu_ring::HostEndpoints> {
     let region = Arc::new(Region::open(region, Access::ReadWrite)?);
-    Ok(host_endpoints(&region, 0)?)
+    Ok(region.slot(0).unwrap().host_endpoints()?)
 }
 
 /// Push one response, spinning while the ring is full.

@@ -192,7 +192,7 @@ impl System {
                         &vm.region,
                         parsed.region_size,
                         parsed.geometry,
-                        &[vm.identity()],
+                        &[vm.identity().slot()],
                         false,
                     )?;
                 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgpu_client::{ClientError, Wait};
 use vgpu_ring::layout::{PAGE_SIZE, REQ_HEAD_OFFSET};
-use vgpu_ring::{Access, Region, Request, SlotIdentity, guest_endpoints};
+use vgpu_ring::{Access, Region, Request, SlotIdentity};
 use vgpu_tests::system::{System, vm, wait_for};
 
 fn stderr(out: &std::process::Output) -> String {
@@ -22,7 +22,7 @@ fn stderr(out: &std::process::Output) -> String {
 fn a_scribbled_header_and_identity_do_not_stop_a_restart() {
     let mut system =
         System::start(&[('A', ""), ('B', "")], &[vm(1, 'A', 2), vm(2, 'B', 0)], "").unwrap();
-    let mapped = Region::open(&system.region(1), Access::ReadWrite).unwrap();
+    let mapped = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
     let file = std::fs::OpenOptions::new().write(true).open(system.region(1)).unwrap();
     let garbage: Vec<u8> =
         (0..PAGE_SIZE as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
@@ -31,7 +31,11 @@ fn a_scribbled_header_and_identity_do_not_stop_a_restart() {
     assert!(Region::open(&system.region(1), Access::ReadOnly).is_err(), "header destroyed");
     assert!(system.stop().unwrap().success());
     system.start_mediator(&[]).unwrap();
-    assert_eq!(mapped.identity(0).unwrap(), SlotIdentity::new(1, b'A', 2), "re-stamped");
+    assert_eq!(
+        mapped.slot(0).unwrap().identity(),
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH),
+        "re-stamped"
+    );
     for id in [1, 2] {
         let out = system.run_client(id, &["VECTOR_ADD", "--n", "256"]).unwrap();
         assert!(out.status.success(), "vm {id}: {}", stderr(&out));
@@ -135,24 +139,24 @@ fn one_mediator_per_region() {
 #[test]
 fn a_poisoned_slot_is_reset_by_the_client() {
     let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1), vm(2, 'A', 1)], "").unwrap();
-    let region = Region::open(&system.region(1), Access::ReadOnly).unwrap();
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadOnly).unwrap());
     let file = std::fs::OpenOptions::new().write(true).open(system.region(1)).unwrap();
     file.write_all_at(&1000u32.to_le_bytes(), (PAGE_SIZE + REQ_HEAD_OFFSET) as u64).unwrap();
     wait_for("the mediator to isolate the ring", Duration::from_secs(20), || {
-        region.host_status(0).unwrap() != 0
+        region.slot(0).unwrap().host_status() != 0
     })
     .unwrap();
     let out = system.run_client(1, &["VECTOR_ADD"]).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).matches("poisoned; reset").count(), 1, "{}", stderr(&out));
-    assert_eq!(region.host_status(0).unwrap(), 0);
+    assert_eq!(region.slot(0).unwrap().host_status(), 0);
     system.wait_lines("rings reset at the guest's request", 1).unwrap();
     assert!(system.run_client(2, &["NOOP"]).unwrap().status.success(), "vm 2 unaffected");
 
     assert!(system.stop().unwrap().success());
     file.write_all_at(&3u32.to_le_bytes(), (PAGE_SIZE + 16) as u64).unwrap();
     system.start_mediator(&[]).unwrap();
-    assert_eq!(region.host_status(0).unwrap(), 0, "a restart clears stale bits");
+    assert_eq!(region.slot(0).unwrap().host_status(), 0, "a restart clears stale bits");
     assert!(system.run_client(1, &["NOOP"]).unwrap().status.success());
 }
 
@@ -165,7 +169,7 @@ fn a_flooding_guest_cannot_flood_the_log() {
     system.start_mediator(&["--quiet-requests"]).unwrap();
     let before = system.log().len();
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
-    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     let bogus =
         Request { tag: 1, opcode: 1, pool: b'A', priority: 2, vm_id: 1, ..Request::default() };
     let (mut sent, mut answered) = (0u64, 0u64);

@@ -187,14 +187,14 @@ fn the_cli_counts_through_restarts() {
 #[test]
 fn sigterm_leaves_queued_requests_for_the_next_mediator_unless_draining() {
     let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
-    let region = Region::open(&system.region(1), Access::ReadOnly).unwrap();
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadOnly).unwrap());
     let mut client = system.client(1, Wait::default()).unwrap();
     for (drain, expected) in [(false, None), (true, Some(ErrorCode::ShuttingDown))] {
         if drain {
             assert!(system.stop().unwrap().success());
             system.start_mediator(&["--drain"]).unwrap();
         }
-        let before = region.ring_indices(0).unwrap().req_tail;
+        let before = region.slot(0).unwrap().ring_indices().req_tail;
         let sleep = client.submit(&Call::sleep(500_000)).unwrap();
         let queued: Vec<_> =
             (0..3).map(|_| client.submit(&Call::noop("QUEUED")).unwrap()).collect();
@@ -205,7 +205,7 @@ fn sigterm_leaves_queued_requests_for_the_next_mediator_unless_draining() {
         }
         assert!(system.stop().unwrap().success());
         assert!(client.wait(sleep, Duration::from_secs(5)).unwrap().succeeded());
-        let indices = region.ring_indices(0).unwrap();
+        let indices = region.slot(0).unwrap().ring_indices();
         match expected {
             None => {
                 assert_eq!(indices.req_tail, before + 1, "only the answered SLEEP released");

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vgpu_ring::{Geometry, PushError, Region, SlotIdentity, guest_endpoints};
+use vgpu_ring::{Geometry, PushError, Region, SlotIdentity};
 use vgpu_tests::peer::message;
 
 const MESSAGES: u64 = 1_000_000;
@@ -15,13 +15,24 @@ fn a_million_messages_arrive_in_order_across_processes() {
     let path = dir.path().join("region");
     let geometry = Geometry { slot_count: 1, ring_entries: 256, arena_size: 4096 };
     let region = Arc::new(
-        Region::create(&path, 1 << 16, geometry, &[SlotIdentity::new(1, b'A', 0)], false).unwrap(),
+        Region::create(
+            &path,
+            1 << 16,
+            geometry,
+            &[SlotIdentity::new(
+                1,
+                vgpu_ring::PoolId::new(b'A').unwrap(),
+                vgpu_ring::Priority::LOW,
+            )],
+            false,
+        )
+        .unwrap(),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_ring-peer"))
         .args(["consume", path.to_str().unwrap(), &MESSAGES.to_string()])
         .spawn()
         .unwrap();
-    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     // Watchdog: a hung child fails the test instead of hanging it.
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut seq = 0;

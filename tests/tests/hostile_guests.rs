@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use vgpu_client::{Call, Wait};
 use vgpu_ring::{
     Access, ErrorCode, Opcode, PushError, Region, Request, Response, Status, encode_label,
-    guest_endpoints,
 };
 use vgpu_tests::system::{System, vm, wait_for};
 
@@ -125,7 +124,7 @@ fn random_bytes_over_a_slot_leave_honest_vms_and_other_regions_untouched() {
 fn a_guest_that_stops_reading_responses_only_blocks_itself() {
     let system = System::start(&[('A', "")], &[vm(1, 'A', 0), vm(2, 'A', 0)], "").unwrap();
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
-    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     // The mediator answers into the response ring (64 entries) and releases those
     // requests; it parks 64 more answers, whose requests stay unreleased in the ring
     // (the journal), and then takes no more of this VM's requests.
@@ -139,14 +138,14 @@ fn a_guest_that_stops_reading_responses_only_blocks_itself() {
         }
     }
     wait_for("the mediator to answer 64 requests", Duration::from_secs(20), || {
-        let i = region.ring_indices(0).unwrap();
+        let i = region.slot(0).unwrap().ring_indices();
         (i.req_tail, i.resp_head) == (64, 64)
     })
     .unwrap();
     // Another VM of the same pool is served meanwhile: the dispatcher kept passing
     // over this VM and released nothing it had not published.
     assert!(system.run_client(2, &["NOOP"]).unwrap().status.success());
-    let i = region.ring_indices(0).unwrap();
+    let i = region.slot(0).unwrap().ring_indices();
     assert_eq!((i.req_tail, i.resp_head), (64, 64), "released a request it had not answered");
     assert!(matches!(guest.requests.push(noop(total, 1, 0)), Err(PushError::Full(_))));
     let tag = total;
@@ -174,7 +173,7 @@ fn a_flood_past_the_quota_is_refused_and_others_are_served() {
     let sleep = busy.submit(&Call::sleep(400_000)).unwrap();
     system.wait_lines("command=SLEEP", 1).unwrap();
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
-    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     for tag in 0..20 {
         guest.requests.push(noop(tag, 1, 1)).unwrap();
     }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Wait};
-use vgpu_ring::{ErrorCode, Opcode, Request, Status, encode_label, guest_endpoints};
+use vgpu_ring::{ErrorCode, Opcode, Request, Status, encode_label};
 use vgpu_tests::system::{System, vm, wait_for};
 
 fn stdout(out: &std::process::Output) -> String {
@@ -196,7 +196,7 @@ fn a_false_priority_claim_is_refused() {
     let region = std::sync::Arc::new(
         vgpu_ring::Region::open(&system.region(5), vgpu_ring::Access::ReadWrite).unwrap(),
     );
-    let mut guest = guest_endpoints(&region, 0).unwrap();
+    let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     let claim = Request {
         tag: 77,
         opcode: Opcode::Noop as u16,

@@ -6,7 +6,7 @@
 use anyhow::{Result, bail, ensure};
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, Ticket, Wait};
-use vgpu_ring::{Opcode, priority_name};
+use vgpu_ring::Opcode;
 use vgpu_tests::system::{Launcher, RegionSpec, System, vm};
 
 /// First argument that makes this program run the mediator's command line.
@@ -15,8 +15,8 @@ const MEDIATOR_FLAG: &str = "--run-mediator";
 fn print_properties(client: &Client) {
     let id = client.identity();
     println!("vGPU Properties:");
-    println!("  Pool ID:  {}", char::from(id.pool as u8));
-    println!("  Priority: {} ({})", id.priority, priority_name(id.priority));
+    println!("  Pool ID:  {}", id.pool);
+    println!("  Priority: {} ({})", id.priority, id.priority.name());
     println!("  VM ID:    {}", id.vm_id);
 }
 
@@ -32,12 +32,7 @@ fn priority_scenario(system: &System) -> Result<()> {
         let mut client = system.client(vm, Wait::default())?;
         let id = client.identity();
         let ticket = client.submit(&Call::noop(command))?;
-        println!(
-            "Sent request: {}:{}:{}:{command}",
-            char::from(id.pool as u8),
-            id.priority,
-            id.vm_id
-        );
+        println!("Sent request: {}:{}:{}:{command}", id.pool, id.priority, id.vm_id);
         system.wait_lines("[QUEUE]", sent.len() + 2)?;
         sent.push((client, ticket));
     }
@@ -104,12 +99,7 @@ fn vector_add(system: &System) -> Result<()> {
     let a: Vec<f32> = (0..1024).map(|i| i as f32).collect();
     let b: Vec<f32> = (0..1024).map(|i| (2 * i) as f32).collect();
     let id = client.identity();
-    println!(
-        "\nSent request: {}:{}:{}:VECTOR_ADD",
-        char::from(id.pool as u8),
-        id.priority,
-        id.vm_id
-    );
+    println!("\nSent request: {}:{}:{}:VECTOR_ADD", id.pool, id.priority, id.vm_id);
     println!("Waiting for response...");
     let bytes: Vec<u8> = a.iter().chain(&b).flat_map(|v| v.to_le_bytes()).collect();
     let call = Call {
