@@ -18,15 +18,16 @@
 
 mod arena;
 pub mod discover;
+mod tags;
 
 use arena::ArenaAllocator;
 pub use discover::IdentitySource;
 use nix::fcntl::{Flock, FlockArg};
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tags::{Delivery, TagTable};
 use thiserror::Error;
 use vgpu_ring::stub::StubFileError;
 use vgpu_ring::{
@@ -269,37 +270,6 @@ impl std::fmt::Display for Notice {
     }
 }
 
-/// Hashes a tag as itself: tags are sequential, so they spread over the table without
-/// the cost of SipHash on the request path.
-#[derive(Default)]
-struct TagHasher(u64);
-
-impl std::hash::Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u32(&mut self, tag: u32) {
-        self.0 = u64::from(tag);
-    }
-}
-
-type TagMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<TagHasher>>;
-type TagSet = HashSet<u32, std::hash::BuildHasherDefault<TagHasher>>;
-
-struct InFlight {
-    /// The request's position in the request ring.
-    position: u32,
-    input: (u32, u32),
-    output: (u32, u32),
-}
-
 /// Arena ranges of an answered request, kept reserved until the mediator has released
 /// the request's ring position: until then a restarted mediator may execute the request
 /// again and write its output range once more.
@@ -310,6 +280,19 @@ struct Retired {
 }
 
 /// An attached client: the only producer of its slot's request ring.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use vgpu_client::{Call, Client, ClientOptions};
+/// // In a guest: the ivshmem device is found in sysfs; on a host, name the region file.
+/// let options = ClientOptions { region: Some("/dev/shm/vgpu-vm1".into()), ..ClientOptions::default() };
+/// let mut client = Client::attach(&options)?;
+/// println!("{}", client.identity());
+/// let ticket = client.submit(&Call::sleep(1000))?;
+/// let done = client.wait(ticket, Duration::from_secs(5))?;
+/// assert!(done.succeeded(), "{}", done.text());
+/// # Ok::<(), vgpu_client::ClientError>(())
+/// ```
 pub struct Client {
     slot: Slot,
     guest: GuestEndpoints,
@@ -321,9 +304,7 @@ pub struct Client {
     beat_changed: Instant,
     arena: ArenaAllocator,
     next_tag: u32,
-    in_flight: TagMap<InFlight>,
-    done: TagMap<Response>,
-    abandoned: TagSet,
+    in_flight: TagTable,
     retired: Vec<Retired>,
     faults_seen: u64,
     notice: Option<Box<dyn FnMut(Notice) + Send>>,
@@ -413,9 +394,7 @@ impl Client {
             next_tag: std::process::id().rotate_left(20)
                 ^ nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
                     .map_or(0, |t| t.tv_nsec() as u32),
-            in_flight: TagMap::default(),
-            done: TagMap::default(),
-            abandoned: TagSet::default(),
+            in_flight: TagTable::default(),
             retired: Vec::new(),
             faults_seen: vgpu_ring::fault_count(),
             notice: None,
@@ -462,8 +441,6 @@ impl Client {
         self.guest = self.slot.guest_endpoints()?;
         self.arena = ArenaAllocator::new(self.slot.arena_size());
         self.in_flight.clear();
-        self.done.clear();
-        self.abandoned.clear();
         self.retired.clear();
         self.notify(Notice::RingsReset);
         Ok(())
@@ -577,8 +554,15 @@ impl Client {
             }
         }
         self.next_tag = self.next_tag.wrapping_add(1);
-        self.in_flight
-            .insert(tag, InFlight { position, input, output: (output.0, call.output_len) });
+        self.in_flight.insert(
+            tag,
+            tags::Entry {
+                position,
+                input,
+                output: (output.0, call.output_len),
+                state: tags::State::Waiting,
+            },
+        );
         Ok(Ticket { tag })
     }
 
@@ -623,10 +607,8 @@ impl Client {
             let tag = response.tag;
             if tag == wanted {
                 found = Some(response);
-            } else if !self.abandoned.is_empty() && self.abandoned.remove(&tag) {
-                self.finish(tag);
-            } else if self.in_flight.contains_key(&tag) {
-                self.done.insert(tag, response);
+            } else if let Delivery::Abandoned(entry) = self.in_flight.deliver(response) {
+                self.retire(&entry);
             }
         }
         self.guest.responses.release();
@@ -634,11 +616,14 @@ impl Client {
     }
 
     /// Take `tag` out of flight; its arena ranges are retired (see [`Retired`]).
-    fn finish(&mut self, tag: u32) -> Option<InFlight> {
-        if !self.abandoned.is_empty() {
-            self.abandoned.remove(&tag);
-        }
-        let entry = self.in_flight.remove(&tag)?;
+    fn finish(&mut self, tag: u32) -> Option<tags::Entry> {
+        let entry = self.in_flight.remove(tag)?;
+        self.retire(&entry);
+        Some(entry)
+    }
+
+    /// Keep `entry`'s arena ranges until the mediator has released its ring position.
+    fn retire(&mut self, entry: &tags::Entry) {
         let output = (entry.output.0, entry.output.1.next_multiple_of(64));
         if entry.input.1 != 0 || output.1 != 0 {
             self.retired.push(Retired { position: entry.position, input: entry.input, output });
@@ -648,7 +633,6 @@ impl Client {
                 self.reclaim();
             }
         }
-        Some(entry)
     }
 
     /// The completion of `ticket` if its response has arrived. The ticket is given back
@@ -661,8 +645,7 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Completion, Ticket>, ClientError> {
-        let stored = if self.done.is_empty() { None } else { self.done.remove(&ticket.tag) };
-        let response = match stored {
+        let response = match self.in_flight.take_answer(ticket.tag) {
             Some(response) => response,
             None => match self.poll_responses(ticket.tag)? {
                 Some(response) => response,
@@ -713,7 +696,7 @@ impl Client {
                     Ok(()) => None,
                 };
                 if let Some(e) = failure {
-                    self.abandoned.insert(ticket.tag);
+                    self.in_flight.abandon(ticket.tag);
                     return Err(e);
                 }
                 self.check_alive();

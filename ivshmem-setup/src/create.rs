@@ -27,14 +27,14 @@ pub(crate) struct CreateArgs {
     /// Priority: 0|1|2 or low|medium|high (with --path).
     #[arg(long)]
     priority: Option<Priority>,
-    /// Region size, a power of two (with --path; default 4M).
-    #[arg(long, value_parser = parse_size_arg, default_value = "4M")]
+    /// Region size, a power of two (with --path).
+    #[arg(long, value_parser = parse_size_arg, default_value_t = vgpu_config::DEFAULT_REGION_SIZE)]
     size: u64,
     /// Entries per ring (with --path).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Geometry::default().ring_entries)]
     ring_entries: u32,
     /// Arena size (with --path).
-    #[arg(long, value_parser = parse_size_arg, default_value = "1M")]
+    #[arg(long, value_parser = parse_size_arg, default_value_t = u64::from(Geometry::default().arena_size))]
     arena_size: u64,
     /// Unix group to own the region files (mode 0660).
     #[arg(long)]

@@ -4,17 +4,16 @@
 //! heartbeat of its VMs' regions, carries out ring resets and quarantines a VM whose
 //! region becomes unusable (retrying it periodically).
 
-use crate::executor::{CpuExecutor, Executor, Job};
+use crate::executor::{CpuExecutor, Executed, Executor, ExecutorThread, Job};
 use crate::log_limit::{Problem, suppressed_note};
 use crate::port::{Session, VmPort};
 use crate::queue::PoolQueue;
 use crate::validate::validate;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
-use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Request, Slot, decode_label};
+use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Request, decode_label};
 
 /// A request waiting in the pool's queue or executing.
 struct Pending {
@@ -30,50 +29,8 @@ struct Pending {
     arrived: Instant,
 }
 
-struct Finished {
-    pending: Pending,
-    result: Result<u32, ErrorCode>,
-    /// When execution started (the end of the request's wait in the queue).
-    started: Instant,
-    exec: Duration,
-}
-
-/// The pool's executor thread: runs one long job at a time, on the slot it is given.
-struct ExecutorThread {
-    jobs: Option<Sender<(Pending, Slot)>>,
-    done: Receiver<Finished>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ExecutorThread {
-    fn spawn(pool: PoolId, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
-        let (jobs, job_rx) = channel::<(Pending, Slot)>();
-        let (done_tx, done) = channel();
-        let thread =
-            std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
-                for (pending, slot) in job_rx {
-                    let started = Instant::now();
-                    let result = executor.execute(&pending.job, &slot);
-                    let exec = started.elapsed();
-                    // The slot (and so the mapping) is let go before the answer.
-                    drop(slot);
-                    if done_tx.send(Finished { pending, result, started, exec }).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Self { jobs: Some(jobs), done, thread: Some(thread) })
-    }
-}
-
-impl Drop for ExecutorThread {
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// A request answered: by the executor thread, inline, or refused.
+type Finished = Executed<Pending>;
 
 /// Counters a dispatcher keeps (reported at shutdown).
 #[derive(Debug, Default, Clone, Copy)]
@@ -99,6 +56,8 @@ struct Watch {
     head: Option<HeadWatch>,
     /// The producer index up to which the ring was drained.
     seen: u32,
+    /// The last reset request carried out (so an idle pass touches no port state).
+    reset_done: u32,
 }
 
 impl Watch {
@@ -106,7 +65,7 @@ impl Watch {
         let head = port.watch();
         // Differs from the index now, so the first pass drains the VM.
         let seen = head.as_ref().map_or(0, |h| !h.load());
-        Self { head, seen }
+        Self { head, seen, reset_done: port.link.as_ref().map_or(0, |l| l.reset_done) }
     }
 }
 
@@ -116,7 +75,7 @@ pub struct Dispatcher {
     vms: Vec<VmPort>,
     queue: PoolQueue<Pending>,
     inline: CpuExecutor,
-    executor: ExecutorThread,
+    executor: ExecutorThread<Pending>,
     /// The VM whose job the executor runs, if any.
     busy: Option<usize>,
     /// Every compute job goes to the executor (a GPU pool), not only long ones.
@@ -283,13 +242,14 @@ impl Dispatcher {
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
         let mut taken = 0;
         for index in 0..self.watches.len() {
-            let Some(watch) = &self.watches[index].head else { continue };
-            let (head, reset_request) = (watch.load(), watch.reset_request());
-            let Some(link) = &self.vms[index].link else { continue };
-            if reset_request != link.reset_done {
+            let Watch { head: Some(watch), seen, reset_done } = &self.watches[index] else {
+                continue;
+            };
+            let head = watch.load();
+            if watch.reset_request() != *reset_done {
                 self.resets_pending = true;
             }
-            if head == self.watches[index].seen {
+            if head == *seen {
                 continue;
             }
             let mut emptied = false;
@@ -409,18 +369,13 @@ impl Dispatcher {
             }
             if pending.job.is_long() || (self.offload_compute && pending.job.is_compute()) {
                 let vm = pending.vm;
-                // The sender lives until the executor is dropped; a send fails only if
-                // the executor thread died.
-                let sent = match &self.executor.jobs {
-                    Some(tx) => tx.send((pending, link.slot.clone())).map_err(|e| e.0.0),
-                    None => Err(pending),
-                };
-                match sent {
+                let job = pending.job;
+                match self.executor.submit(pending, job, link.slot.clone()) {
                     Ok(()) => self.busy = Some(vm),
                     Err(pending) => {
                         let result = Err(ErrorCode::ExecutorFailed);
                         self.finish(Finished {
-                            pending,
+                            item: pending,
                             result,
                             started: now,
                             exec: Duration::ZERO,
@@ -438,7 +393,7 @@ impl Dispatcher {
                     *clock = Some(end);
                     end - now
                 };
-                self.finish(Finished { pending, result, started: now, exec });
+                self.finish(Finished { item: pending, result, started: now, exec });
             }
         }
         started
@@ -448,7 +403,7 @@ impl Dispatcher {
         if self.busy.is_none() {
             return 0;
         }
-        match self.executor.done.try_recv() {
+        match self.executor.try_done() {
             Ok(finished) => {
                 self.busy = None;
                 self.finish(finished);
@@ -464,7 +419,7 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, f: Finished) {
-        let p = f.pending;
+        let p = f.item;
         let port = &mut self.vms[p.vm];
         if port.generation != p.generation {
             // The VM was reset or quarantined meanwhile: nobody waits for this answer.
@@ -527,7 +482,7 @@ impl Dispatcher {
 
     fn stop(mut self, on_stop: OnStop) -> DispatcherStats {
         if self.busy.is_some()
-            && let Ok(finished) = self.executor.done.recv()
+            && let Some(finished) = self.executor.wait_done()
         {
             self.busy = None;
             self.finish(finished);
@@ -537,7 +492,7 @@ impl Dispatcher {
             let now = Instant::now();
             for pending in waiting {
                 self.finish(Finished {
-                    pending,
+                    item: pending,
                     started: now,
                     result: Err(ErrorCode::ShuttingDown),
                     exec: Duration::ZERO,

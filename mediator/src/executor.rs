@@ -1,8 +1,10 @@
 //! Executors run validated jobs on a slot's arena data. All of them sit behind
 //! [`Executor`]; the CPU executor is always built.
 
-use std::time::Duration;
-use vgpu_ring::{ErrorCode, Opcode, Slot};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vgpu_ring::{ErrorCode, Opcode, PoolId, Slot};
 use zerocopy::IntoBytes;
 
 /// A validated request: the operation and arena ranges that were checked against the
@@ -98,6 +100,76 @@ pub trait Executor: Send {
     /// however small; otherwise small jobs run inline on the dispatcher, on the CPU.
     fn offloads_compute(&self) -> bool {
         false
+    }
+}
+
+/// What the executor thread (or the dispatcher, inline) did with a job.
+pub(crate) struct Executed<T> {
+    /// What the job was submitted with.
+    pub(crate) item: T,
+    /// Bytes written, or the error to answer with.
+    pub(crate) result: Result<u32, ErrorCode>,
+    /// When execution started (the end of the request's wait in the queue).
+    pub(crate) started: Instant,
+    /// How long it ran.
+    pub(crate) exec: Duration,
+}
+
+/// A pool's executor thread: runs one long job at a time with the pool's [`Executor`],
+/// on the slot it is handed, and reports each one back over a channel.
+pub(crate) struct ExecutorThread<T> {
+    jobs: Option<Sender<(T, Job, Slot)>>,
+    done: Receiver<Executed<T>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> ExecutorThread<T> {
+    /// Start the thread (`pool-<name>-exec`) running `executor`.
+    pub(crate) fn spawn(pool: PoolId, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
+        let (jobs, job_rx) = channel::<(T, Job, Slot)>();
+        let (done_tx, done) = channel();
+        let thread =
+            std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
+                for (item, job, slot) in job_rx {
+                    let started = Instant::now();
+                    let result = executor.execute(&job, &slot);
+                    let exec = started.elapsed();
+                    // The slot (and so the mapping) is let go before the answer.
+                    drop(slot);
+                    if done_tx.send(Executed { item, result, started, exec }).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { jobs: Some(jobs), done, thread: Some(thread) })
+    }
+
+    /// Hand `job` on `slot` to the thread; `item` comes back with its result. Gives
+    /// `item` back if the thread has died.
+    pub(crate) fn submit(&self, item: T, job: Job, slot: Slot) -> Result<(), T> {
+        match &self.jobs {
+            Some(tx) => tx.send((item, job, slot)).map_err(|e| e.0.0),
+            None => Err(item),
+        }
+    }
+
+    /// The finished job, if there is one.
+    pub(crate) fn try_done(&self) -> Result<Executed<T>, TryRecvError> {
+        self.done.try_recv()
+    }
+
+    /// Wait for the job in hand (at shutdown); `None` if the thread died.
+    pub(crate) fn wait_done(&self) -> Option<Executed<T>> {
+        self.done.recv().ok()
+    }
+}
+
+impl<T> Drop for ExecutorThread<T> {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

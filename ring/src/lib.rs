@@ -13,6 +13,34 @@
 //!
 //! This is the only crate of the project with `unsafe` code; every block states the
 //! invariant it relies on.
+//!
+//! A guest and a host talking through one region (two mappings of the same file, as
+//! QEMU's BAR and the host daemon have):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vgpu_ring::{Access, Geometry, PoolId, Priority, Region, Request, Response, VmIdentity};
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("vgpu-vm1");
+//! let geometry = Geometry { slot_count: 1, ring_entries: 64, arena_size: 1 << 16 };
+//! let vm = VmIdentity { vm_id: 1, pool: PoolId::new(b'A').unwrap(), priority: Priority::HIGH };
+//! // The host creates the region from its configuration and takes the host's ends.
+//! let host_region = Arc::new(Region::create(&path, 1 << 20, geometry, &[vm.slot()], false)?);
+//! let mut host = host_region.slot(0)?.host_endpoints()?;
+//! // The guest maps the same file, checks it, and takes the guest's ends.
+//! let guest_region = Arc::new(Region::open(&path, Access::ReadWrite)?);
+//! let slot = guest_region.slot(0)?;
+//! let mut guest = slot.guest_endpoints()?;
+//! let claim = VmIdentity::from_slot(&slot.identity()).unwrap();
+//! guest.requests.push(Request { tag: 1, opcode: 1, vm_id: claim.vm_id, pool: claim.pool.byte(),
+//!     priority: claim.priority.get(), ..Request::default() }).unwrap();
+//! // The host copies the request out once, checks it, and answers.
+//! let request = host.requests.pop().unwrap().unwrap();
+//! assert!(vm.claimed_by(&request));
+//! host.responses.push(Response::answer(&request, &vm, Ok(0))).unwrap();
+//! assert_eq!(guest.responses.pop().unwrap().unwrap().outcome(), Ok(0));
+//! # Ok::<(), vgpu_ring::RegionError>(())
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 

@@ -1,7 +1,9 @@
-//! Mapping a region (a backing file on the host, a PCI BAR file in a guest) and reading
-//! and writing its header and slots.
+//! Mapping a region (a backing file on the host, a PCI BAR file in a guest), formatting
+//! and validating it, and its header (geometry, session epoch, heartbeat); a slot's
+//! contents are reached through [`Slot`](crate::Slot).
 //!
-//! All mmap handling of the project lives here. The mapping is a [`memmap2::MmapRaw`]:
+//! All mmap handling of the project lives here (the vgpu-stub's register window too:
+//! [`read_registers`]). The mapping is a [`memmap2::MmapRaw`]:
 //! other processes write the same bytes, so no `&`/`&mut` reference to mapped bytes is
 //! ever created; they are reached through atomics and raw-pointer copies obtained from
 //! one bounds- and alignment-checked function ([`Region::ptr_at`]).
@@ -256,6 +258,18 @@ pub struct RingIndices {
 }
 
 /// A mapped, validated region.
+///
+/// ```
+/// use vgpu_ring::{Access, Geometry, Region};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("vm1");
+/// let geometry = Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+/// Region::create(&path, 1 << 16, geometry, &[], false)?;
+/// // A guest (or `ivshmem-setup inspect`) maps it and checks its header.
+/// let region = Region::open(&path, Access::ReadOnly)?;
+/// assert_eq!((region.geometry(), region.size(), region.epoch()), (geometry, 1 << 16, 0));
+/// # Ok::<(), vgpu_ring::RegionError>(())
+/// ```
 #[derive(Debug)]
 pub struct Region {
     /// The SIGBUS handler's entry for the mapping; declared first so that it is dropped
@@ -773,6 +787,27 @@ impl Region {
         unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
         Ok(())
     }
+}
+
+/// Map the first `len` bytes of a device register file (a PCI BAR's `resource0`, or an
+/// image of it) read-only and load the 32-bit register at each of `offsets` with one
+/// aligned volatile read, as MMIO needs.
+pub(crate) fn read_registers<const N: usize>(
+    file: &File,
+    len: usize,
+    offsets: [usize; N],
+) -> io::Result<[u32; N]> {
+    if offsets.iter().any(|&o| !o.is_multiple_of(4) || o.checked_add(4).is_none_or(|end| end > len))
+    {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "register outside the window"));
+    }
+    let map = MmapOptions::new().len(len).map_raw_read_only(file)?;
+    Ok(offsets.map(|offset| {
+        // SAFETY: offset + 4 <= len (checked above); the mapping is page-aligned and
+        // offset a multiple of 4, so the address is aligned for u32; the mapping lives
+        // until the end of this function.
+        unsafe { map.as_ptr().add(offset).cast::<u32>().read_volatile() }
+    }))
 }
 
 /// Reserve every page of a new region file, so that a full filesystem fails here, with

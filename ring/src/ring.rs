@@ -84,6 +84,17 @@ pub enum PushError<T> {
 }
 
 /// The producing end of a ring. `Send`, not `Sync`: one thread pushes.
+///
+/// ```
+/// use vgpu_ring::PushError;
+/// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u32>(2, 0);
+/// tx.push(1).unwrap();
+/// // Batching: stage several entries, publish them with one index store.
+/// tx.stage(2).unwrap();
+/// assert_eq!(tx.stage(3), Err(PushError::Full(3)), "the value comes back");
+/// tx.publish();
+/// assert_eq!((rx.pop().unwrap(), rx.pop().unwrap()), (Some(1), Some(2)));
+/// ```
 #[derive(Debug)]
 pub struct Producer<B: RingBackend> {
     backend: B,
@@ -228,6 +239,16 @@ impl<B: RingBackend> Producer<B> {
 }
 
 /// The consuming end of a ring. `Send`, not `Sync`: one thread pops.
+///
+/// ```
+/// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u32>(4, 0);
+/// for v in [7, 8, 9] { tx.push(v).unwrap(); }
+/// // Take a batch, then hand all its slots back with one index store.
+/// let batch: Vec<u32> = std::iter::from_fn(|| rx.take().unwrap()).collect();
+/// rx.release();
+/// assert_eq!(batch, [7, 8, 9]);
+/// assert_eq!(tx.free_slots().unwrap(), 4);
+/// ```
 #[derive(Debug)]
 pub struct Consumer<B: RingBackend> {
     backend: B,

@@ -123,16 +123,11 @@ impl StubRegisters {
                 source: StubError::TooShort(len as usize),
             });
         }
-        let map = memmap2::MmapOptions::new()
-            .len(STUB_SIZE.min(len as usize))
-            .map_raw_read_only(&file)
+        let offsets = [STUB_POOL, STUB_PRIORITY, STUB_VM_ID];
+        let values = crate::region::read_registers(&file, STUB_SIZE.min(len as usize), offsets)
             .map_err(io)?;
         let mut image = [0u8; STUB_VM_ID + 4];
-        for offset in [STUB_POOL, STUB_PRIORITY, STUB_VM_ID] {
-            // SAFETY: offset + 4 <= the mapped length (checked above), the mapping is
-            // page-aligned so `offset` (a multiple of 4) is aligned for u32, and the
-            // mapping lives until the end of this function.
-            let value = unsafe { map.as_ptr().add(offset).cast::<u32>().read_volatile() };
+        for (offset, value) in offsets.into_iter().zip(values) {
             image[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
         }
         Self::parse(&image)
