@@ -92,6 +92,7 @@ pub struct Dispatcher {
     next_beat: Instant,
     quarantine_retry: Duration,
     next_retry: Instant,
+    next_reset_scan: Instant,
     /// [`vgpu_ring::fault_count`] as last seen.
     faults_seen: u64,
     pool: PoolId,
@@ -133,6 +134,7 @@ impl Dispatcher {
             next_beat: now + settings.heartbeat_interval,
             quarantine_retry: settings.quarantine_retry,
             next_retry: now + settings.quarantine_retry,
+            next_reset_scan: now,
             faults_seen: vgpu_ring::fault_count(),
             pool: pool.name,
             log_requests,
@@ -194,8 +196,18 @@ impl Dispatcher {
         self.stop(on_stop)
     }
 
-    /// The heartbeat of the attached VMs' regions, and retries of quarantined VMs.
+    /// The heartbeat of the attached VMs' regions, a look at their reset words, and
+    /// retries of quarantined VMs.
     fn housekeeping(&mut self, now: Instant) {
+        if now >= self.next_reset_scan {
+            // Resets are rare and need no haste: one scan a millisecond keeps the
+            // per-pass cost at one load per VM.
+            self.next_reset_scan = now + Duration::from_millis(1);
+            self.resets_pending |= self
+                .watches
+                .iter()
+                .any(|w| w.head.as_ref().is_some_and(|h| h.reset_request() != w.reset_done));
+        }
         if now >= self.next_beat {
             self.next_beat = now + self.heartbeat;
             let beat = crate::daemon::monotonic_ns();
@@ -237,18 +249,13 @@ impl Dispatcher {
     }
 
     /// Drain every VM's request ring whose producer index moved since the last pass;
-    /// returns the number of requests taken. An idle VM costs two loads from one line
-    /// of its slot (producer index and reset word), read through a compact array.
+    /// returns the number of requests taken. An idle VM costs one load of its producer
+    /// index's line, read through a compact array.
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
         let mut taken = 0;
         for index in 0..self.watches.len() {
-            let Watch { head: Some(watch), seen, reset_done } = &self.watches[index] else {
-                continue;
-            };
+            let Watch { head: Some(watch), seen, .. } = &self.watches[index] else { continue };
             let head = watch.load();
-            if watch.reset_request() != *reset_done {
-                self.resets_pending = true;
-            }
             if head == *seen {
                 continue;
             }

@@ -1,6 +1,6 @@
 //! The ring backend over a mapped region.
 
-use crate::layout::{Request, Response};
+use crate::layout::{REQ_HEAD_OFFSET, RESET_REQUEST_OFFSET, Request, Response};
 use crate::region::{Region, RegionError, RingKind};
 use crate::ring::{Consumer, Producer, RingBackend};
 use crate::sync::Ordering;
@@ -19,7 +19,6 @@ pub struct MappedRing<E> {
     slot: u32,
     head: *const AtomicU32,
     tail: *const AtomicU32,
-    reset_request: *const AtomicU32,
     entries: *mut u8,
     capacity: u32,
     _entry: PhantomData<E>,
@@ -59,7 +58,6 @@ impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
         Ok(Self {
             head: region.atomic_u32(base + kind.head_offset())?,
             tail: region.atomic_u32(base + kind.tail_offset())?,
-            reset_request: region.atomic_u32(base + crate::layout::RESET_REQUEST_OFFSET)?,
             entries: region.ptr_at::<E>(entries_offset)?.cast(),
             region: Arc::clone(region),
             slot,
@@ -171,8 +169,10 @@ pub struct HostEndpoints {
 /// load per pass. Keeps the region mapped.
 #[derive(Debug, Clone)]
 pub struct HeadWatch {
+    /// The request ring's producer index (`req_head`); the slot's reset request word
+    /// follows it on the same line. Two words, not two pointers: the host keeps one
+    /// watch per VM in a compact array that every pass scans.
     head: *const AtomicU32,
-    reset_request: *const AtomicU32,
     _region: Arc<Region>,
 }
 
@@ -197,19 +197,20 @@ impl HeadWatch {
     #[must_use]
     #[inline]
     pub fn reset_request(&self) -> u32 {
-        // SAFETY: checked when the watch was built, kept alive by `_region`.
-        unsafe { &*self.reset_request }.load(Ordering::Relaxed)
+        const DISTANCE: usize = RESET_REQUEST_OFFSET - REQ_HEAD_OFFSET;
+        // SAFETY: `head` is a request ring's `req_head` (only `MappedRing<Request>` makes
+        // watches), and the reset request word lies DISTANCE bytes after it in the same
+        // control block, which `Region::slot`/`MappedRing::new` checked to be mapped and
+        // aligned; kept alive by `_region`.
+        unsafe { &*self.head.byte_add(DISTANCE) }.load(Ordering::Relaxed)
     }
 }
 
-impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
-    /// A [`HeadWatch`] on this ring's producer index and its slot's reset request.
+impl MappedRing<Request> {
+    /// A [`HeadWatch`] on this request ring's producer index and its slot's reset
+    /// request word.
     #[must_use]
     pub fn head_watch(&self) -> HeadWatch {
-        HeadWatch {
-            head: self.head,
-            reset_request: self.reset_request,
-            _region: Arc::clone(&self.region),
-        }
+        HeadWatch { head: self.head, _region: Arc::clone(&self.region) }
     }
 }
