@@ -43,6 +43,10 @@ struct Cli {
     /// Send the request this many times and print latency percentiles.
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// With --count: keep this many requests in flight (pipelined) and print the
+    /// throughput too.
+    #[arg(long, default_value_t = 1)]
+    depth: u32,
     /// ECHO: bytes to send.
     #[arg(long, default_value_t = 64)]
     bytes: u32,
@@ -237,8 +241,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn run(cli: &Cli) -> Result<bool> {
-    if !cli.timeout.is_finite() || cli.timeout <= 0.0 || cli.count == 0 {
-        bail!("--timeout and --count must be positive");
+    if !cli.timeout.is_finite() || cli.timeout <= 0.0 || cli.count == 0 || cli.depth == 0 {
+        bail!("--timeout, --count and --depth must be positive");
     }
     let options = ClientOptions {
         region: cli.region.clone(),
@@ -265,11 +269,18 @@ fn run(cli: &Cli) -> Result<bool> {
             eprintln!("notice: {notice}");
         }
     });
-    let arena = u64::from(client.region().geometry().arena_size);
+    let arena = u64::from(client.slot().arena_size());
     if needed > arena {
         bail!(
             "{} needs {needed} bytes of arena for its operands and result; this slot's arena has {arena}",
             op.name()
+        );
+    }
+    let ring = client.region().geometry().ring_entries;
+    if cli.depth > ring || needed.saturating_mul(u64::from(cli.depth)) > arena {
+        bail!(
+            "--depth {} does not fit: the slot has {ring} ring entries and a {arena}-byte arena ({needed} bytes a request)",
+            cli.depth
         );
     }
     let plan = plan(cli)?;
@@ -295,13 +306,22 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     let mut latencies = Vec::with_capacity(cli.count as usize);
     let mut last: Option<Completion> = None;
-    for i in 0..cli.count {
-        let start = Instant::now();
-        let ticket = client.submit(&call)?;
-        if !cli.json && i == 0 {
-            println!("Sent request: {pool}:{}:{}:{}", id.priority, id.vm_id, cli.command);
-            println!("Waiting for response...");
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut submitted = 0;
+    let began = Instant::now();
+    // Up to --depth requests in flight, answers collected oldest first.
+    while submitted < cli.count || !in_flight.is_empty() {
+        if submitted < cli.count && in_flight.len() < cli.depth as usize {
+            let start = Instant::now();
+            in_flight.push_back((client.submit(&call)?, start));
+            if !cli.json && submitted == 0 {
+                println!("Sent request: {pool}:{}:{}:{}", id.priority, id.vm_id, cli.command);
+                println!("Waiting for response...");
+            }
+            submitted += 1;
+            continue;
         }
+        let Some((ticket, start)) = in_flight.pop_front() else { break };
         let done = client.wait(ticket, options.timeout)?;
         latencies.push(start.elapsed().as_nanos() as u64);
         let failed = !done.succeeded();
@@ -310,6 +330,7 @@ fn run(cli: &Cli) -> Result<bool> {
             break;
         }
     }
+    let elapsed = began.elapsed();
     let done = last.expect("count is positive");
     let problem = if done.succeeded() { mismatch(&plan.expected, &done.output) } else { None };
     let ok = done.succeeded() && problem.is_none();
@@ -330,6 +351,14 @@ fn run(cli: &Cli) -> Result<bool> {
         return Ok(ok);
     }
     println!("Response: {}", done.text());
+    if latencies.len() > 1 && cli.depth > 1 {
+        println!(
+            "{} requests at depth {}: {:.0} requests/s",
+            latencies.len(),
+            cli.depth,
+            latencies.len() as f64 / elapsed.as_secs_f64()
+        );
+    }
     if latencies.len() > 1 {
         latencies.sort_unstable();
         println!(

@@ -137,6 +137,9 @@ pub enum Policy {
         /// Waiting time per level gained.
         interval: Duration,
     },
+    /// Strict between priority levels; within a level, the next job comes from the VM
+    /// that has had the least executor time relative to its weight.
+    Fair,
 }
 
 /// The policy names of the configuration file.
@@ -146,6 +149,7 @@ enum PolicyName {
     #[default]
     Strict,
     Aging,
+    Fair,
 }
 
 /// A validated pool.
@@ -186,6 +190,9 @@ pub struct VmConfig {
     pub priority: Priority,
     /// Region file.
     pub region: PathBuf,
+    /// Share of its pool's executor time relative to the other VMs of its priority
+    /// (pools with `policy = "fair"`; 1 otherwise).
+    pub weight: u32,
 }
 
 impl VmConfig {
@@ -297,6 +304,7 @@ struct RawVm {
     pool: String,
     priority: RawPriority,
     region: Option<PathBuf>,
+    weight: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -471,12 +479,13 @@ impl Config {
             let field = format!("pools.{name}");
             let name: PoolId = name.parse().map_err(|m: String| invalid(&field, m))?;
             let policy = match pool.policy {
-                PolicyName::Strict if pool.aging_interval_ms.is_some() => {
+                PolicyName::Strict | PolicyName::Fair if pool.aging_interval_ms.is_some() => {
                     return Err(invalid(
                         format!("{field}.aging_interval_ms"),
-                        "only valid with policy = \"aging\"",
+                        "only valid with policy = \"aging\" (aging and fair do not combine)",
                     ));
                 }
+                PolicyName::Fair => Policy::Fair,
                 PolicyName::Strict => Policy::Strict,
                 PolicyName::Aging => Policy::Aging {
                     interval: duration(
@@ -562,7 +571,20 @@ impl Config {
                     format!("{} is used by another VM", region.display()),
                 ));
             }
-            vms.push(VmConfig { id: vm.id, pool, priority, region });
+            let weight = match (vm.weight, pools[&pool].policy) {
+                (None, _) => 1,
+                (Some(0), _) => {
+                    return Err(invalid(format!("{field}.weight"), "must be at least 1"));
+                }
+                (Some(w), Policy::Fair) => w,
+                (Some(_), _) => {
+                    return Err(invalid(
+                        format!("{field}.weight"),
+                        format!("only used in pools with policy = \"fair\" (pool {pool} is not)"),
+                    ));
+                }
+            };
+            vms.push(VmConfig { id: vm.id, pool, priority, region, weight });
         }
         if vms.is_empty() {
             return Err(invalid("vm", "no [[vm]] defined"));
@@ -798,6 +820,27 @@ mod file_tests {
     }
 
     const GOOD: &str = "[regions]\ndir = \"DIR\"\n[mediator]\nidle_spin_us = 5\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 1\n[[vm]]\nid = 2\npool = \"A\"\npriority = 0\n";
+
+    #[test]
+    fn fair_pools_take_weights_and_refuse_aging() {
+        let fair = GOOD
+            .replace("[pools.A]", "[pools.A]\npolicy = \"fair\"")
+            .replace("priority = 0\n", "priority = 0\nweight = 3\n");
+        let (_dir, config) = load(&fair);
+        let config = config.unwrap();
+        assert_eq!(config.pools.values().next().unwrap().policy, Policy::Fair);
+        assert_eq!((config.vms[0].weight, config.vms[1].weight), (1, 3));
+        let zero = fair.replace("weight = 3", "weight = 0");
+        assert!(
+            load(&zero).1.unwrap_err().to_string().contains("vm[1].weight: must be at least 1")
+        );
+        let strict = GOOD.replace("priority = 0\n", "priority = 0\nweight = 2\n");
+        let message = load(&strict).1.unwrap_err().to_string();
+        assert!(message.contains("only used in pools with policy = \"fair\""), "{message}");
+        let aging = fair.replace("policy = \"fair\"", "policy = \"fair\"\naging_interval_ms = 50");
+        let message = load(&aging).1.unwrap_err().to_string();
+        assert!(message.contains("aging and fair do not combine"), "{message}");
+    }
 
     #[test]
     fn errors_name_the_file_and_line_once() {

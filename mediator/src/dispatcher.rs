@@ -118,7 +118,7 @@ impl Dispatcher {
         let now = Instant::now();
         Ok(Self {
             watches: vms.iter().map(Watch::of).collect(),
-            queue: PoolQueue::new(pool.policy),
+            queue: PoolQueue::with_weights(pool.policy, vms.iter().map(|p| p.vm.weight)),
             offload_compute: executor.offloads_compute(),
             executor: ExecutorThread::spawn(pool.name, executor)?,
             vms,
@@ -311,6 +311,7 @@ impl Dispatcher {
                 port.in_flight += 1;
                 let priority = port.identity.priority;
                 self.queue.push(
+                    index,
                     priority,
                     now,
                     Pending {
@@ -363,6 +364,8 @@ impl Dispatcher {
             let port = &self.vms[pending.vm];
             let Some(link) = port.link.as_ref().filter(|_| port.generation == pending.generation)
             else {
+                // Work of a VM reset or quarantined meanwhile: dropped, never run.
+                self.queue.charge(pending.vm, queued.priority, Duration::ZERO);
                 continue;
             };
             if self.log_requests {
@@ -428,6 +431,8 @@ impl Dispatcher {
     fn finish(&mut self, f: Finished) {
         let p = f.item;
         let port = &mut self.vms[p.vm];
+        // Whatever became of it, the VM had its turn (fair pools account the time).
+        self.queue.charge(p.vm, port.identity.priority, f.exec);
         if port.generation != p.generation {
             // The VM was reset or quarantined meanwhile: nobody waits for this answer.
             return;
@@ -495,7 +500,7 @@ impl Dispatcher {
             self.finish(finished);
         }
         if on_stop == OnStop::Drain {
-            let waiting: Vec<Pending> = self.queue.drain().map(|q| q.item).collect();
+            let waiting: Vec<Pending> = self.queue.drain().into_iter().map(|q| q.item).collect();
             let now = Instant::now();
             for pending in waiting {
                 self.finish(Finished {

@@ -61,6 +61,8 @@ pub struct Vm {
     pub pool: char,
     /// Priority.
     pub priority: u8,
+    /// Weight in a fair pool (1 is left out of the config).
+    pub weight: u32,
 }
 
 /// How a system's mediator is started and its regions created.
@@ -107,7 +109,13 @@ pub struct System {
 /// Shorthand for a VM.
 #[must_use]
 pub const fn vm(id: u32, pool: char, priority: u8) -> Vm {
-    Vm { id, pool, priority }
+    Vm { id, pool, priority, weight: 1 }
+}
+
+/// Shorthand for a VM of a fair pool with a weight.
+#[must_use]
+pub const fn weighted_vm(id: u32, pool: char, priority: u8, weight: u32) -> Vm {
+    Vm { id, pool, priority, weight }
 }
 
 /// Wait for `condition` to hold, polling every millisecond, up to `timeout`.
@@ -174,6 +182,9 @@ impl System {
                 "[[vm]]\nid = {}\npool = \"{}\"\npriority = {}",
                 v.id, v.pool, v.priority
             );
+            if v.weight != 1 {
+                let _ = writeln!(text, "weight = {}", v.weight);
+            }
         }
         let config = dir.path().join("vgpu.toml");
         std::fs::write(&config, text)?;
