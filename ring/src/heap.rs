@@ -90,3 +90,174 @@ unsafe impl<E: Copy> RingBackend for HeapRing<E> {
         self.shared.slots[slot as usize].with(|p| unsafe { p.read() })
     }
 }
+
+/// The ring algorithm over the heap backend: what Miri checks for undefined behaviour
+/// (`cargo +nightly miri test -p vgpu-ring --lib`, under Tree Borrows).
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ring::PushError;
+
+    /// Iterations, scaled down under Miri (which runs a thousand times slower).
+    const N: u64 = if cfg!(miri) { 200 } else { 100_000 };
+
+    #[test]
+    fn push_then_pop_in_order() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, 0);
+        for v in 0..3 {
+            tx.push(v).unwrap();
+        }
+        assert_eq!([rx.pop(), rx.pop(), rx.pop()].map(Result::unwrap), [Some(0), Some(1), Some(2)]);
+        assert_eq!(rx.pop(), Ok(None));
+    }
+
+    #[test]
+    fn a_full_ring_gives_the_value_back() {
+        let (mut tx, mut rx) = heap_ring::<u64>(2, 0);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        assert_eq!(tx.push(3), Err(PushError::Full(3)));
+        assert_eq!(rx.pop(), Ok(Some(1)));
+        tx.push(3).unwrap();
+        assert_eq!((rx.pop(), rx.pop()), (Ok(Some(2)), Ok(Some(3))));
+    }
+
+    #[test]
+    fn staged_entries_are_invisible_until_published() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, 0);
+        tx.stage(1).unwrap();
+        tx.stage(2).unwrap();
+        assert_eq!((tx.staged(), rx.available()), (2, Ok(0)));
+        tx.publish();
+        assert_eq!(rx.available(), Ok(2));
+    }
+
+    #[test]
+    fn taken_slots_come_back_only_when_released() {
+        let (mut tx, mut rx) = heap_ring::<u64>(2, 0);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        assert_eq!(rx.take(), Ok(Some(1)));
+        assert_eq!(tx.free_slots(), Ok(0));
+        rx.release();
+        assert_eq!(tx.free_slots(), Ok(1));
+    }
+
+    #[test]
+    fn release_up_to_hands_back_only_the_answered_prefix() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, 0);
+        for v in 0..4 {
+            tx.push(v).unwrap();
+        }
+        let first = rx.position();
+        for _ in 0..3 {
+            rx.take().unwrap();
+        }
+        rx.release_up_to(first.wrapping_add(2));
+        assert_eq!((rx.released(), tx.free_slots()), (2, Ok(2)));
+        // Outside released..=position: ignored.
+        rx.release_up_to(first.wrapping_add(9));
+        rx.release_up_to(first);
+        assert_eq!(rx.released(), 2);
+    }
+
+    #[test]
+    fn indices_wrap_past_u32_max() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, u32::MAX - 2);
+        for v in 0..N {
+            tx.push(v).unwrap();
+            assert_eq!(rx.pop(), Ok(Some(v)));
+        }
+        assert!(rx.position() < 1 << 20, "wrapped");
+    }
+
+    #[test]
+    fn an_impossible_producer_index_poisons_the_consumer_for_good() {
+        let (_tx, mut rx) = heap_ring::<u64>(4, 0);
+        rx.backend().shared.head.store(5, Ordering::Relaxed);
+        let e = rx.pop().unwrap_err();
+        assert_eq!((e.peer, e.capacity), (5, 4));
+        rx.backend().shared.head.store(0, Ordering::Relaxed);
+        assert_eq!(rx.pop(), Err(e), "stays poisoned");
+        assert_eq!(rx.poisoned(), Some(e));
+    }
+
+    #[test]
+    fn a_producer_index_moving_backwards_poisons() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, 10);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        assert_eq!(rx.available(), Ok(2));
+        rx.backend().shared.head.store(11, Ordering::Relaxed);
+        assert!(rx.available().is_err());
+    }
+
+    #[test]
+    fn an_impossible_consumer_index_poisons_the_producer() {
+        let (mut tx, _rx) = heap_ring::<u64>(2, 0);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        // The consumer claims to have released more than was published.
+        tx.backend().shared.tail.store(3, Ordering::Relaxed);
+        assert!(matches!(tx.push(3), Err(PushError::Poisoned(_))));
+        assert!(tx.poisoned().is_some());
+    }
+
+    #[test]
+    fn endpoints_attached_to_inconsistent_indices_start_poisoned() {
+        let (tx, rx) = heap_ring::<u64>(4, 0);
+        tx.backend().shared.head.store(9, Ordering::Relaxed);
+        assert!(Consumer::new(rx.into_backend()).poisoned().is_some());
+        assert!(Producer::new(tx.into_backend()).poisoned().is_some());
+    }
+
+    #[test]
+    fn two_threads_pass_every_value_once_in_order() {
+        let (mut tx, mut rx) = heap_ring::<u64>(8, 0);
+        let producer = std::thread::spawn(move || {
+            for v in 0..N {
+                let mut v = v;
+                while let Err(PushError::Full(back)) = tx.push(v) {
+                    v = back;
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0;
+        while next < N {
+            match rx.pop().unwrap() {
+                Some(v) => {
+                    assert_eq!(v, next);
+                    next += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+    }
+
+    #[test]
+    fn wire_structs_travel_through_the_ring_byte_for_byte() {
+        use crate::layout::{Request, Response, encode_label};
+        let (mut tx, mut rx) = heap_ring::<Request>(2, 0);
+        let request = Request {
+            tag: 7,
+            opcode: 4,
+            pool: b'A',
+            priority: 2,
+            vm_id: 9,
+            label: encode_label("VECTOR_ADD"),
+            in_offset: 64,
+            in_len: 32,
+            out_offset: 128,
+            out_len: 16,
+            args: [4, 0, 0],
+        };
+        tx.push(request).unwrap();
+        assert_eq!(rx.pop(), Ok(Some(request)));
+        let (mut tx, mut rx) = heap_ring::<Response>(2, 0);
+        let response = Response { tag: 7, status: 1, exec_ns: u64::MAX, ..Response::default() };
+        tx.push(response).unwrap();
+        assert_eq!(rx.pop(), Ok(Some(response)));
+    }
+}

@@ -194,3 +194,40 @@ impl fmt::Display for VmIdentity {
         write!(f, "vm {} pool {} priority {}", self.vm_id, self.pool, self.priority)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Request, SlotIdentity};
+
+    #[test]
+    fn pools_are_one_ascii_letter_or_digit() {
+        assert!(PoolId::new(b'z').is_some() && PoolId::new(b'7').is_some());
+        for bad in [0u8, b' ', b'-', 0x80, 0xff] {
+            assert!(PoolId::new(bad).is_none(), "{bad:#x}");
+        }
+        assert_eq!(PoolId::try_from(0x141u32), Err(0x141), "only the low byte may be set");
+        assert!("".parse::<PoolId>().is_err() && "é".parse::<PoolId>().is_err());
+    }
+
+    #[test]
+    fn priorities_are_zero_to_two() {
+        assert_eq!(Priority::ALL.map(Priority::get), [0, 1, 2]);
+        assert_eq!(Priority::new(3), None);
+        assert_eq!(" High ".parse::<Priority>(), Ok(Priority::HIGH));
+        assert!("3".parse::<Priority>().is_err());
+    }
+
+    #[test]
+    fn a_scribbled_identity_is_not_an_identity() {
+        let id = VmIdentity { vm_id: 1, pool: PoolId::new(b'A').unwrap(), priority: Priority::LOW };
+        let mut slot = id.slot();
+        slot.priority = 9;
+        assert_eq!(VmIdentity::from_slot(&slot), None);
+        let unassigned = SlotIdentity { flags: 0, ..id.slot() };
+        assert_eq!(VmIdentity::from_slot(&unassigned), None);
+        let claim = Request { vm_id: 1, pool: b'A', priority: 0, ..Request::default() };
+        assert!(id.claimed_by(&claim));
+        assert!(!id.claimed_by(&Request { vm_id: 2, ..claim }));
+    }
+}

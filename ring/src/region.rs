@@ -384,8 +384,11 @@ impl Region {
                 identities.get(slot as usize).copied().unwrap_or_else(SlotIdentity::new_zeroed);
             self.write_bytes(geometry.slot_offset(slot), identity.as_bytes())?;
         }
-        // SYNC: Release pairs with the Acquire load of `init` in `open`: everything
-        // written above is visible to whoever sees INIT_READY.
+        // SYNC(hardware): Release pairs with the Acquire load of `init` in `open`:
+        // everything written above is visible to whoever sees INIT_READY. It guards an
+        // opener in another process on another CPU racing with the formatter (weakly
+        // ordered CPUs may show the init store before the geometry); the header lives
+        // in mapped memory, which loom cannot model.
         self.atomic_u32(offset_of!(RegionHeader, init))?.store(INIT_READY, Ordering::Release);
         Ok(())
     }
@@ -492,7 +495,7 @@ impl Region {
         // Map the header page only as a placeholder geometry; replaced once validated.
         let placeholder = Geometry { slot_count: 0, ring_entries: 0, arena_size: 0 };
         let mut region = Self::map(file, path, len, placeholder, access)?;
-        // SYNC: Acquire pairs with the formatter's Release store of INIT_READY.
+        // SYNC(hardware): Acquire pairs with the formatter's Release store of INIT_READY.
         let init = region.atomic_u32(offset_of!(RegionHeader, init))?.load(Ordering::Acquire);
         let header: RegionHeader = region.read_value(0)?;
         if header.magic != REGION_MAGIC {
@@ -720,6 +723,7 @@ impl Region {
     /// The mediator session epoch (0: no mediator has attached since formatting).
     #[must_use]
     pub fn epoch(&self) -> u64 {
+        // SYNC(hardware): Acquire pairs with the Release store in `begin_session`.
         self.header_u64(offset_of!(RegionHeader, epoch)).load(Ordering::Acquire)
     }
 
@@ -754,8 +758,9 @@ impl Region {
         self.header_u32(offset_of!(RegionHeader, mediator_pid)).store(pid, Ordering::Relaxed);
         self.header_u32(offset_of!(RegionHeader, heartbeat_interval_ms))
             .store(heartbeat_interval_ms, Ordering::Relaxed);
-        // SYNC: Release pairs with the Acquire load in `epoch()`: pid and interval are
-        // visible to whoever sees the new epoch.
+        // SYNC(hardware): Release pairs with the Acquire load in `epoch()`: pid and
+        // interval are visible to whoever sees the new epoch (a client sizes its
+        // liveness check by the interval). Mapped memory: no loom model.
         self.header_u64(offset_of!(RegionHeader, epoch)).store(epoch, Ordering::Release);
         Ok(())
     }

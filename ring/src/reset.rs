@@ -159,3 +159,43 @@ impl ControlBlock for HeapControl {
         self.word(word).store(value, order);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_zeroes_the_indices_and_status_and_acknowledges() {
+        let control = HeapControl::default();
+        for word in ControlWord::ALL {
+            control.store(word, 7, Ordering::Relaxed);
+        }
+        let ticket = request_reset(&control);
+        assert_eq!(ticket, 8, "reset_done + 1");
+        assert_eq!(take_reset_request(&control), Some(8));
+        complete_reset(&control, 8);
+        assert!(reset_completed(&control, ticket));
+        for word in [
+            ControlWord::ReqHead,
+            ControlWord::ReqTail,
+            ControlWord::RespHead,
+            ControlWord::RespTail,
+            ControlWord::HostStatus,
+        ] {
+            assert_eq!(control.load(word, Ordering::Relaxed), 0, "{word:?}");
+        }
+        assert_eq!(take_reset_request(&control), None, "carried out once");
+    }
+
+    #[test]
+    fn any_request_word_other_than_the_last_done_is_a_request() {
+        let control = HeapControl::default();
+        assert_eq!(take_reset_request(&control), None);
+        control.store(ControlWord::ResetRequest, 0xdead_beef, Ordering::Relaxed);
+        assert_eq!(take_reset_request(&control), Some(0xdead_beef));
+        // Tickets wrap.
+        let control = HeapControl::default();
+        control.store(ControlWord::ResetDone, u32::MAX, Ordering::Relaxed);
+        assert_eq!(request_reset(&control), 0);
+    }
+}

@@ -68,8 +68,10 @@ static PREVIOUS: OnceLock<Result<SigAction, nix::errno::Errno>> = OnceLock::new(
 #[must_use]
 #[inline]
 pub fn fault_count() -> u64 {
-    // SYNC: Acquire pairs with the handler's Release increment: the faulted flag it set
-    // first is visible once the new count is.
+    // SYNC(hardware): Acquire pairs with the handler's Release increment: the faulted
+    // flag it set first is visible once the new count is (on weakly ordered CPUs the
+    // count could otherwise be seen first, and the fault missed for good). No loom
+    // model: a signal handler cannot run loom's atomics.
     FAULTS.load(Ordering::Acquire)
 }
 
@@ -105,7 +107,9 @@ impl Registration {
         let index = TABLE.iter().position(|entry| {
             entry
                 .state
-                .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                // Relaxed: the claim publishes nothing and reads nothing a previous
+                // holder wrote; the entry's bounds are published by the ACTIVE store.
+                .compare_exchange(FREE, CLAIMED, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         });
         if let Some(i) = index {
@@ -113,8 +117,8 @@ impl Registration {
             entry.start.store(start as usize, Ordering::Relaxed);
             entry.len.store(len, Ordering::Relaxed);
             entry.faulted.store(false, Ordering::Relaxed);
-            // SYNC: Release pairs with the handler's Acquire load of `state`: it sees
-            // this mapping's bounds once it sees it active.
+            // SYNC(hardware): Release pairs with the handler's Acquire load of `state`:
+            // a handler on another CPU sees this mapping's bounds once it sees it active.
             entry.state.store(ACTIVE, Ordering::Release);
         }
         Self { index }
@@ -127,8 +131,9 @@ impl Registration {
 
     /// Whether the mapping faulted and was replaced by anonymous memory.
     pub(crate) fn faulted(&self) -> bool {
-        // SYNC: Acquire pairs with the handler's Release store of the flag.
-        self.index.is_some_and(|i| TABLE[i].faulted.load(Ordering::Acquire))
+        // Relaxed: the flag publishes nothing else (the replacement happened in the
+        // kernel); a reader that must not miss it loads `fault_count` first.
+        self.index.is_some_and(|i| TABLE[i].faulted.load(Ordering::Relaxed))
     }
 }
 
@@ -137,7 +142,9 @@ impl Drop for Registration {
         if let Some(i) = self.index {
             // The mapping is still in place (this runs before the unmap): a fault racing
             // with this store is either handled or, once FREE, would be a bug elsewhere.
-            TABLE[i].state.store(FREE, Ordering::Release);
+            // Relaxed: FREE publishes nothing (a new holder writes fresh bounds before
+            // its own ACTIVE store).
+            TABLE[i].state.store(FREE, Ordering::Relaxed);
         }
     }
 }
@@ -147,7 +154,8 @@ extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _conte
     // SA_SIGINFO; `si_addr` is the faulting address for SIGBUS.
     let addr = unsafe { (*info).si_addr() } as usize;
     for entry in &TABLE {
-        // SYNC: Acquire pairs with the Release store of ACTIVE in `Registration::new`.
+        // SYNC(hardware): Acquire pairs with the Release store of ACTIVE in
+        // `Registration::new`.
         if entry.state.load(Ordering::Acquire) != ACTIVE {
             continue;
         }
@@ -172,8 +180,9 @@ extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _conte
         if replaced == libc::MAP_FAILED {
             break;
         }
-        // SYNC: Release pairs with the Acquire loads in `faulted` and `fault_count`.
-        entry.faulted.store(true, Ordering::Release);
+        entry.faulted.store(true, Ordering::Relaxed);
+        // SYNC(hardware): Release pairs with the Acquire load in `fault_count`: the flag
+        // stored above is visible to whoever sees the new count.
         FAULTS.fetch_add(1, Ordering::Release);
         return;
     }

@@ -259,3 +259,33 @@ fn release_after_answer_survives_a_crash_at_every_point() {
         });
     }
 }
+
+/// A consumer attaching while its producer runs (a mediator starting against a guest
+/// already pushing) resumes from the shared indices: the entries it sees published are
+/// fully written (its Acquire load of the producer index at attach).
+#[test]
+fn consumer_attaches_while_the_producer_runs() {
+    loom::model(|| {
+        let (mut tx, rx) = heap_ring::<u64>(2, 0);
+        let producer = thread::spawn(move || push_all(&mut tx, &[1, 2]));
+        let mut rx = vgpu_ring::Consumer::new(rx.into_backend());
+        assert_eq!(pop_n(&mut rx, 2), vec![1, 2]);
+        producer.join().unwrap();
+    });
+}
+
+/// A producer attaching while its consumer runs (a client starting on a slot whose
+/// previous entries the mediator still reads) never overwrites a slot the consumer has
+/// not finished reading (its Acquire load of the consumer index at attach).
+#[test]
+fn producer_attaches_while_the_consumer_runs() {
+    loom::model(|| {
+        let (mut tx, mut rx) = heap_ring::<u64>(2, 0);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        let consumer = thread::spawn(move || pop_n(&mut rx, 3));
+        let mut tx = vgpu_ring::Producer::new(tx.into_backend());
+        push_all(&mut tx, &[3]);
+        assert_eq!(consumer.join().unwrap(), vec![1, 2, 3]);
+    });
+}
