@@ -27,7 +27,7 @@ pub fn monotonic_ns() -> u64 {
 /// If the pool asks for a GPU that cannot be used and has no CPU fallback.
 pub fn executor_for(pool: &PoolConfig) -> Result<Box<dyn Executor>> {
     match pool.backend {
-        Backend::Cpu => Ok(Box::new(CpuExecutor)),
+        Backend::Cpu => Ok(Box::new(CpuExecutor::default())),
         Backend::Cuda { device, fallback_to_cpu } => match cuda_executor(device) {
             Ok(executor) => {
                 tracing::info!("Pool {}: CUDA device {device}", pool.name);
@@ -38,7 +38,7 @@ pub fn executor_for(pool: &PoolConfig) -> Result<Box<dyn Executor>> {
                     "Pool {}: CUDA device {device} unusable ({reason}); FALLING BACK TO THE CPU as configured (fallback = \"cpu\")",
                     pool.name
                 );
-                Ok(Box::new(CpuExecutor))
+                Ok(Box::new(CpuExecutor::default()))
             }
             Err(reason) => bail!(
                 "pool {}: backend = \"cuda\" (device {device}) but {reason}; add fallback = \"cpu\" to run this pool on the CPU instead",

@@ -122,7 +122,7 @@ impl Dispatcher {
             offload_compute: executor.offloads_compute(),
             executor: ExecutorThread::spawn(pool.name, executor)?,
             vms,
-            inline: CpuExecutor,
+            inline: CpuExecutor::default(),
             busy: None,
             maybe_parked: false,
             resets_pending: false,

@@ -174,8 +174,79 @@ impl<T> Drop for ExecutorThread<T> {
 }
 
 /// Runs every operation on the CPU.
+///
+/// Operands stream through small buffers that live as long as the executor (so after
+/// the first jobs no request allocates or touches a fresh page): a chunk of each input
+/// is copied out of the arena once, computed on, and the chunk of results copied back.
+/// Input and output never overlap (validation refuses it), so streaming gives the same
+/// answer as copying everything first. MATMUL, which reads its operands out of order,
+/// copies them whole into the same reused buffers.
 #[derive(Debug, Default)]
-pub struct CpuExecutor;
+pub struct CpuExecutor {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    out: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+/// Elements per streamed chunk: three chunks (two inputs, the output) stay in L2.
+const CHUNK: usize = 8192;
+
+/// Copy `n` f32s at byte `offset` of `slot`'s arena into `buf` (resized, not reallocated
+/// once it is large enough).
+fn fill(slot: &Slot, offset: u64, buf: &mut Vec<f32>, n: usize) -> Result<(), ErrorCode> {
+    buf.resize(n, 0.0);
+    slot.arena_read(offset, buf.as_mut_bytes()).map_err(|_| ErrorCode::BadRange)
+}
+
+impl CpuExecutor {
+    /// `out[i] = f(a[i], b[i])` for the job's `n`, the input being a ‖ b.
+    fn elementwise(
+        &mut self,
+        job: &Job,
+        slot: &Slot,
+        f: impl Fn(f32, f32) -> f32,
+    ) -> Result<u32, ErrorCode> {
+        let n = job.args[0] as usize;
+        let input = u64::from(job.input.0);
+        for start in (0..n).step_by(CHUNK) {
+            let len = CHUNK.min(n - start);
+            fill(slot, input + 4 * start as u64, &mut self.a, len)?;
+            fill(slot, input + 4 * (n + start) as u64, &mut self.b, len)?;
+            self.out.clear();
+            self.out.extend(self.a.iter().zip(&self.b).map(|(&x, &y)| f(x, y)));
+            write_f32s(slot, job.output.0 + 4 * start as u32, &self.out)?;
+        }
+        u32::try_from(4 * n).map_err(|_| ErrorCode::OutputTooSmall)
+    }
+
+    /// `Σ x[i] * y[i]`, summed in order (as [`dot`]), the input being x ‖ y.
+    fn dot(&mut self, job: &Job, slot: &Slot) -> Result<u32, ErrorCode> {
+        let n = job.args[0] as usize;
+        let input = u64::from(job.input.0);
+        let mut sum = 0.0f32;
+        for start in (0..n).step_by(CHUNK) {
+            let len = CHUNK.min(n - start);
+            fill(slot, input + 4 * start as u64, &mut self.a, len)?;
+            fill(slot, input + 4 * (n + start) as u64, &mut self.b, len)?;
+            sum = self.a.iter().zip(&self.b).fold(sum, |acc, (&x, &y)| acc + x * y);
+        }
+        write_f32s(slot, job.output.0, &[sum])
+    }
+
+    /// Copy the input range to the output range through the reused byte buffer.
+    fn echo(&mut self, job: &Job, slot: &Slot) -> Result<u32, ErrorCode> {
+        let (offset, len) = job.input;
+        for start in (0..len as usize).step_by(4 * CHUNK) {
+            let chunk = (4 * CHUNK).min(len as usize - start);
+            self.bytes.resize(chunk, 0);
+            slot.arena_read(u64::from(offset) + start as u64, &mut self.bytes)
+                .map_err(|_| ErrorCode::BadRange)?;
+            write_bytes(slot, job.output.0 + start as u32, &self.bytes)?;
+        }
+        Ok(len)
+    }
+}
 
 impl Executor for CpuExecutor {
     fn execute(&mut self, job: &Job, slot: &Slot) -> Result<u32, ErrorCode> {
@@ -185,30 +256,22 @@ impl Executor for CpuExecutor {
                 std::thread::sleep(Duration::from_micros(u64::from(job.args[0])));
                 Ok(0)
             }
-            Opcode::Echo => {
-                let bytes = read_bytes(slot, job.input)?;
-                write_bytes(slot, job.output.0, &bytes)
-            }
-            Opcode::VectorAdd => {
-                let data = read_f32s(slot, job.input)?;
-                let (a, b) = data.split_at(data.len() / 2);
-                write_f32s(slot, job.output.0, &vector_add(a, b))
-            }
+            Opcode::Echo => self.echo(job, slot),
+            Opcode::VectorAdd => self.elementwise(job, slot, |x, y| x + y),
             Opcode::Saxpy => {
-                let data = read_f32s(slot, job.input)?;
-                let (x, y) = data.split_at(data.len() / 2);
-                write_f32s(slot, job.output.0, &saxpy(f32::from_bits(job.args[1]), x, y))
+                let alpha = f32::from_bits(job.args[1]);
+                self.elementwise(job, slot, |x, y| alpha * x + y)
             }
-            Opcode::Dot => {
-                let data = read_f32s(slot, job.input)?;
-                let (x, y) = data.split_at(data.len() / 2);
-                write_f32s(slot, job.output.0, &[dot(x, y)])
-            }
+            Opcode::Dot => self.dot(job, slot),
             Opcode::Matmul => {
                 let [m, k, n] = job.args.map(|v| v as usize);
-                let data = read_f32s(slot, job.input)?;
-                let (a, b) = data.split_at(m * k);
-                write_f32s(slot, job.output.0, &matmul(a, b, m, k, n))
+                let input = u64::from(job.input.0);
+                fill(slot, input, &mut self.a, m * k)?;
+                fill(slot, input + 4 * (m * k) as u64, &mut self.b, k * n)?;
+                self.out.clear();
+                self.out.resize(m * n, 0.0);
+                matmul_into(&self.a, &self.b, m, k, n, &mut self.out);
+                write_f32s(slot, job.output.0, &self.out)
             }
         }
     }
@@ -236,6 +299,12 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
 #[must_use]
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut c = vec![0.0; m * n];
+    matmul_into(a, b, m, k, n, &mut c);
+    c
+}
+
+/// [`matmul`] into `c` (m×n, zeroed by the caller).
+fn matmul_into(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, c: &mut [f32]) {
     for i in 0..m {
         for p in 0..k {
             let aip = a[i * k + p];
@@ -244,12 +313,71 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
             }
         }
     }
-    c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The streaming CPU executor, on a real region, gives bit for bit what the plain
+    /// kernels give, across chunk boundaries and with buffers reused between jobs.
+    #[test]
+    fn streaming_over_the_arena_equals_the_plain_kernels() {
+        use std::sync::Arc;
+        use vgpu_ring::{Geometry, Region};
+        let dir = tempfile::tempdir().unwrap();
+        let geometry = Geometry { slot_count: 1, ring_entries: 8, arena_size: 1 << 20 };
+        let region =
+            Arc::new(Region::create(&dir.path().join("r"), 2 << 20, geometry, &[], false).unwrap());
+        let slot = region.slot(0).unwrap();
+        let mut cpu = CpuExecutor::default();
+        for n in [1usize, 7, CHUNK - 1, CHUNK, 2 * CHUNK + 3] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 7.0).collect();
+            let y: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 1000) as f32 / 3.0).collect();
+            let input = [x.as_slice(), y.as_slice()].concat();
+            slot.arena_write(0, input.as_bytes()).unwrap();
+            let out = (8 * n) as u32;
+            let run = |cpu: &mut CpuExecutor, op, args: [u32; 3], out_len: usize| {
+                let job = Job {
+                    op,
+                    args,
+                    input: (0, (8 * n) as u32),
+                    output: (out, (4 * out_len) as u32),
+                };
+                cpu.execute(&job, &slot).unwrap();
+                read_f32s(&slot, (out, (4 * out_len) as u32)).unwrap()
+            };
+            let n32 = n as u32;
+            assert_eq!(run(&mut cpu, Opcode::VectorAdd, [n32, 0, 0], n), vector_add(&x, &y));
+            let alpha = -1.75f32;
+            assert_eq!(
+                run(&mut cpu, Opcode::Saxpy, [n32, alpha.to_bits(), 0], n),
+                saxpy(alpha, &x, &y)
+            );
+            assert_eq!(run(&mut cpu, Opcode::Dot, [n32, 0, 0], 1), [dot(&x, &y)]);
+            let echo = Job {
+                op: Opcode::Echo,
+                args: [0; 3],
+                input: (0, (8 * n) as u32),
+                output: (out, (8 * n) as u32),
+            };
+            assert_eq!(cpu.execute(&echo, &slot), Ok((8 * n) as u32));
+            assert_eq!(read_f32s(&slot, (out, (8 * n) as u32)).unwrap(), input);
+        }
+        let (m, k, n) = (37usize, 19usize, 23usize);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.5).collect();
+        slot.arena_write(0, [a.as_slice(), b.as_slice()].concat().as_bytes()).unwrap();
+        let in_len = (4 * (m * k + k * n)) as u32;
+        let job = Job {
+            op: Opcode::Matmul,
+            args: [m as u32, k as u32, n as u32],
+            input: (0, in_len),
+            output: (in_len, (4 * m * n) as u32),
+        };
+        cpu.execute(&job, &slot).unwrap();
+        assert_eq!(read_f32s(&slot, job.output).unwrap(), matmul(&a, &b, m, k, n));
+    }
 
     #[test]
     fn kernels_match_hand_computed_values() {
