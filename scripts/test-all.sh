@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite: every unit, integration, multi-process and doc test of the
-# workspace, then the loom models of the ring (own target directory, release build).
+# workspace, the loom models of the ring, and the tests that need something a machine
+# may lack (QEMU, root, a GPU): each runs where its requirement is met and is reported
+# as skipped, with the reason, where it is not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +13,33 @@ cargo test --workspace --doc
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
     cargo test -p vgpu-ring --release --test loom
 
-# The CUDA executor builds and its tests pass without a GPU (GPU-only tests say they
-# skipped); scripts/gpu-check.sh runs it on a GPU machine.
+# The CUDA executor builds and its tests pass without a GPU; scripts/gpu-check.sh runs
+# it on a GPU machine.
 cargo build --workspace --features vgpu-mediator/cuda
 cargo test -p vgpu-mediator --features cuda
+
+# Tests that need something: run where it is there, a visible skip where it is not.
+skipped=0
+requires() { # NAME REASON CONDITION... -- COMMAND...
+    local name=$1 reason=$2
+    shift 2
+    local condition=()
+    while [[ $1 != -- ]]; do condition+=("$1"); shift; done
+    shift
+    if "${condition[@]}" >/dev/null 2>&1; then
+        "$@"
+    else
+        echo "skipped: $name ($reason)"
+        skipped=$((skipped + 1))
+    fi
+}
+requires qemu_accepts_the_printed_arguments "qemu-system-x86_64 is not installed" \
+    command -v qemu-system-x86_64 -- \
+    cargo test -p ivshmem-setup --test cli -- --ignored --exact qemu_accepts_the_printed_arguments
+requires create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing "not root: cannot mount a tmpfs" \
+    test "$(id -u)" = 0 -- \
+    cargo test -p ivshmem-setup --test cli -- --ignored --exact create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing
+requires gpu_results_equal_the_cpu_executor "no NVIDIA GPU (nvidia-smi finds none)" \
+    nvidia-smi -L -- \
+    cargo test -p vgpu-mediator --features cuda --lib -- --ignored --exact cuda::tests::gpu_results_equal_the_cpu_executor
+echo "requirement-gated tests skipped: $skipped"

@@ -45,6 +45,9 @@ pub fn validate(req: &Request, identity: &VmIdentity, arena_size: u32) -> Result
     if u64::from(req.out_len) < need_out {
         return Err(ErrorCode::OutputTooSmall);
     }
+    // Ranges the operation does not use were not checked: they do not reach the job.
+    let input = if uses_input { input } else { (0, 0) };
+    let output = if uses_output { output } else { (0, 0) };
     Ok(Job { op, args: req.args, input, output })
 }
 
@@ -78,9 +81,9 @@ mod tests {
         let job =
             validate(&req(Opcode::VectorAdd, [4, 0, 0], (0, 32), (32, 16)), &ID, 4096).unwrap();
         assert_eq!(job.op, Opcode::VectorAdd);
-        assert!(
-            validate(&req(Opcode::Noop, [0; 3], (u32::MAX, u32::MAX), (0, 0)), &ID, 4096).is_ok()
-        );
+        // A NOOP's ranges are not used, so not checked, and not passed on.
+        let noop = validate(&req(Opcode::Noop, [0; 3], (u32::MAX, u32::MAX), (9, 9)), &ID, 4096);
+        assert_eq!(noop.map(|j| (j.input, j.output)), Ok(((0, 0), (0, 0))));
         assert!(validate(&req(Opcode::Matmul, [2, 3, 4], (0, 72), (100, 32)), &ID, 4096).is_ok());
         assert!(validate(&req(Opcode::Echo, [0; 3], (0, 10), (10, 10)), &ID, 4096).is_ok());
     }

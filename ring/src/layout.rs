@@ -24,7 +24,7 @@ pub const INIT_READY: u32 = u32::from_le_bytes(*b"REDY");
 pub const PAGE_SIZE: usize = 4096;
 /// Size of one request or response entry: one cache line.
 pub const ENTRY_SIZE: usize = 64;
-/// Most VM slots one region can hold (bits in the pending-work bitmap).
+/// Most VM slots one region can hold.
 pub const MAX_SLOTS: u32 = 1024;
 /// Fewest entries a ring may have.
 pub const MIN_RING_ENTRIES: u32 = 2;
@@ -49,9 +49,10 @@ pub const RESP_TAIL_OFFSET: usize = 512;
 
 /// The header page at offset 0 of every region.
 ///
-/// Written by the formatter (`ivshmem-setup create`) except the mediator line
-/// (`epoch`, `heartbeat_ns`, `mediator_pid`, `heartbeat_interval_ms`) and the
-/// pending-work bitmap, which live on their own cache lines and are accessed atomically.
+/// Written by the formatter (`ivshmem-setup create`, and a mediator re-stamping it at
+/// attach) except the mediator line (`epoch`, `heartbeat_ns`, `mediator_pid`,
+/// `heartbeat_interval_ms`), which lives on its own cache line and is accessed
+/// atomically.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct RegionHeader {
@@ -93,10 +94,9 @@ pub struct RegionHeader {
     pub heartbeat_interval_ms: u32,
     /// Reserved, zero.
     pub reserved2: [u8; 104],
-    /// Pending-work bitmap (bit `i % 64` of word `i / 64` for slot `i`): reserved; a
-    /// guest may set it, the mediator of this version does not read it (it polls each
-    /// slot's request ring producer index).
-    pub pending: [u64; (MAX_SLOTS / 64) as usize],
+    /// Reserved (layout 1.0 called it a pending-work bitmap; nothing reads it: the
+    /// mediator polls each slot's request ring producer index). A guest may write it.
+    pub reserved_pending: [u64; (MAX_SLOTS / 64) as usize],
     /// Reserved, zero; pads the header to one page.
     pub reserved3: [u8; 3712],
 }
@@ -121,7 +121,7 @@ const_assert_eq!(offset_of!(RegionHeader, heartbeat_ns), 136);
 const_assert_eq!(offset_of!(RegionHeader, mediator_pid), 144);
 const_assert_eq!(offset_of!(RegionHeader, heartbeat_interval_ms), 148);
 const_assert_eq!(offset_of!(RegionHeader, reserved2), 152);
-const_assert_eq!(offset_of!(RegionHeader, pending), 256);
+const_assert_eq!(offset_of!(RegionHeader, reserved_pending), 256);
 const_assert_eq!(offset_of!(RegionHeader, reserved3), 384);
 
 /// Identity of the VM that owns a slot, written by the host; the guest only reads it.

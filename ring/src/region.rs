@@ -498,52 +498,7 @@ impl Region {
         // SYNC(hardware): Acquire pairs with the formatter's Release store of INIT_READY.
         let init = region.atomic_u32(offset_of!(RegionHeader, init))?.load(Ordering::Acquire);
         let header: RegionHeader = region.read_value(0)?;
-        if header.magic != REGION_MAGIC {
-            return Err(RegionError::BadMagic(header.magic));
-        }
-        if header.version_major != VERSION_MAJOR {
-            return Err(RegionError::VersionMismatch {
-                found_major: header.version_major,
-                found_minor: header.version_minor,
-            });
-        }
-        if init != INIT_READY {
-            return Err(RegionError::NotInitialized);
-        }
-        let geometry = Geometry {
-            slot_count: header.slot_count,
-            ring_entries: header.ring_entries,
-            arena_size: header.arena_size,
-        };
-        geometry.validate()?;
-        if header.region_size != len as u64 {
-            return Err(RegionError::BadGeometry(format!(
-                "header says {} bytes, the mapping has {len}",
-                header.region_size
-            )));
-        }
-        if !header.region_size.is_power_of_two() {
-            return Err(RegionError::NotPowerOfTwo(header.region_size));
-        }
-        if geometry.required_size() > len {
-            return Err(RegionError::TooSmall {
-                size: len as u64,
-                required: geometry.required_size() as u64,
-            });
-        }
-        if header.entry_size != ENTRY_SIZE as u32
-            || header.slot_control_size != PAGE_SIZE as u32
-            || header.slots_offset != PAGE_SIZE as u64
-            || header.slot_stride != geometry.slot_stride() as u64
-        {
-            return Err(RegionError::BadGeometry(format!(
-                "entry size {}, control size {}, slots offset {}, stride {} disagree with layout v1",
-                header.entry_size,
-                header.slot_control_size,
-                header.slots_offset,
-                header.slot_stride
-            )));
-        }
+        let geometry = header.validate(init, len as u64)?;
         region.geometry = geometry;
         Ok(region)
     }
@@ -813,6 +768,74 @@ pub(crate) fn read_registers<const N: usize>(
         // until the end of this function.
         unsafe { map.as_ptr().add(offset).cast::<u32>().read_volatile() }
     }))
+}
+
+impl RegionHeader {
+    /// Check a private copy of a header against the layout and the mapping's size
+    /// `len`, with `init` the init word loaded (with Acquire) before the copy was made;
+    /// the geometry it describes if it is sound. The order of the checks is the one
+    /// `docs/LAYOUT.md` gives a reader.
+    ///
+    /// ```
+    /// use vgpu_ring::layout::RegionHeader;
+    /// use vgpu_ring::{RegionError, layout::INIT_READY};
+    /// use zerocopy::FromZeros;
+    /// let header = RegionHeader::new_zeroed();
+    /// assert!(matches!(header.validate(INIT_READY, 1 << 20), Err(RegionError::BadMagic(0))));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::BadMagic`], [`RegionError::VersionMismatch`],
+    /// [`RegionError::NotInitialized`], [`RegionError::Geometry`],
+    /// [`RegionError::BadGeometry`], [`RegionError::NotPowerOfTwo`],
+    /// [`RegionError::TooSmall`].
+    pub fn validate(&self, init: u32, len: u64) -> Result<Geometry, RegionError> {
+        if self.magic != REGION_MAGIC {
+            return Err(RegionError::BadMagic(self.magic));
+        }
+        if self.version_major != VERSION_MAJOR {
+            return Err(RegionError::VersionMismatch {
+                found_major: self.version_major,
+                found_minor: self.version_minor,
+            });
+        }
+        if init != INIT_READY {
+            return Err(RegionError::NotInitialized);
+        }
+        let geometry = Geometry {
+            slot_count: self.slot_count,
+            ring_entries: self.ring_entries,
+            arena_size: self.arena_size,
+        };
+        geometry.validate()?;
+        if self.region_size != len {
+            return Err(RegionError::BadGeometry(format!(
+                "header says {} bytes, the mapping has {len}",
+                self.region_size
+            )));
+        }
+        if !self.region_size.is_power_of_two() {
+            return Err(RegionError::NotPowerOfTwo(self.region_size));
+        }
+        if geometry.required_size() as u64 > len {
+            return Err(RegionError::TooSmall {
+                size: len,
+                required: geometry.required_size() as u64,
+            });
+        }
+        if self.entry_size != ENTRY_SIZE as u32
+            || self.slot_control_size != PAGE_SIZE as u32
+            || self.slots_offset != PAGE_SIZE as u64
+            || self.slot_stride != geometry.slot_stride() as u64
+        {
+            return Err(RegionError::BadGeometry(format!(
+                "entry size {}, control size {}, slots offset {}, stride {} disagree with layout v1",
+                self.entry_size, self.slot_control_size, self.slots_offset, self.slot_stride
+            )));
+        }
+        Ok(geometry)
+    }
 }
 
 /// Reserve every page of a new region file, so that a full filesystem fails here, with

@@ -35,7 +35,7 @@ struct Params {
 fn throughput_run(dir: &Path, count: u64) -> Result<f64> {
     let region = bench_region(dir, "throughput-region")?;
     let child = peer().spawn("consume", region.path(), count)?;
-    let mut guest = region.slot(0).unwrap().guest_endpoints()?;
+    let mut guest = region.slot(0)?.guest_endpoints()?;
     // Let the child map and pin before the clock starts.
     std::thread::sleep(Duration::from_millis(50));
     let start = Instant::now();

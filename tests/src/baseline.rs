@@ -93,7 +93,7 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histo
     let region = bench_region(dir, "floor-region")?;
     let total = counts.warmup + counts.measured;
     let child = peer.spawn("echo", region.path(), total)?;
-    let mut guest = region.slot(0).unwrap().guest_endpoints()?;
+    let mut guest = region.slot(0)?.guest_endpoints()?;
     let mut hist = latency_histogram();
     for i in 0..total {
         let start = Instant::now();

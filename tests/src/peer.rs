@@ -56,7 +56,7 @@ pub fn check_message(seq: u64, got: &Request) -> Result<()> {
 
 fn open_host(region: &Path) -> Result<vgpu_ring::HostEndpoints> {
     let region = Arc::new(Region::open(region, Access::ReadWrite)?);
-    Ok(region.slot(0).unwrap().host_endpoints()?)
+    Ok(region.slot(0)?.host_endpoints()?)
 }
 
 /// Push one response, spinning while the ring is full.

@@ -223,9 +223,21 @@ impl System {
     /// If it does not start or attach.
     pub fn start_mediator(&mut self, extra: &[&str]) -> Result<()> {
         let vms = vgpu_config::Config::load(&self.config)?.vms;
+        let ids: Vec<u32> = vms.iter().map(|v| v.id).collect();
+        self.start_mediator_serving(extra, &ids)
+    }
+
+    /// Start (or restart) the mediator and wait until the regions of `vms` show its
+    /// new session (the others may be quarantined).
+    ///
+    /// # Errors
+    ///
+    /// If it does not start or attach them.
+    pub fn start_mediator_serving(&mut self, extra: &[&str], vms: &[u32]) -> Result<()> {
+        let vms: Vec<u32> = vms.to_vec();
         // A region a guest scribbled over has no readable epoch until the mediator
         // re-stamps it.
-        let before: Vec<u64> = vms.iter().map(|v| self.epoch(v.id).unwrap_or(0)).collect();
+        let before: Vec<u64> = vms.iter().map(|&v| self.epoch(v).unwrap_or(0)).collect();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut command = match &self.launcher {
             Launcher::Binaries(bin) => Command::new(&bin.mediator),
@@ -247,7 +259,7 @@ impl System {
         wait_for("the mediator to attach every region", Duration::from_secs(20), || {
             vms.iter()
                 .zip(&before)
-                .all(|(v, old)| self.epoch(v.id).is_ok_and(|e| e != 0 && e != *old))
+                .all(|(&v, old)| self.epoch(v).is_ok_and(|e| e != 0 && e != *old))
         })
     }
 

@@ -217,3 +217,29 @@ fn client_arguments_at_their_limits_fail_cleanly() {
         assert!(all.contains(expected), "{args:?}: expected {expected:?} in {all}");
     }
 }
+
+/// A region missing at start quarantines its VM only: the mediator starts, serves the
+/// others, and attaches the VM by itself once its region exists.
+#[test]
+fn a_region_missing_at_start_is_attached_when_it_appears() {
+    let mut system =
+        System::start(&[('A', "")], &[vm(1, 'A', 1), vm(2, 'A', 1)], "quarantine_retry_ms = 100")
+            .unwrap();
+    assert!(system.stop().unwrap().success());
+    std::fs::remove_file(system.region(2)).unwrap();
+    system.start_mediator_serving(&[], &[1]).unwrap();
+    system.wait_lines("vm2 QUARANTINED", 1).unwrap();
+    assert!(system.run_client(1, &["NOOP"]).unwrap().status.success(), "vm 1 served");
+    let out = std::process::Command::new(&system.binaries().setup)
+        .args(["create", "--vm", "2", "--pool", "A", "--priority", "1"])
+        .args(["--size", "256K", "--ring-entries", "64", "--arena-size", "128K"])
+        .arg("--path")
+        .arg(system.region(2))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    system.wait_lines("vm2 region usable again", 1).unwrap();
+    let out = system.run_client(2, &["VECTOR_ADD"]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(system.lines("vm2 QUARANTINED").len(), 1, "logged once, not per retry");
+}

@@ -5,7 +5,16 @@ use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use vgpu_tests::{peer, pin_to_core};
 
+/// How long a peer may live: a parent that failed (and so never sends what the peer
+/// waits for) must not leave it spinning on a core.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn main() -> Result<()> {
+    std::thread::spawn(|| {
+        std::thread::sleep(DEADLINE);
+        eprintln!("ring-peer: still running after {DEADLINE:?}; giving up");
+        std::process::exit(2);
+    });
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [role, path, count, rest @ ..] = args.as_slice() else {
         bail!("usage: ring-peer consume|echo|uds-echo PATH COUNT [CORE]");
