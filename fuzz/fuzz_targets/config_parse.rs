@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!config.vms.is_empty() && !config.pools.is_empty());
             assert!(config.geometry.validate().is_ok());
             assert!(config.region_size.is_power_of_two());
-            assert!(config.vms.iter().all(|vm| config.pools.contains_key(&vm.pool) && vm.weight >= 1));
+            assert!(
+                config.vms.iter().all(|vm| config.pools.contains_key(&vm.pool) && vm.weight >= 1)
+            );
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }
