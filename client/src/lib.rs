@@ -507,8 +507,14 @@ impl Client {
     /// [`ClientError::RingFull`], [`ClientError::ArenaFull`], [`ClientError::Ring`],
     /// [`ClientError::RegionLost`].
     pub fn submit(&mut self, call: &Call<'_>) -> Result<Ticket, ClientError> {
+        self.submit_parts(call, &[call.input])
+    }
+
+    /// [`submit`](Self::submit) with the input given as consecutive parts (`call.input`
+    /// is ignored): each is copied into the arena once, with no concatenated copy first.
+    fn submit_parts(&mut self, call: &Call<'_>, parts: &[&[u8]]) -> Result<Ticket, ClientError> {
         self.check_mapping()?;
-        let in_len = len_u32(call.input.len())?;
+        let in_len = len_u32(parts.iter().map(|p| p.len()).sum())?;
         let input = self.alloc(in_len)?;
         let output = match self.alloc(call.output_len) {
             Ok(output) => output,
@@ -521,11 +527,13 @@ impl Client {
             arena.free(input);
             arena.free(output);
         };
-        if !call.input.is_empty()
-            && let Err(e) = self.slot.arena_write(u64::from(input.0), call.input)
-        {
-            release(&mut self.arena);
-            return Err(e.into());
+        let mut at = u64::from(input.0);
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            if let Err(e) = self.slot.arena_write(at, part) {
+                release(&mut self.arena);
+                return Err(e.into());
+            }
+            at += part.len() as u64;
         }
         let tag = self.next_tag;
         let request = Request {
@@ -787,16 +795,18 @@ impl Client {
         self.wait(ticket, self.timeout)
     }
 
+    /// Run `op` on the operands `first ‖ second`, expecting `out` f32s back.
     fn call_f32(
         &mut self,
         op: Opcode,
         args: [u32; 3],
-        input: &[f32],
+        (first, second): (&[f32], &[f32]),
         out: usize,
     ) -> Result<Vec<f32>, ClientError> {
         let output_len = len_u32(out * 4)?;
-        let call = Call { op, label: op.name(), args, input: input.as_bytes(), output_len };
-        Ok(bytes_f32(&self.call(&call)?.into_result()?))
+        let call = Call { op, label: op.name(), args, input: &[], output_len };
+        let ticket = self.submit_parts(&call, &[first.as_bytes(), second.as_bytes()])?;
+        Ok(bytes_f32(&self.wait(ticket, self.timeout)?.into_result()?))
     }
 
     fn same_len(a: &[f32], b: &[f32]) -> Result<u32, ClientError> {
@@ -817,7 +827,7 @@ impl Client {
     /// As [`call`](Self::call); [`ClientError::Failed`] on status 2.
     pub fn vector_add(&mut self, a: &[f32], b: &[f32]) -> Result<Vec<f32>, ClientError> {
         let n = Self::same_len(a, b)?;
-        self.call_f32(Opcode::VectorAdd, [n, 0, 0], &[a, b].concat(), a.len())
+        self.call_f32(Opcode::VectorAdd, [n, 0, 0], (a, b), a.len())
     }
 
     /// `alpha * x + y` on the host.
@@ -827,7 +837,7 @@ impl Client {
     /// As [`vector_add`](Self::vector_add).
     pub fn saxpy(&mut self, alpha: f32, x: &[f32], y: &[f32]) -> Result<Vec<f32>, ClientError> {
         let n = Self::same_len(x, y)?;
-        self.call_f32(Opcode::Saxpy, [n, alpha.to_bits(), 0], &[x, y].concat(), x.len())
+        self.call_f32(Opcode::Saxpy, [n, alpha.to_bits(), 0], (x, y), x.len())
     }
 
     /// `Σ x[i] * y[i]` on the host.
@@ -837,7 +847,7 @@ impl Client {
     /// As [`vector_add`](Self::vector_add).
     pub fn dot(&mut self, x: &[f32], y: &[f32]) -> Result<f32, ClientError> {
         let n = Self::same_len(x, y)?;
-        let out = self.call_f32(Opcode::Dot, [n, 0, 0], &[x, y].concat(), 1)?;
+        let out = self.call_f32(Opcode::Dot, [n, 0, 0], (x, y), 1)?;
         out.first().copied().ok_or(ClientError::Failed(ErrorCode::OutputTooSmall))
     }
 
@@ -865,7 +875,7 @@ impl Client {
                 b.len()
             )));
         }
-        self.call_f32(Opcode::Matmul, [m, k, n], &[a, b].concat(), mu * nu)
+        self.call_f32(Opcode::Matmul, [m, k, n], (a, b), mu * nu)
     }
 
     /// Send `bytes` and get them back.
