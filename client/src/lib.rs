@@ -306,7 +306,6 @@ pub struct Client {
     next_tag: u32,
     in_flight: TagTable,
     retired: Vec<Retired>,
-    faults_seen: u64,
     notice: Option<Box<dyn FnMut(Notice) + Send>>,
     rings_were_reset: bool,
     silence_reported: bool,
@@ -396,7 +395,6 @@ impl Client {
                     .map_or(0, |t| t.tv_nsec() as u32),
             in_flight: TagTable::default(),
             retired: Vec::new(),
-            faults_seen: vgpu_ring::fault_count(),
             notice: None,
             rings_were_reset: false,
             silence_reported: false,
@@ -727,11 +725,9 @@ impl Client {
     /// The region still maps the file (a host-process client whose file shrank gets
     /// [`ClientError::RegionLost`]).
     fn check_mapping(&mut self) -> Result<(), ClientError> {
-        let faults = vgpu_ring::fault_count();
-        if faults != self.faults_seen {
-            self.faults_seen = faults;
-        }
-        if faults != 0 && self.slot.region().is_faulted() {
+        // One load of a process-wide counter; the region's own flag only once any
+        // mapping of the process has faulted.
+        if vgpu_ring::fault_count() != 0 && self.slot.region().is_faulted() {
             return Err(ClientError::RegionLost);
         }
         Ok(())

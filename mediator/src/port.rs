@@ -16,9 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use vgpu_config::VmConfig;
 use vgpu_ring::{
-    ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PoolId, PushError, Region,
-    RegionError, Request, RequestConsumer, Response, ResponseProducer, Slot, SlotControl,
-    VmIdentity,
+    ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PushError, Region, RegionError,
+    Request, RequestConsumer, Response, ResponseProducer, Slot, SlotControl, VmIdentity,
 };
 
 /// What every region of one mediator session shares.
@@ -107,7 +106,6 @@ pub(crate) struct VmPort {
     /// Requests of this VM queued or executing.
     pub(crate) in_flight: u32,
     pub(crate) log: LogLimiter,
-    pool: PoolId,
 }
 
 impl VmPort {
@@ -120,7 +118,6 @@ impl VmPort {
     pub(crate) fn attach(vm: VmConfig, session: &Session) -> Result<Self, RegionError> {
         let mut port = Self {
             identity: vm.identity(),
-            pool: vm.pool,
             vm,
             link: None,
             quarantine: None,
@@ -153,12 +150,12 @@ impl VmPort {
         if link.request_poisoned || link.response_poisoned {
             tracing::warn!(
                 "Pool {}: vm{} rings hold impossible indices; isolated until the guest resets them",
-                self.pool,
+                self.vm.pool,
                 self.vm.id
             );
         }
         if self.quarantine.take().is_some() {
-            tracing::info!("Pool {}: vm{} region usable again: attached", self.pool, self.vm.id);
+            tracing::info!("Pool {}: vm{} region usable again: attached", self.vm.pool, self.vm.id);
         }
         self.link = Some(link);
         self.generation += 1;
@@ -182,7 +179,7 @@ impl VmPort {
         if self.quarantine.as_deref() != Some(reason) {
             tracing::error!(
                 "Pool {}: vm{} QUARANTINED: {reason}; the other VMs are served, retrying",
-                self.pool,
+                self.vm.pool,
                 self.vm.id
             );
             self.quarantine = Some(reason.to_owned());
@@ -261,7 +258,7 @@ impl VmPort {
         if let Some(n) = self.log.admit(Problem::Poisoned, now) {
             tracing::warn!(
                 "Pool {}: vm{} request ring isolated: {e}{}",
-                self.pool,
+                self.vm.pool,
                 self.vm.id,
                 suppressed_note(n)
             );
@@ -279,7 +276,7 @@ impl VmPort {
         if let Some(n) = self.log.admit(Problem::Poisoned, Instant::now()) {
             tracing::warn!(
                 "Pool {}: vm{} response ring isolated: {e}{}",
-                self.pool,
+                self.vm.pool,
                 self.vm.id,
                 suppressed_note(n)
             );
@@ -303,7 +300,7 @@ impl VmPort {
         if let Some(n) = self.log.admit(Problem::Reset, now) {
             tracing::warn!(
                 "Pool {}: vm{} rings reset at the guest's request ({dropped} requests dropped){}",
-                self.pool,
+                self.vm.pool,
                 self.vm.id,
                 suppressed_note(n)
             );
