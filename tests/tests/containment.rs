@@ -98,16 +98,24 @@ fn a_truncated_region_quarantines_only_its_vm() {
         assert!(served > 0, "vm {vm_id} was not served");
     }
     // Recreated by the administrator: the mediator attaches it again by itself.
+    recreate_and_expect_it_served(&system, 1, &["--force"]);
+}
+
+/// Create VM `vm`'s region (pool A, priority 1, the small test geometry) with
+/// `ivshmem-setup create --path` and `extra` flags, and check the running mediator
+/// attaches it by itself and serves the VM.
+fn recreate_and_expect_it_served(system: &System, vm: u32, extra: &[&str]) {
     let out = std::process::Command::new(&system.binaries().setup)
-        .args(["create", "--vm", "1", "--pool", "A", "--priority", "1"])
-        .args(["--size", "256K", "--ring-entries", "64", "--arena-size", "128K", "--force"])
+        .args(["create", "--vm", &vm.to_string(), "--pool", "A", "--priority", "1"])
+        .args(["--size", "256K", "--ring-entries", "64", "--arena-size", "128K"])
+        .args(extra)
         .arg("--path")
-        .arg(system.region(1))
+        .arg(system.region(vm))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    system.wait_lines("vm1 region usable again", 1).unwrap();
-    let out = system.run_client(1, &["VECTOR_ADD"]).unwrap();
+    system.wait_lines(&format!("vm{vm} region usable again"), 1).unwrap();
+    let out = system.run_client(vm, &["VECTOR_ADD"]).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -230,16 +238,6 @@ fn a_region_missing_at_start_is_attached_when_it_appears() {
     system.start_mediator_serving(&[], &[1]).unwrap();
     system.wait_lines("vm2 QUARANTINED", 1).unwrap();
     assert!(system.run_client(1, &["NOOP"]).unwrap().status.success(), "vm 1 served");
-    let out = std::process::Command::new(&system.binaries().setup)
-        .args(["create", "--vm", "2", "--pool", "A", "--priority", "1"])
-        .args(["--size", "256K", "--ring-entries", "64", "--arena-size", "128K"])
-        .arg("--path")
-        .arg(system.region(2))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    system.wait_lines("vm2 region usable again", 1).unwrap();
-    let out = system.run_client(2, &["VECTOR_ADD"]).unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    recreate_and_expect_it_served(&system, 2, &[]);
     assert_eq!(system.lines("vm2 QUARANTINED").len(), 1, "logged once, not per retry");
 }
