@@ -370,3 +370,38 @@ fn one_region_file_reached_through_a_symlink_is_refused() {
     );
     assert_eq!(err.lines().count(), 1, "printed once: {err}");
 }
+
+/// Numbers at the edges of their types: a clear refusal (exit 1, or 2 for what the
+/// argument parser rejects), never a panic, and nothing left behind.
+#[test]
+fn arguments_at_their_limits_are_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r");
+    let path = path.to_str().unwrap();
+    let base = ["create", "--path", path, "--vm", "1", "--pool", "A", "--priority", "1"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--size", "0"], "power of two"),
+        (&["--size", "18446744073709551615"], "power of two"),
+        (&["--size", "18446744073709551616"], "not a size"),
+        (&["--size", "16E"], "not a size"),
+        (&["--ring-entries", "0"], "ring entries 0"),
+        (&["--ring-entries", "4294967295"], "ring entries 4294967295"),
+        (&["--arena-size", "0"], "arena size 0"),
+        (&["--arena-size", "4294967296"], "--arena-size too large"),
+        (&["--arena-size", "18446744073709551615"], "--arena-size too large"),
+        (&["--vm", "4294967296"], "invalid value"),
+    ];
+    for (extra, expected) in cases {
+        let mut args: Vec<&str> = base.to_vec();
+        // A later --vm overrides nothing: clap refuses a repeated flag, so replace it.
+        if extra[0] == "--vm" {
+            args[4] = extra[1];
+        } else {
+            args.extend_from_slice(extra);
+        }
+        let err = fails(&args);
+        assert!(err.contains(expected), "{extra:?}: expected {expected:?} in {err}");
+        assert!(!err.contains("panicked"), "{extra:?}: {err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "{extra:?} left a file");
+    }
+}
