@@ -12,6 +12,8 @@ if ((runs > 0)); then limits+=(-runs="$runs"); else limits+=(-max_total_time="$s
 cargo +nightly fuzz build -O
 for target in $(cargo +nightly fuzz list); do
     mkdir -p "corpus/$target"
+    # Only this run's failures count.
+    rm -rf "artifacts/$target"
     echo "== fuzz target $target"
     cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- "${limits[@]}" 2>&1 |
         grep -E '^Done|stat::number_of_executed_units|stat::average_exec_per_sec|cov: .*(DONE|INITED)|panicked|ERROR' || true
