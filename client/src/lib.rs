@@ -270,6 +270,13 @@ impl std::fmt::Display for Notice {
     }
 }
 
+/// A response taken for its ticket, with the request's output range (offset, capacity)
+/// in the arena.
+struct Answer {
+    response: Response,
+    output: (u32, u32),
+}
+
 /// Arena ranges of an answered request, kept reserved until the mediator has released
 /// the request's ring position: until then a restarted mediator may execute the request
 /// again and write its output range once more.
@@ -322,13 +329,6 @@ impl std::fmt::Debug for Client {
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
-}
-
-fn bytes_f32(bytes: &[u8]) -> Vec<f32> {
-    let n = bytes.len() / 4;
-    let mut values = vec![0f32; n];
-    values.as_mut_bytes().copy_from_slice(&bytes[..n * 4]);
-    values
 }
 
 fn len_u32(n: usize) -> Result<u32, ClientError> {
@@ -651,6 +651,15 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Completion, Ticket>, ClientError> {
+        Ok(match self.take_answer(ticket)? {
+            Ok(answer) => Ok(self.completion(answer)?),
+            Err(ticket) => Err(ticket),
+        })
+    }
+
+    /// The answer to `ticket` if it has arrived: the response and the request's output
+    /// range (offset, capacity), which stays reserved (retired) while it is read.
+    fn take_answer(&mut self, ticket: Ticket) -> Result<Result<Answer, Ticket>, ClientError> {
         let response = match self.in_flight.take_answer(ticket.tag) {
             Some(response) => response,
             None => match self.poll_responses(ticket.tag)? {
@@ -658,14 +667,18 @@ impl Client {
                 None => return Ok(Err(ticket)),
             },
         };
-        // The ticket's tag is in flight until this call finishes it; its output range
-        // stays reserved (retired) while it is read.
-        let (offset, capacity) = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
-        let mut output = vec![0; response.out_len.min(capacity) as usize];
+        let output = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
+        Ok(Ok(Answer { response, output }))
+    }
+
+    /// The answer with its output bytes copied out of the arena.
+    fn completion(&self, answer: Answer) -> Result<Completion, ClientError> {
+        let (offset, capacity) = answer.output;
+        let mut output = vec![0; answer.response.out_len.min(capacity) as usize];
         if !output.is_empty() {
             self.slot.arena_read(u64::from(offset), &mut output)?;
         }
-        Ok(Ok(Completion { response, output }))
+        Ok(Completion { response: answer.response, output })
     }
 
     /// Wait up to `timeout` for `ticket`'s completion, polling as the [`Wait`] strategy
@@ -678,6 +691,12 @@ impl Client {
     /// stood still too at that moment; [`ClientError::Poisoned`] as soon as the host
     /// isolates the slot's rings; [`ClientError::Ring`]; [`ClientError::RegionLost`].
     pub fn wait(&mut self, ticket: Ticket, timeout: Duration) -> Result<Completion, ClientError> {
+        let answer = self.wait_answer(ticket, timeout)?;
+        self.completion(answer)
+    }
+
+    /// [`wait`](Self::wait), leaving the output in the arena.
+    fn wait_answer(&mut self, ticket: Ticket, timeout: Duration) -> Result<Answer, ClientError> {
         let mut ticket = ticket;
         // The clock is read lazily (about 60 ns in a VM): an answer that arrives within
         // the first polls costs no clock read at all.
@@ -685,10 +704,9 @@ impl Client {
         let mut sleep = Duration::from_micros(1);
         let mut polls: u32 = 0;
         loop {
-            ticket = match self.try_complete(ticket) {
-                Ok(Ok(done)) => return Ok(done),
-                Ok(Err(t)) => t,
-                Err(e) => return Err(e),
+            ticket = match self.take_answer(ticket)? {
+                Ok(answer) => return Ok(answer),
+                Err(t) => t,
             };
             polls = polls.wrapping_add(1);
             // Deadline, slot state, liveness and back-off every 64 polls (about a
@@ -802,7 +820,13 @@ impl Client {
         let output_len = len_u32(out * 4)?;
         let call = Call { op, label: op.name(), args, input: &[], output_len };
         let ticket = self.submit_parts(&call, &[first.as_bytes(), second.as_bytes()])?;
-        Ok(bytes_f32(&self.wait(ticket, self.timeout)?.into_result()?))
+        let answer = self.wait_answer(ticket, self.timeout)?;
+        let written = answer.response.outcome().map_err(ClientError::Failed)?;
+        // Straight from the arena into the result, with no byte vector in between.
+        let (offset, capacity) = answer.output;
+        let mut values = vec![0f32; (written.min(capacity) / 4) as usize];
+        self.slot.arena_read(u64::from(offset), values.as_mut_bytes())?;
+        Ok(values)
     }
 
     fn same_len(a: &[f32], b: &[f32]) -> Result<u32, ClientError> {
