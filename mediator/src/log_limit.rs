@@ -29,7 +29,6 @@ impl Problem {
 pub struct LogLimiter {
     last: [Option<Instant>; Problem::COUNT],
     suppressed: [u64; Problem::COUNT],
-    suppressed_total: u64,
 }
 
 impl LogLimiter {
@@ -55,7 +54,6 @@ impl LogLimiter {
         match self.last[i] {
             Some(last) if now.saturating_duration_since(last) < Self::INTERVAL => {
                 self.suppressed[i] += 1;
-                self.suppressed_total += 1;
                 None
             }
             _ => {
@@ -63,12 +61,6 @@ impl LogLimiter {
                 Some(std::mem::take(&mut self.suppressed[i]))
             }
         }
-    }
-
-    /// Lines suppressed so far, all kinds together.
-    #[must_use]
-    pub fn suppressed_total(&self) -> u64 {
-        self.suppressed_total
     }
 }
 

@@ -25,24 +25,24 @@ use core::mem::offset_of;
 /// A 32-bit word of a slot control block that the reset handshake touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlWord {
+    /// Host status bits.
+    HostStatus,
     /// Request ring producer index (guest).
     ReqHead,
+    /// Guest's reset request.
+    ResetRequest,
     /// Request ring consumer index (host).
     ReqTail,
+    /// Host's reset acknowledgement.
+    ResetDone,
     /// Response ring producer index (host).
     RespHead,
     /// Response ring consumer index (guest).
     RespTail,
-    /// Host status bits.
-    HostStatus,
-    /// Guest's reset request.
-    ResetRequest,
-    /// Host's reset acknowledgement.
-    ResetDone,
 }
 
 impl ControlWord {
-    /// Every word, in control-block order.
+    /// Every word, in control-block order (the declaration order).
     pub const ALL: [Self; 7] = [
         Self::HostStatus,
         Self::ReqHead,
@@ -145,8 +145,8 @@ impl Default for HeapControl {
 
 impl HeapControl {
     fn word(&self, word: ControlWord) -> &AtomicU32 {
-        let index = ControlWord::ALL.iter().position(|&w| w == word).unwrap_or(0);
-        &self.words[index]
+        // One word per variant, in declaration order.
+        &self.words[word as usize]
     }
 }
 

@@ -80,6 +80,13 @@ impl Slot {
             .expect("control words are checked when the slot is made")
     }
 
+    /// The word at `offset` of the control block, for a store: only on a writable
+    /// mapping (a store into a read-only one would fault).
+    fn writable_word(&self, offset: usize) -> Result<&AtomicU32, RegionError> {
+        self.region.require_writable()?;
+        Ok(self.word(offset))
+    }
+
     /// The identity words (host-written; a guest may have changed them, so the host
     /// uses its own configuration instead).
     #[must_use]
@@ -122,8 +129,7 @@ impl Slot {
     ///
     /// [`RegionError::ReadOnly`].
     pub fn set_host_status(&self, status: u32) -> Result<(), RegionError> {
-        self.region.require_writable()?;
-        self.word(offset_of!(SlotControl, host_status)).store(status, Ordering::Relaxed);
+        self.writable_word(offset_of!(SlotControl, host_status))?.store(status, Ordering::Relaxed);
         Ok(())
     }
 
@@ -133,8 +139,7 @@ impl Slot {
     ///
     /// [`RegionError::ReadOnly`].
     pub fn mark_status(&self, bits: u32) -> Result<(), RegionError> {
-        self.region.require_writable()?;
-        self.word(offset_of!(SlotControl, host_status)).fetch_or(bits, Ordering::Relaxed);
+        self.writable_word(offset_of!(SlotControl, host_status))?.fetch_or(bits, Ordering::Relaxed);
         Ok(())
     }
 
@@ -150,8 +155,7 @@ impl Slot {
     ///
     /// [`RegionError::ReadOnly`].
     pub fn set_client_pid(&self, pid: u32) -> Result<(), RegionError> {
-        self.region.require_writable()?;
-        self.word(offset_of!(SlotControl, client_pid)).store(pid, Ordering::Relaxed);
+        self.writable_word(offset_of!(SlotControl, client_pid))?.store(pid, Ordering::Relaxed);
         Ok(())
     }
 
@@ -230,8 +234,8 @@ impl ControlBlock for Slot {
 
     /// Does nothing on a read-only mapping (storing there would fault).
     fn store(&self, word: ControlWord, value: u32, order: Ordering) {
-        if self.region.is_writable() {
-            self.word(word.offset()).store(value, order);
+        if let Ok(word) = self.writable_word(word.offset()) {
+            word.store(value, order);
         }
     }
 }
