@@ -17,7 +17,7 @@ pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"VGPURING");
 /// Major layout version: a guest or host must refuse a region with another major.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor layout version: additions that older readers may ignore.
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 2;
 /// Value of the header's `init` word once formatting is complete (ASCII `REDY`).
 pub const INIT_READY: u32 = u32::from_le_bytes(*b"REDY");
 /// Size of the header page and of each slot's control block.
@@ -42,6 +42,11 @@ pub const RESET_REQUEST_OFFSET: usize = 132;
 /// Byte offset of the host's reset-done word inside a slot control block (on the line
 /// the host writes).
 pub const RESET_DONE_OFFSET: usize = 260;
+/// Byte offset of the host's `need_wakeup` flag inside a slot control block (layout
+/// 1.2; on the line the host writes and the guest reads for free space anyway).
+pub const NEED_WAKEUP_OFFSET: usize = 264;
+/// Byte offset of the host's doorbell word inside a slot control block (layout 1.2).
+pub const DOORBELL_OFFSET: usize = 268;
 /// Byte offset of the response ring's producer index inside a slot control block.
 pub const RESP_HEAD_OFFSET: usize = 384;
 /// Byte offset of the response ring's consumer index inside a slot control block.
@@ -210,8 +215,16 @@ pub struct SlotControl {
     /// Reset handshake (layout 1.1), host-written: the last reset request the host
     /// carried out.
     pub reset_done: u32,
+    /// Wake-up flag (layout 1.2), host-written: non-zero while the host is about to
+    /// sleep and wants the doorbell rung after the next publication (see
+    /// [`crate::wakeup_wanted`]).
+    pub need_wakeup: u32,
+    /// Doorbell (layout 1.2), host-written: [`SlotControl::DOORBELL_PRESENT`] set when the
+    /// VM has a doorbell the host listens on, and in the low 31 bits the value the guest
+    /// writes to ring it (`host_peer_id << 16 | vector`, ivshmem's Doorbell register).
+    pub doorbell: u32,
     /// Reserved, zero.
-    pub pad_req_tail: [u8; 120],
+    pub pad_req_tail: [u8; 112],
     /// Response ring producer index (host writes).
     pub resp_head: u32,
     /// Reserved, zero.
@@ -230,6 +243,8 @@ impl SlotControl {
     pub const REQUEST_POISONED: u32 = 1;
     /// `host_status` bit: the host found the response ring's consumer index corrupt.
     pub const RESPONSE_POISONED: u32 = 2;
+    /// `doorbell` bit: the host listens on a doorbell for this VM.
+    pub const DOORBELL_PRESENT: u32 = 1 << 31;
 }
 
 const_assert_eq!(size_of::<SlotControl>(), PAGE_SIZE);
@@ -241,6 +256,8 @@ const_assert_eq!(offset_of!(SlotControl, req_head), REQ_HEAD_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, reset_request), RESET_REQUEST_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, req_tail), REQ_TAIL_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, reset_done), RESET_DONE_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, need_wakeup), NEED_WAKEUP_OFFSET);
+const_assert_eq!(offset_of!(SlotControl, doorbell), DOORBELL_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, resp_head), RESP_HEAD_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, resp_tail), RESP_TAIL_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, reserved1), 640);

@@ -8,7 +8,8 @@
 //! - [`Region`]: creating, formatting, mapping and validating a region file or PCI BAR;
 //!   [`Slot`]: one VM's slot of it (identity, status, arena, ring endpoints).
 //! - [`PoolId`], [`Priority`], [`VmIdentity`]: who a VM is, each validated once.
-//! - The reset handshake ([`request_reset`], [`take_reset_request`], ...) and the
+//! - The reset handshake ([`request_reset`], [`take_reset_request`], ...), the wake-up
+//!   flag protocol of doorbells ([`wakeup_wanted`], [`request_wakeup`], ...) and the
 //!   SIGBUS protection of mappings ([`fault_count`], [`Region::is_faulted`]).
 //!
 //! This is the only crate of the project with `unsafe` code; every block states the
@@ -44,6 +45,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
+mod bar;
 mod heap;
 mod identity;
 pub mod layout;
@@ -56,7 +58,9 @@ mod sigbus;
 mod slot;
 pub mod stub;
 mod sync;
+mod wakeup;
 
+pub use bar::{DOORBELL_REGISTER, DoorbellRegister};
 pub use heap::{HeapRing, heap_ring};
 pub use identity::{PoolId, Priority, VmIdentity};
 pub use layout::{Request, Response, SlotControl, SlotIdentity, decode_label, encode_label};
@@ -74,3 +78,6 @@ pub use ring::{Consumer, Producer, PushError, RingBackend, RingError};
 pub use sigbus::fault_count;
 pub use slot::Slot;
 pub use sync::spin_hint;
+pub use wakeup::{
+    cancel_wakeup, fence_before_rescan, publish_doorbell, request_wakeup, wakeup_wanted,
+};

@@ -16,13 +16,13 @@
 //! other producer exists).
 
 use crate::layout::{
-    REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESET_DONE_OFFSET, RESET_REQUEST_OFFSET, RESP_HEAD_OFFSET,
-    RESP_TAIL_OFFSET, SlotControl,
+    DOORBELL_OFFSET, NEED_WAKEUP_OFFSET, REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESET_DONE_OFFSET,
+    RESET_REQUEST_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, SlotControl,
 };
 use crate::sync::{AtomicU32, Ordering};
 use core::mem::offset_of;
 
-/// A 32-bit word of a slot control block that the reset handshake touches.
+/// A 32-bit word of a slot control block that a handshake (reset, wake-up) touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlWord {
     /// Host status bits.
@@ -35,6 +35,10 @@ pub enum ControlWord {
     ReqTail,
     /// Host's reset acknowledgement.
     ResetDone,
+    /// Host's wake-up flag (layout 1.2).
+    NeedWakeup,
+    /// Host's doorbell word (layout 1.2).
+    Doorbell,
     /// Response ring producer index (host).
     RespHead,
     /// Response ring consumer index (guest).
@@ -43,12 +47,14 @@ pub enum ControlWord {
 
 impl ControlWord {
     /// Every word, in control-block order (the declaration order).
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::HostStatus,
         Self::ReqHead,
         Self::ResetRequest,
         Self::ReqTail,
         Self::ResetDone,
+        Self::NeedWakeup,
+        Self::Doorbell,
         Self::RespHead,
         Self::RespTail,
     ];
@@ -64,6 +70,8 @@ impl ControlWord {
             Self::HostStatus => offset_of!(SlotControl, host_status),
             Self::ResetRequest => RESET_REQUEST_OFFSET,
             Self::ResetDone => RESET_DONE_OFFSET,
+            Self::NeedWakeup => NEED_WAKEUP_OFFSET,
+            Self::Doorbell => DOORBELL_OFFSET,
         }
     }
 }
@@ -134,7 +142,7 @@ pub fn complete_reset<C: ControlBlock>(control: &C, ticket: u32) {
 /// tests of the handshake.
 #[derive(Debug)]
 pub struct HeapControl {
-    words: [AtomicU32; 7],
+    words: [AtomicU32; ControlWord::ALL.len()],
 }
 
 impl Default for HeapControl {

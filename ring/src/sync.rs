@@ -14,6 +14,11 @@
 pub(crate) use core::sync::atomic::Ordering;
 
 #[cfg(not(loom))]
+pub(crate) use core::sync::atomic::fence;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::fence;
+
+#[cfg(not(loom))]
 pub(crate) use self::core_atomics::AtomicU32;
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::AtomicU32;

@@ -289,3 +289,84 @@ fn producer_attaches_while_the_consumer_runs() {
         assert_eq!(consumer.join().unwrap(), vec![1, 2, 3]);
     });
 }
+
+/// The wake-up flag protocol: a host that found the ring empty and sleeps is woken by
+/// the guest's doorbell, or its last scan sees the request (no lost wake-up). Either
+/// fence removed allows the store-buffering outcome, and this model fails.
+#[test]
+fn wakeup_flag_loses_no_wakeup() {
+    use loom::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use vgpu_ring::{
+        ControlBlock, ControlWord, HeapControl, fence_before_rescan, publish_doorbell,
+        request_wakeup, wakeup_wanted,
+    };
+    loom::model(|| {
+        let control = Arc::new(HeapControl::default());
+        publish_doorbell(&*control, Some(7));
+        let guest = {
+            let control = Arc::clone(&control);
+            thread::spawn(move || {
+                control.store(ControlWord::ReqHead, 1, Ordering::Release);
+                wakeup_wanted(&*control)
+            })
+        };
+        request_wakeup(&*control);
+        fence_before_rescan();
+        let seen = control.load(ControlWord::ReqHead, Ordering::Acquire);
+        let rang = guest.join().unwrap();
+        assert!(seen == 1 || rang == Some(7), "lost wake-up");
+    });
+}
+
+/// Two requests with the host sleeping between them: it clears the flag after each
+/// wake-up and scans; the doorbell is a counter (the eventfd) the host waits on. A lost
+/// wake-up leaves the host waiting forever, which loom reports.
+#[test]
+fn wakeup_flag_over_two_rounds() {
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+    use vgpu_ring::{
+        ControlBlock, ControlWord, HeapControl, cancel_wakeup, fence_before_rescan,
+        publish_doorbell, request_wakeup, wakeup_wanted,
+    };
+    loom::model(|| {
+        let control = Arc::new(HeapControl::default());
+        let bell = Arc::new(AtomicU32::new(0));
+        publish_doorbell(&*control, Some(0));
+        let guest = {
+            let (control, bell) = (Arc::clone(&control), Arc::clone(&bell));
+            thread::spawn(move || {
+                for head in 1..=2 {
+                    control.store(ControlWord::ReqHead, head, Ordering::Release);
+                    if wakeup_wanted(&*control).is_some() {
+                        bell.fetch_add(1, Ordering::Release);
+                    }
+                }
+            })
+        };
+        let (mut taken, mut rings_seen) = (0, 0);
+        while taken < 2 {
+            if control.load(ControlWord::ReqHead, Ordering::Acquire) > taken {
+                taken += 1;
+                continue;
+            }
+            request_wakeup(&*control);
+            fence_before_rescan();
+            if control.load(ControlWord::ReqHead, Ordering::Acquire) == taken {
+                // Sleep until the doorbell rings.
+                loop {
+                    let rings = bell.load(Ordering::Acquire);
+                    if rings != rings_seen {
+                        rings_seen = rings;
+                        break;
+                    }
+                    thread::yield_now();
+                }
+            }
+            cancel_wakeup(&*control);
+        }
+        guest.join().unwrap();
+    });
+}
