@@ -193,6 +193,9 @@ pub struct VmConfig {
     /// Share of its pool's executor time relative to the other VMs of its priority
     /// (pools with `policy = "fair"`; 1 otherwise).
     pub weight: u32,
+    /// The VM's doorbell socket (QEMU's `ivshmem-doorbell` connects to it) when the VM
+    /// has a doorbell; `None` for a plain `ivshmem-plain` VM, which the host polls.
+    pub doorbell: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -232,6 +235,9 @@ pub struct Config {
     pub geometry: Geometry,
     /// Unix group that owns region files, if set.
     pub group: Option<String>,
+    /// The doorbell holder's control socket, from which a mediator receives the
+    /// doorbells of the VMs that have one.
+    pub doorbell_control: PathBuf,
     /// Pools, by name.
     pub pools: BTreeMap<PoolId, PoolConfig>,
     /// VMs, in file order.
@@ -261,6 +267,8 @@ struct RawRegions {
     ring_entries: Option<u32>,
     arena_size: Option<RawSize>,
     group: Option<String>,
+    doorbell: Option<bool>,
+    doorbell_control: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +313,8 @@ struct RawVm {
     priority: RawPriority,
     region: Option<PathBuf>,
     weight: Option<u32>,
+    doorbell: Option<bool>,
+    doorbell_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -436,6 +446,12 @@ impl Config {
             message: e.message().trim_end().to_owned(),
         })?;
         let region_dir = raw.regions.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_REGION_DIR));
+        let doorbell_default = raw.regions.doorbell.unwrap_or(false);
+        let doorbell_control = raw
+            .regions
+            .doorbell_control
+            .clone()
+            .unwrap_or_else(|| region_dir.join("vgpu-doorbells.sock"));
         let default = Geometry::default();
         let ring_entries = raw.regions.ring_entries.unwrap_or(default.ring_entries);
         let arena_size = size_field(
@@ -584,7 +600,19 @@ impl Config {
                     ));
                 }
             };
-            vms.push(VmConfig { id: vm.id, pool, priority, region, weight });
+            let doorbell = match (vm.doorbell.unwrap_or(doorbell_default), vm.doorbell_socket) {
+                (true, socket) => Some(
+                    socket.unwrap_or_else(|| region_dir.join(format!("vgpu-vm{}.sock", vm.id))),
+                ),
+                (false, None) => None,
+                (false, Some(_)) => {
+                    return Err(invalid(
+                        format!("{field}.doorbell_socket"),
+                        "set, but the VM has no doorbell (add doorbell = true)",
+                    ));
+                }
+            };
+            vms.push(VmConfig { id: vm.id, pool, priority, region, weight, doorbell });
         }
         if vms.is_empty() {
             return Err(invalid("vm", "no [[vm]] defined"));
@@ -630,6 +658,7 @@ impl Config {
             region_size,
             geometry,
             group: raw.regions.group,
+            doorbell_control,
             pools,
             vms,
             mediator,
