@@ -11,6 +11,7 @@ macro_rules! say {
 mod create;
 mod inspect;
 mod qemu;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,10 +34,14 @@ enum Command {
     Stub(create::StubArgs),
     /// Validate a region and print its header, mediator state and per-slot rings.
     Inspect(inspect::InspectArgs),
-    /// Print the QEMU arguments that attach a VM's region as an ivshmem-plain device.
+    /// Print the QEMU arguments that attach a VM's region (ivshmem-plain, or
+    /// ivshmem-doorbell for a VM with a doorbell).
     QemuArgs(qemu::VmArgs),
     /// Print the libvirt `<shmem>` element for a VM's region.
     LibvirtXml(qemu::VmArgs),
+    /// Hold the doorbell sockets and eventfds of the VMs that have one, for as long as
+    /// their QEMUs run (a service of its own: mediators come and go).
+    Serve(ConfigArg),
 }
 
 /// A `--config FILE` argument.
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::QemuArgs(args) => qemu::qemu_args(&args),
         Command::LibvirtXml(args) => qemu::libvirt_xml(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use crate::ConfigArg;
 use anyhow::{Context, Result};
 use std::path::Path;
 use vgpu_config::{Config, VmConfig};
+use vgpu_doorbell::ivshmem::VECTORS;
 
 /// Arguments naming one VM of a config file.
 #[derive(clap::Args)]
@@ -40,6 +41,15 @@ fn device_id(vm: &VmConfig) -> String {
 pub(crate) fn qemu_arguments(vm: &VmConfig, size: u64) -> Vec<String> {
     let (n, unit) = mib_or_bytes(size);
     let id = device_id(vm);
+    if let Some(socket) = &vm.doorbell {
+        // QEMU receives the region's fd (and its size) from the doorbell holder.
+        return vec![
+            "-chardev".into(),
+            format!("socket,path={},id={id}", socket.display()),
+            "-device".into(),
+            format!("ivshmem-doorbell,chardev={id},vectors={VECTORS}"),
+        ];
+    }
     vec![
         "-object".into(),
         format!(
@@ -62,6 +72,19 @@ pub(crate) fn libvirt_xml(args: &VmArgs) -> Result<()> {
     let (n, unit) = mib_or_bytes(size);
     let unit = if unit.is_empty() { "B" } else { unit };
     let name = device_id(&vm);
+    if let Some(socket) = &vm.doorbell {
+        let _ = say!(
+            "<shmem name='{name}'>\n  <model type='ivshmem-doorbell'/>\n  <size unit='{unit}'>{n}</size>\n  \
+             <server path='{}'/>\n  <msi vectors='{VECTORS}' ioeventfd='on'/>\n</shmem>\n",
+            socket.display()
+        );
+        eprintln!(
+            "note: the doorbell holder (`ivshmem-setup serve`) must run before the VM starts; it \
+             sends the region {} to QEMU.",
+            vm.region.display()
+        );
+        return Ok(());
+    }
     let _ = say!(
         "<shmem name='{name}'>\n  <model type='ivshmem-plain'/>\n  <size unit='{unit}'>{n}</size>\n</shmem>\n"
     );

@@ -166,7 +166,7 @@ fn inspect_rejects_what_is_not_a_region() {
     let mut bytes = std::fs::read(&region).unwrap();
     bytes[8] = 9;
     std::fs::write(&region, bytes).unwrap();
-    assert!(fails(&["inspect", region.to_str().unwrap()]).contains("version 9.1"));
+    assert!(fails(&["inspect", region.to_str().unwrap()]).contains("version 9.2"));
 }
 
 #[test]
@@ -230,41 +230,96 @@ fn qemu_args_and_libvirt_xml_use_the_real_size() {
     assert!(fails(&["qemu-args", "--config", cfg, "--vm", "77"]).contains("no VM with id 77"));
 }
 
+#[test]
+fn doorbell_vms_get_the_doorbell_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "doorbell = true");
+    let cfg = cfg.to_str().unwrap();
+    let socket = dir.path().join("vgpu-vm1.sock");
+    let args = ok(&["qemu-args", "--config", cfg, "--vm", "1"]);
+    assert_eq!(
+        args.trim(),
+        format!(
+            "-chardev socket,path={},id=vgpu-vm1 -device ivshmem-doorbell,chardev=vgpu-vm1,vectors=1",
+            socket.display()
+        )
+    );
+    let xml =
+        String::from_utf8(setup(&["libvirt-xml", "--config", cfg, "--vm", "1"]).stdout).unwrap();
+    assert!(xml.contains("<model type='ivshmem-doorbell'/>"), "{xml}");
+    assert!(xml.contains(&format!("<server path='{}'/>", socket.display())), "{xml}");
+    assert!(xml.contains("<msi vectors='1' ioeventfd='on'/>"), "{xml}");
+    // `serve` without a doorbell VM has nothing to hold.
+    let plain = config(dir.path(), "");
+    assert!(
+        fails(&["serve", "--config", plain.to_str().unwrap()]).contains("no VM has a doorbell")
+    );
+}
+
 /// QEMU's own argument parser accepts what `qemu-args` prints: QEMU starts with the
-/// device, paused, and quits when told to on its monitor.
+/// device, paused, and quits when told to on its monitor. The doorbell form connects to
+/// the holder (`serve`), which must answer before QEMU creates the device.
 #[test]
 #[ignore = "needs qemu-system-x86_64 (scripts/test-all.sh runs it when installed)"]
 fn qemu_accepts_the_printed_arguments() {
     let qemu = which("qemu-system-x86_64").expect("qemu-system-x86_64 on the PATH");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    ok(&["create", "--config", cfg.to_str().unwrap()]);
-    let args = ok(&["qemu-args", "--config", cfg.to_str().unwrap(), "--vm", "1"]);
-    let mut child = Command::new(qemu)
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-S",
-            "-monitor",
-            "stdio",
-        ])
-        .args(args.split_whitespace())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    for extra in ["", "doorbell = true"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), extra);
+        ok(&["create", "--config", cfg.to_str().unwrap()]);
+        let holder = (!extra.is_empty()).then(|| serve(&cfg, &dir.path().join("vgpu-vm1.sock")));
+        let args = ok(&["qemu-args", "--config", cfg.to_str().unwrap(), "--vm", "1"]);
+        let mut child = Command::new(&qemu)
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-S",
+                "-monitor",
+                "stdio",
+            ])
+            .args(args.split_whitespace())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"info pci\nquit\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "qemu refused {args}: {stderr}");
+        assert!(
+            stdout.contains("1af4") && stdout.contains("1110"),
+            "no ivshmem device in {stdout}"
+        );
+        if let Some(mut holder) = holder {
+            holder.kill().unwrap();
+            holder.wait().unwrap();
+        }
+    }
+}
+
+/// Start `ivshmem-setup serve` for `cfg` and wait until it listens on `socket`.
+fn serve(cfg: &Path, socket: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_ivshmem-setup"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"info pci\nquit\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "qemu refused: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("1af4") && stdout.contains("1110"), "no ivshmem device in {stdout}");
+    for _ in 0..500 {
+        if socket.exists() {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("serve never bound {}", socket.display());
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {
@@ -275,7 +330,7 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["create", "stub", "inspect", "qemu-args", "libvirt-xml"] {
+    for sub in ["create", "stub", "inspect", "qemu-args", "libvirt-xml", "serve"] {
         assert!(ok(&[sub, "--help"]).contains("Usage"), "{sub}");
     }
 }
