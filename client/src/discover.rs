@@ -3,8 +3,9 @@
 
 use crate::ClientError;
 use std::path::{Path, PathBuf};
+use vgpu_doorbell::HostPeer;
 use vgpu_ring::stub::StubRegisters;
-use vgpu_ring::{Access, Region, VmIdentity};
+use vgpu_ring::{Access, DoorbellRegister, Region, VmIdentity};
 
 /// PCI vendor id of QEMU's ivshmem device (Red Hat, Inc.).
 pub const IVSHMEM_VENDOR: &str = "0x1af4";
@@ -64,6 +65,37 @@ pub fn find_region(explicit: Option<&Path>, sysfs_root: &Path) -> Result<Region,
             reasons.join("; ")
         },
     })
+}
+
+/// How a client rings the mediator's doorbell.
+#[derive(Debug)]
+pub(crate) enum Ringer {
+    /// In a guest: the ivshmem-doorbell device's Doorbell register.
+    Register(DoorbellRegister),
+    /// On the host: standing in for the VM's QEMU on its doorbell socket.
+    Peer(HostPeer),
+}
+
+impl Ringer {
+    /// Ring with the value the host published. A failure only delays the request until
+    /// the mediator's timed wake-up, so it is not reported.
+    pub(crate) fn ring(&self, value: u32) {
+        match self {
+            Self::Register(register) => register.ring(value),
+            Self::Peer(peer) => {
+                let _ = peer.ring(value);
+            }
+        }
+    }
+}
+
+/// The Doorbell register of the ivshmem device whose BAR 2 is `region` (its
+/// `resource0` next to `resource2` in sysfs), if there is one the client may write.
+pub(crate) fn doorbell_register(region: &Path) -> Option<DoorbellRegister> {
+    if region.file_name()? != "resource2" {
+        return None;
+    }
+    DoorbellRegister::open(&region.with_file_name("resource0")).ok()
 }
 
 /// Where the client's identity came from.

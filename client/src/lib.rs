@@ -24,6 +24,7 @@ use arena::ArenaAllocator;
 pub use discover::IdentitySource;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,14 @@ pub enum ClientError {
     /// The host never assigned the slot and there is no stub to say who we are.
     #[error("the region's slot has no identity and no vgpu-stub device was found")]
     NoIdentity,
+    /// The VM's doorbell socket could not be used (no holder, another peer connected).
+    #[error("doorbell socket {}: {source}", path.display())]
+    Doorbell {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// No mediator has attached to the region since it was created.
     #[error("no mediator has attached to this region (is vgpu-mediator running?)")]
     NoMediator,
@@ -143,6 +152,11 @@ pub struct ClientOptions {
     pub wait_for_slot: bool,
     /// Default timeout of the typed helpers.
     pub timeout: Duration,
+    /// On the host, stand in for the VM's QEMU: connect to the VM's doorbell socket,
+    /// map the region it sends (when `region` is `None`) and ring the host's eventfd
+    /// when the mediator asks for it. In a guest the doorbell is found by itself (the
+    /// device's `resource0` next to the region's `resource2`).
+    pub doorbell_socket: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -154,6 +168,7 @@ impl Default for ClientOptions {
             wait: Wait::default(),
             wait_for_slot: false,
             timeout: Duration::from_secs(30),
+            doorbell_socket: None,
         }
     }
 }
@@ -318,6 +333,7 @@ pub struct Client {
     silence_reported: bool,
     wait: Wait,
     timeout: Duration,
+    ringer: Option<discover::Ringer>,
     _lock: Flock<File>,
 }
 
@@ -347,8 +363,22 @@ impl Client {
     /// [`ClientError::Stub`], [`ClientError::NoIdentity`], [`ClientError::SlotInUse`],
     /// [`ClientError::NoMediator`].
     pub fn attach(options: &ClientOptions) -> Result<Self, ClientError> {
-        let region =
-            Arc::new(discover::find_region(options.region.as_deref(), &options.sysfs_root)?);
+        let peer = match &options.doorbell_socket {
+            Some(socket) => Some(
+                vgpu_doorbell::HostPeer::connect(socket)
+                    .map_err(|source| ClientError::Doorbell { path: socket.clone(), source })?,
+            ),
+            None => None,
+        };
+        // A host peer maps the region its socket sent, as QEMU does.
+        let region_path = options.region.clone().or_else(|| {
+            peer.as_ref().map(|p| PathBuf::from(format!("/proc/self/fd/{}", p.shm().as_raw_fd())))
+        });
+        let region = Arc::new(discover::find_region(region_path.as_deref(), &options.sysfs_root)?);
+        let ringer = match peer {
+            Some(peer) => Some(discover::Ringer::Peer(peer)),
+            None => discover::doorbell_register(region.path()).map(discover::Ringer::Register),
+        };
         let discover::ResolvedIdentity {
             identity,
             source: identity_source,
@@ -400,6 +430,7 @@ impl Client {
             silence_reported: false,
             wait: options.wait,
             timeout: options.timeout,
+            ringer,
             slot,
             _lock: lock,
         };
@@ -428,6 +459,8 @@ impl Client {
     pub fn reset_rings(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let slot = self.slot.clone();
         let ticket = vgpu_ring::request_reset(&slot);
+        // A sleeping mediator notices resets only when woken.
+        self.ring_if_asked();
         let start = Instant::now();
         while !vgpu_ring::reset_completed(&slot, ticket) {
             if start.elapsed() > timeout {
@@ -560,6 +593,7 @@ impl Client {
             }
         }
         self.next_tag = self.next_tag.wrapping_add(1);
+        self.ring_if_asked();
         self.in_flight.insert(
             tag,
             tags::Entry {
@@ -570,6 +604,23 @@ impl Client {
             },
         );
         Ok(Ticket { tag })
+    }
+
+    /// After a publication: ring the doorbell if the mediator is (about to be) asleep
+    /// (the wake-up flag protocol of docs/LAYOUT.md). Without a doorbell of its own the
+    /// client does nothing and the mediator finds the request at its next timed wake-up.
+    fn ring_if_asked(&self) {
+        if let Some(ringer) = &self.ringer
+            && let Some(value) = vgpu_ring::wakeup_wanted(&self.slot)
+        {
+            ringer.ring(value);
+        }
+    }
+
+    /// Whether the client can ring the mediator's doorbell for this VM.
+    #[must_use]
+    pub fn has_doorbell(&self) -> bool {
+        self.ringer.is_some()
     }
 
     /// Reserve `len` arena bytes, reclaiming the ranges of answered requests the

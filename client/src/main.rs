@@ -47,6 +47,15 @@ struct Cli {
     /// throughput too.
     #[arg(long, default_value_t = 1)]
     depth: u32,
+    /// With --count: send the requests this many milliseconds apart (one at a time),
+    /// the way to measure what an idle mediator costs the first request.
+    #[arg(long, value_name = "MS")]
+    interval_ms: Option<u64>,
+    /// On the host: stand in for the VM's QEMU on its doorbell socket (the region is
+    /// the one the socket sends unless --region is given) and ring the mediator's
+    /// doorbell when it sleeps.
+    #[arg(long, value_name = "PATH")]
+    doorbell_socket: Option<PathBuf>,
     /// ECHO: bytes to send.
     #[arg(long, default_value_t = 64)]
     bytes: u32,
@@ -244,6 +253,14 @@ fn run(cli: &Cli) -> Result<bool> {
     if !cli.timeout.is_finite() || cli.timeout <= 0.0 || cli.count == 0 || cli.depth == 0 {
         bail!("--timeout, --count and --depth must be positive");
     }
+    let interval = match cli.interval_ms {
+        Some(_) if cli.depth > 1 => {
+            bail!("--interval-ms sends one request at a time: drop --depth")
+        }
+        Some(ms) if ms > 3_600_000 => bail!("--interval-ms {ms} is more than an hour"),
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
     let options = ClientOptions {
         region: cli.region.clone(),
         stub: cli.stub.clone(),
@@ -251,6 +268,7 @@ fn run(cli: &Cli) -> Result<bool> {
         wait: if cli.spin { Wait::Spin } else { Wait::default() },
         wait_for_slot: cli.wait_slot,
         timeout: Duration::from_secs_f64(cli.timeout),
+        doorbell_socket: cli.doorbell_socket.clone(),
     };
     let op = Opcode::from_name(&cli.command).unwrap_or(Opcode::Noop);
     let needed = arena_bytes(cli, op)?;
@@ -312,6 +330,11 @@ fn run(cli: &Cli) -> Result<bool> {
     // Up to --depth requests in flight, answers collected oldest first.
     while submitted < cli.count || !in_flight.is_empty() {
         if submitted < cli.count && in_flight.len() < cli.depth as usize {
+            if let Some(interval) = interval {
+                // Request i leaves at i × interval (or at once if the previous was late).
+                let due = began + interval * submitted;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             let start = Instant::now();
             in_flight.push_back((client.submit(&call)?, start));
             if !cli.json && submitted == 0 {

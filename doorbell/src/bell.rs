@@ -5,6 +5,7 @@ use crate::ivshmem::{receive, signal};
 use rustix::event::{Timespec, epoll};
 use rustix::fd::{AsFd, OwnedFd};
 use std::io::{Error, ErrorKind};
+use std::mem::MaybeUninit;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +22,18 @@ pub struct Bell {
 }
 
 impl Bell {
+    /// A bell of the host's own (not a VM's): a mediator rings it to wake its sleeping
+    /// dispatchers when it shuts down.
+    ///
+    /// # Errors
+    ///
+    /// If no eventfd can be created.
+    pub fn local() -> std::io::Result<Self> {
+        use rustix::event::{EventfdFlags, eventfd};
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Self { vm_id: u32::MAX, value: 0, fd })
+    }
+
     /// Take the rings counted since the last call (0 if none); the eventfd is
     /// non-blocking.
     #[must_use]
@@ -69,7 +82,8 @@ pub fn fetch_bells(control: &Path) -> std::io::Result<Vec<Bell>> {
 /// Sleeps until one of the watched bells rings (an epoll instance).
 pub struct BellWaiter {
     epoll: OwnedFd,
-    events: Vec<epoll::Event>,
+    /// Tokens of the last wait (kept: a wait allocates nothing once warm).
+    tokens: Vec<u64>,
 }
 
 impl std::fmt::Debug for BellWaiter {
@@ -87,7 +101,7 @@ impl BellWaiter {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-            events: Vec::with_capacity(64),
+            tokens: Vec::with_capacity(64),
         })
     }
 
@@ -108,21 +122,16 @@ impl BellWaiter {
     /// # Errors
     ///
     /// If epoll fails (an interrupted wait returns no tokens instead).
-    pub fn wait(
-        &mut self,
-        timeout: Option<Duration>,
-    ) -> std::io::Result<impl ExactSizeIterator<Item = u64> + '_> {
-        self.events.clear();
+    pub fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<&[u64]> {
+        self.tokens.clear();
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 64];
         let timeout = timeout
             .map(|t| Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
-        match epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut self.events),
-            timeout.as_ref(),
-        ) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        match epoll::wait(&self.epoll, &mut events, timeout.as_ref()) {
+            Ok((ready, _)) => self.tokens.extend(ready.iter().map(|event| event.data.u64())),
+            Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(self.events.iter().map(|event| event.data.u64()))
+        Ok(&self.tokens)
     }
 }

@@ -36,7 +36,7 @@
 //! // The VM's side (QEMU, or a host process standing in for it) rings.
 //! let peer = HostPeer::connect(&vm.socket)?;
 //! peer.ring(bells[0].value)?;
-//! assert_eq!(waiter.wait(Some(Duration::from_secs(5)))?.collect::<Vec<_>>(), vec![0]);
+//! assert_eq!(waiter.wait(Some(Duration::from_secs(5)))?, [0]);
 //! assert_eq!(bells[0].drain(), 1);
 //! stop.store(true, std::sync::atomic::Ordering::Relaxed);
 //! serving.join().unwrap()?;

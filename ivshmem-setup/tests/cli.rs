@@ -306,6 +306,7 @@ fn qemu_accepts_the_printed_arguments() {
 }
 
 /// Start `ivshmem-setup serve` for `cfg` and wait until it listens on `socket`.
+#[allow(clippy::zombie_processes, reason = "the caller kills and waits for it")]
 fn serve(cfg: &Path, socket: &Path) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_ivshmem-setup"))
         .args(["serve", "--config"])

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vgpu_config::{Backend, Config, PoolConfig};
+use vgpu_doorbell::Bell;
 use vgpu_ring::PoolId;
 
 /// Host `CLOCK_MONOTONIC` in nanoseconds (the heartbeat's clock).
@@ -84,8 +85,10 @@ fn new_epoch() -> u64 {
 fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<PoolId, Vec<VmPort>>> {
     let mut by_pool: BTreeMap<PoolId, Vec<VmPort>> = BTreeMap::new();
     let mut reasons = Vec::new();
+    let mut bells = fetch_bells(config);
     for vm in &config.vms {
-        let port = VmPort::attach(vm.clone(), session)
+        let bell = if vm.doorbell.is_some() { bells.remove(&vm.id) } else { None };
+        let port = VmPort::attach(vm.clone(), session, bell)
             .with_context(|| format!("vm {}: refusing to start", vm.id))?;
         if let Some(reason) = port.quarantine_reason() {
             reasons.push(format!("vm {}: {reason}", vm.id));
@@ -99,6 +102,40 @@ fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<PoolId, Vec
         );
     }
     Ok(by_pool)
+}
+
+/// The host ends of the doorbells of the configured doorbell VMs, from the holder
+/// (`ivshmem-setup serve`). Without the holder those VMs are polled (logged once): a
+/// doorbell is an optimisation of idle latency, never a condition to serve.
+fn fetch_bells(config: &Config) -> BTreeMap<u32, Bell> {
+    let wanted: Vec<u32> =
+        config.vms.iter().filter(|vm| vm.doorbell.is_some()).map(|vm| vm.id).collect();
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut bells: BTreeMap<u32, Bell> = match vgpu_doorbell::fetch_bells(&config.doorbell_control)
+    {
+        Ok(bells) => bells.into_iter().map(|bell| (bell.vm_id, bell)).collect(),
+        Err(e) => {
+            tracing::warn!(
+                "doorbells unavailable ({e}): VMs {wanted:?} are polled; start `ivshmem-setup serve` before the mediator"
+            );
+            return BTreeMap::new();
+        }
+    };
+    bells.retain(|id, _| wanted.contains(id));
+    let missing: Vec<u32> = wanted.iter().copied().filter(|id| !bells.contains_key(id)).collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "the doorbell holder has no doorbell for VMs {missing:?} (started with another config?): they are polled"
+        );
+    }
+    tracing::info!(
+        "doorbells of {} VMs received from {}",
+        bells.len(),
+        config.doorbell_control.display()
+    );
+    bells
 }
 
 /// Serve `config` until `shutdown` is set; returns each pool's counters.
@@ -133,13 +170,22 @@ pub fn serve(
         session.epoch,
         config.vms.len()
     );
+    // Wakes dispatchers sleeping on doorbells at shutdown.
+    let stop_bell = Bell::local().context("create an eventfd")?;
     let mut threads = Vec::new();
     for (pool, executor) in executors {
         let name = &pool.name;
         let vms = by_pool.remove(name).unwrap_or_default();
         tracing::info!("Pool {name} Queue: Ready ({} VMs, {:?})", vms.len(), pool.policy);
-        let dispatcher =
-            Dispatcher::new(pool, vms, executor, &config.mediator, session, options.log_requests)?;
+        let dispatcher = Dispatcher::new(
+            pool,
+            vms,
+            executor,
+            &config.mediator,
+            session,
+            options.log_requests,
+            &stop_bell,
+        )?;
         let flag = Arc::clone(shutdown);
         let thread = std::thread::Builder::new()
             .name(format!("pool-{name}"))
@@ -151,6 +197,9 @@ pub fn serve(
     // signal (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap).
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Err(e) = stop_bell.ring() {
+        tracing::error!("waking the dispatchers failed ({e}); they stop at their next heartbeat");
     }
     tracing::info!(
         "shutting down: finishing jobs in hand{}",

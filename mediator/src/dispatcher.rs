@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
+use vgpu_doorbell::{Bell, BellWaiter};
 use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Request, decode_label};
 
 /// A request waiting in the pool's queue or executing.
@@ -50,7 +51,7 @@ pub enum OnStop {
     Drain,
 }
 
-/// A VM's entry in the compact array a pass scans: the producer index and reset word
+/// A VM's entry in the compact array a pass reads: the producer index and reset word
 /// of an attached VM, and what the last pass saw.
 struct Watch {
     head: Option<HeadWatch>,
@@ -58,6 +59,13 @@ struct Watch {
     seen: u32,
     /// The last reset request carried out (so an idle pass touches no port state).
     reset_done: u32,
+    /// The VM has a doorbell the dispatcher listens on.
+    has_bell: bool,
+    /// Asleep: not scanned by passes; its `need_wakeup` flag is set and its doorbell
+    /// wakes it.
+    asleep: bool,
+    /// The VM published work since the last doze check.
+    recent: bool,
 }
 
 impl Watch {
@@ -65,13 +73,46 @@ impl Watch {
         let head = port.watch();
         // Differs from the index now, so the first pass drains the VM.
         let seen = head.as_ref().map_or(0, |h| !h.load());
-        Self { head, seen, reset_done: port.link.as_ref().map_or(0, |l| l.reset_done) }
+        Self {
+            head,
+            seen,
+            reset_done: port.link.as_ref().map_or(0, |l| l.reset_done),
+            has_bell: port.bell.is_some(),
+            asleep: false,
+            recent: true,
+        }
     }
 }
+
+/// The doorbells of a dispatcher's VMs and what it knows of their sleep.
+struct Bells {
+    waiter: BellWaiter,
+    /// How long a doorbell VM may publish nothing, while its pool is busy with others,
+    /// before it is put to sleep.
+    doze_after: Duration,
+    next_doze: Instant,
+    /// When a busy dispatcher next looks for rings of sleeping VMs.
+    next_look: Instant,
+    /// How many VMs are asleep.
+    sleeping: usize,
+    /// VMs that rang in the last wait, or are being put to sleep (reused: no allocation).
+    rung: Vec<usize>,
+}
+
+/// How often a busy dispatcher looks for rings of its sleeping VMs: their first request
+/// waits at most this long while the pool serves others (an idle pool sleeps in
+/// `epoll_wait` and wakes at once).
+const LOOK_FOR_RINGS: Duration = Duration::from_micros(50);
+/// The token of the mediator's stop bell in a dispatcher's waiter.
+const STOP_TOKEN: u64 = u64::MAX;
 
 /// A pool's dispatcher.
 pub struct Dispatcher {
     watches: Vec<Watch>,
+    /// Indices of the watches a pass scans: attached VMs that are not asleep.
+    scan: Vec<usize>,
+    /// Present when any VM has a doorbell.
+    bells: Option<Bells>,
     vms: Vec<VmPort>,
     queue: PoolQueue<Pending>,
     inline: CpuExecutor,
@@ -114,10 +155,33 @@ impl Dispatcher {
         settings: &MediatorConfig,
         session: Session,
         log_requests: bool,
+        stop_bell: &Bell,
     ) -> std::io::Result<Self> {
         let now = Instant::now();
+        let bells = if vms.iter().any(|port| port.bell.is_some()) {
+            let mut waiter = BellWaiter::new()?;
+            waiter.watch(stop_bell, STOP_TOKEN)?;
+            for (index, port) in vms.iter().enumerate() {
+                if let Some(bell) = &port.bell {
+                    waiter.watch(bell, index as u64)?;
+                }
+            }
+            Some(Bells {
+                waiter,
+                doze_after: settings.idle_spin.max(Duration::from_micros(100)),
+                next_doze: now,
+                next_look: now,
+                sleeping: 0,
+                rung: Vec::with_capacity(vms.len()),
+            })
+        } else {
+            None
+        };
+        let watches: Vec<Watch> = vms.iter().map(Watch::of).collect();
         Ok(Self {
-            watches: vms.iter().map(Watch::of).collect(),
+            scan: (0..watches.len()).collect(),
+            watches,
+            bells,
             queue: PoolQueue::with_weights(pool.policy, vms.iter().map(|p| p.vm.weight)),
             offload_compute: executor.offloads_compute(),
             executor: ExecutorThread::spawn(pool.name, executor)?,
@@ -188,9 +252,7 @@ impl Dispatcher {
                 // after a short gap waits at most 1/64 of that gap, a long-idle pool
                 // wakes only every `max_idle_sleep` (each wake-up costs tens of µs of
                 // CPU in a VM).
-                std::thread::sleep(
-                    (idle / 64).clamp(Duration::from_micros(1), self.max_idle_sleep),
-                );
+                self.nap((idle / 64).clamp(Duration::from_micros(1), self.max_idle_sleep), now);
             }
         }
         self.stop(on_stop)
@@ -199,6 +261,18 @@ impl Dispatcher {
     /// The heartbeat of the attached VMs' regions, a look at their reset words, and
     /// retries of quarantined VMs.
     fn housekeeping(&mut self, now: Instant) {
+        if let Some(bells) = &mut self.bells {
+            if bells.sleeping > 0 && now >= bells.next_look {
+                bells.next_look = now + LOOK_FOR_RINGS;
+                self.wait_for_rings(Duration::ZERO);
+            }
+            if let Some(bells) = &mut self.bells
+                && now >= bells.next_doze
+            {
+                bells.next_doze = now + bells.doze_after;
+                self.doze(false);
+            }
+        }
         if now >= self.next_reset_scan {
             // Resets are rare and need no haste: one scan a millisecond keeps the
             // per-pass cost at one load per VM.
@@ -222,9 +296,124 @@ impl Dispatcher {
             for index in 0..self.vms.len() {
                 if self.vms[index].is_quarantined() && self.busy != Some(index) {
                     self.vms[index].retry(&self.session);
-                    self.watches[index] = Watch::of(&self.vms[index]);
+                    self.renew_watch(index);
                 }
             }
+        }
+    }
+
+    /// A fresh watch of VM `index` after its link changed (awake: it is scanned).
+    fn renew_watch(&mut self, index: usize) {
+        if self.watches[index].asleep
+            && let Some(bells) = &mut self.bells
+        {
+            bells.sleeping -= 1;
+        }
+        self.watches[index] = Watch::of(&self.vms[index]);
+        self.rebuild_scan();
+    }
+
+    fn rebuild_scan(&mut self) {
+        self.scan.clear();
+        self.scan.extend(
+            (0..self.watches.len())
+                .filter(|&i| self.watches[i].head.is_some() && !self.watches[i].asleep),
+        );
+    }
+
+    /// The pool is idle: back off for `backoff` as a VM without a doorbell needs, or,
+    /// when every VM is asleep and nothing is in hand, sleep until a doorbell rings or
+    /// the heartbeat (or a quarantine retry) is due. A doorbell ends either sleep.
+    fn nap(&mut self, backoff: Duration, now: Instant) {
+        if self.bells.is_none() {
+            std::thread::sleep(backoff);
+            return;
+        }
+        self.doze(true);
+        let nothing_in_hand = self.busy.is_none()
+            && self.queue.is_empty()
+            && !self.maybe_parked
+            && !self.resets_pending;
+        let timeout = if self.scan.is_empty() && nothing_in_hand {
+            // Until the heartbeat is due, or a quarantine retry if a VM needs one; the
+            // stop bell ends it at shutdown.
+            let retry = self.vms.iter().any(VmPort::is_quarantined).then_some(self.next_retry);
+            retry.map_or(self.next_beat, |r| r.min(self.next_beat)).saturating_duration_since(now)
+        } else {
+            backoff
+        };
+        self.wait_for_rings(timeout);
+    }
+
+    /// Put doorbell VMs to sleep: every awake one (`all`, the pool is idle) or those
+    /// that published nothing since the last check. The wake-up flag protocol: set each
+    /// one's flag, one SeqCst fence, then a last look at each ring; a VM with a request
+    /// there stays awake (and its flag is cleared).
+    fn doze(&mut self, all: bool) {
+        let Some(bells) = &mut self.bells else { return };
+        bells.rung.clear();
+        for (index, watch) in self.watches.iter_mut().enumerate() {
+            if watch.has_bell
+                && !watch.asleep
+                && (all || !watch.recent)
+                && let Some(link) = &self.vms[index].link
+            {
+                vgpu_ring::request_wakeup(&link.slot);
+                bells.rung.push(index);
+            }
+            watch.recent = false;
+        }
+        if bells.rung.is_empty() {
+            return;
+        }
+        vgpu_ring::fence_before_rescan();
+        for &index in &bells.rung {
+            let watch = &mut self.watches[index];
+            if watch.head.as_ref().is_some_and(|head| head.load() == watch.seen) {
+                watch.asleep = true;
+                bells.sleeping += 1;
+            } else if let Some(link) = &self.vms[index].link {
+                // Published before it could see the flag: stays awake.
+                vgpu_ring::cancel_wakeup(&link.slot);
+            }
+        }
+        self.rebuild_scan();
+    }
+
+    /// Wait up to `timeout` for doorbells; wake the VMs that rang.
+    fn wait_for_rings(&mut self, timeout: Duration) {
+        let Some(bells) = &mut self.bells else { return };
+        bells.rung.clear();
+        match bells.waiter.wait(Some(timeout)) {
+            Ok(tokens) => {
+                bells.rung.extend(tokens.iter().filter(|&&t| t != STOP_TOKEN).map(|&t| t as usize))
+            }
+            Err(e) => {
+                // Never expected (the epoll fd is ours); polling goes on.
+                tracing::error!("Pool {}: waiting for doorbells failed: {e}", self.pool);
+                std::thread::sleep(timeout);
+                return;
+            }
+        }
+        let mut woke = false;
+        for &index in &bells.rung {
+            let port = &self.vms[index];
+            if let Some(bell) = &port.bell {
+                let _ = bell.drain();
+            }
+            let watch = &mut self.watches[index];
+            if watch.asleep {
+                watch.asleep = false;
+                watch.recent = true;
+                bells.sleeping -= 1;
+                woke = true;
+                if let Some(link) = &port.link {
+                    vgpu_ring::cancel_wakeup(&link.slot);
+                }
+            }
+        }
+        if woke {
+            self.rebuild_scan();
         }
     }
 
@@ -245,7 +434,7 @@ impl Dispatcher {
     /// Drop what the dispatcher holds of VM `index` after its link changed.
     fn forget(&mut self, index: usize) {
         self.queue.retain(|p| p.vm != index);
-        self.watches[index] = Watch::of(&self.vms[index]);
+        self.renew_watch(index);
     }
 
     /// Drain every VM's request ring whose producer index moved since the last pass;
@@ -253,12 +442,14 @@ impl Dispatcher {
     /// index's line, read through a compact array.
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
         let mut taken = 0;
-        for index in 0..self.watches.len() {
+        for k in 0..self.scan.len() {
+            let index = self.scan[k];
             let Watch { head: Some(watch), seen, .. } = &self.watches[index] else { continue };
             let head = watch.load();
             if head == *seen {
                 continue;
             }
+            self.watches[index].recent = true;
             let mut emptied = false;
             loop {
                 let port = &mut self.vms[index];

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use vgpu_config::VmConfig;
+use vgpu_doorbell::Bell;
 use vgpu_ring::{
     ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PushError, Region, RegionError,
     Request, RequestConsumer, Response, ResponseProducer, Slot, SlotControl, VmIdentity,
@@ -52,14 +53,18 @@ pub(crate) struct Link {
 
 impl Link {
     /// Take the host's ends of `slot`'s rings, check the indices afresh and publish the
-    /// result in `host_status` (clearing bits a previous session or a guest left there).
-    fn new(slot: Slot) -> Result<Self, RegionError> {
+    /// result in `host_status` (clearing bits a previous session or a guest left there),
+    /// and publish the doorbell (`Some(value)` when the host listens on one) with the
+    /// wake-up flag clear.
+    fn new(slot: Slot, doorbell: Option<u32>) -> Result<Self, RegionError> {
         let host = slot.host_endpoints()?;
         let request_poisoned = host.requests.poisoned().is_some();
         let response_poisoned = host.responses.poisoned().is_some();
         let status = if request_poisoned { SlotControl::REQUEST_POISONED } else { 0 }
             | if response_poisoned { SlotControl::RESPONSE_POISONED } else { 0 };
         slot.set_host_status(status)?;
+        vgpu_ring::cancel_wakeup(&slot);
+        vgpu_ring::publish_doorbell(&slot, doorbell);
         // The host owns `reset_done`; Relaxed: only this thread writes it.
         let reset_done = slot.load(ControlWord::ResetDone, Ordering::Relaxed);
         Ok(Self {
@@ -106,6 +111,8 @@ pub(crate) struct VmPort {
     /// Requests of this VM queued or executing.
     pub(crate) in_flight: u32,
     pub(crate) log: LogLimiter,
+    /// The host end of the VM's doorbell, when the holder handed one over.
+    pub(crate) bell: Option<Bell>,
 }
 
 impl VmPort {
@@ -115,8 +122,13 @@ impl VmPort {
     ///
     /// [`RegionError::ServedElsewhere`] only: another mediator serves the region, which
     /// a starting daemon must not ignore. Every other problem quarantines the VM.
-    pub(crate) fn attach(vm: VmConfig, session: &Session) -> Result<Self, RegionError> {
+    pub(crate) fn attach(
+        vm: VmConfig,
+        session: &Session,
+        bell: Option<Bell>,
+    ) -> Result<Self, RegionError> {
         let mut port = Self {
+            bell,
             identity: vm.identity(),
             vm,
             link: None,
@@ -146,7 +158,7 @@ impl VmPort {
         )?);
         region.store_heartbeat(crate::daemon::monotonic_ns())?;
         region.begin_session(session.epoch, std::process::id(), session.heartbeat_interval_ms)?;
-        let link = Link::new(region.slot(0)?)?;
+        let link = Link::new(region.slot(0)?, self.doorbell())?;
         if link.request_poisoned || link.response_poisoned {
             tracing::warn!(
                 "Pool {}: vm{} rings hold impossible indices; isolated until the guest resets them",
@@ -161,6 +173,11 @@ impl VmPort {
         self.generation += 1;
         self.in_flight = 0;
         Ok(())
+    }
+
+    /// The value that rings the VM's doorbell, if the host listens on one.
+    fn doorbell(&self) -> Option<u32> {
+        self.bell.as_ref().map(|bell| bell.value)
     }
 
     /// Retry a quarantined VM; logs only a change of reason.
@@ -293,7 +310,7 @@ impl VmPort {
         // The old endpoints go before the indices change under them.
         drop(link);
         vgpu_ring::complete_reset(&slot, ticket);
-        let link = Link::new(slot)?;
+        let link = Link::new(slot, self.doorbell())?;
         self.link = Some(link);
         self.generation += 1;
         self.in_flight = 0;

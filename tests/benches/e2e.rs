@@ -96,7 +96,8 @@ fn launcher() -> Result<Launcher> {
     Ok(Launcher::SelfHosted { program: std::env::current_exe()?, flag: MEDIATOR_FLAG.to_owned() })
 }
 
-const BIG: RegionSpec = RegionSpec { size: "32M", ring_entries: 256, arena_size: "16M" };
+const BIG: RegionSpec =
+    RegionSpec { size: "32M", ring_entries: 256, arena_size: "16M", doorbell: false };
 
 fn start(regions: RegionSpec, vms: &[Vm]) -> Result<System> {
     System::start_with(launcher()?, regions, &[('A', "")], vms, "")

@@ -90,11 +90,15 @@ pub struct RegionSpec {
     pub ring_entries: u32,
     /// Arena size (config syntax).
     pub arena_size: &'static str,
+    /// Every VM has a doorbell, held by an `ivshmem-setup serve` the system starts
+    /// before the mediator.
+    pub doorbell: bool,
 }
 
 impl RegionSpec {
     /// Small regions (256 KiB, 64-entry rings, 128 KiB arena), for many-VM tests.
-    pub const SMALL: Self = Self { size: "256K", ring_entries: 64, arena_size: "128K" };
+    pub const SMALL: Self =
+        Self { size: "256K", ring_entries: 64, arena_size: "128K", doorbell: false };
 }
 
 /// A running system; the mediator is killed if the value is dropped without `stop`.
@@ -104,6 +108,7 @@ pub struct System {
     config: PathBuf,
     log: PathBuf,
     mediator: Option<Child>,
+    holder: Option<Child>,
 }
 
 /// Shorthand for a VM.
@@ -167,11 +172,18 @@ impl System {
         let dir = tempfile::tempdir()?;
         let mut text = format!(
             "[regions]\ndir = \"{}\"\nsize = \"{}\"\nring_entries = {}\narena_size = \"{}\"\n\
-             [mediator]\nheartbeat_interval_ms = 20\n{mediator_toml}\n",
+             doorbell = {}\n[mediator]\n{}{mediator_toml}\n",
             dir.path().display(),
             regions.size,
             regions.ring_entries,
-            regions.arena_size
+            regions.arena_size,
+            regions.doorbell,
+            // Fast heartbeats unless the test sets its own.
+            if mediator_toml.contains("heartbeat_interval_ms") {
+                ""
+            } else {
+                "heartbeat_interval_ms = 20\n"
+            },
         );
         for (name, extra) in pools {
             let _ = writeln!(text, "[pools.{name}]\n{extra}");
@@ -209,8 +221,24 @@ impl System {
                 }
             }
         }
-        let mut system =
-            Self { log: dir.path().join("mediator.log"), dir, launcher, config, mediator: None };
+        let log = dir.path().join("mediator.log");
+        let holder = if regions.doorbell {
+            let Launcher::Binaries(bin) = &launcher else {
+                bail!("doorbells need the ivshmem-setup binary");
+            };
+            let child = Command::new(&bin.setup)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
+                .spawn()?;
+            let control = dir.path().join("vgpu-doorbells.sock");
+            wait_for("the doorbell holder", Duration::from_secs(20), || control.exists())?;
+            Some(child)
+        } else {
+            None
+        };
+        let mut system = Self { log, dir, launcher, config, mediator: None, holder };
         system.start_mediator(&[])?;
         Ok(system)
     }
@@ -285,7 +313,14 @@ impl System {
         self.dir.path().join(format!("vgpu-vm{vm}"))
     }
 
-    /// A library client on VM `vm`'s region.
+    /// VM `vm`'s doorbell socket (when the system has doorbells).
+    #[must_use]
+    pub fn doorbell_socket(&self, vm: u32) -> PathBuf {
+        self.dir.path().join(format!("vgpu-vm{vm}.sock"))
+    }
+
+    /// A library client on VM `vm`'s region (standing in for its QEMU on the doorbell
+    /// socket when the system has doorbells).
     ///
     /// # Errors
     ///
@@ -293,6 +328,7 @@ impl System {
     pub fn client(&self, vm: u32, wait: Wait) -> Result<Client> {
         let options = ClientOptions {
             region: Some(self.region(vm)),
+            doorbell_socket: self.holder.is_some().then(|| self.doorbell_socket(vm)),
             wait,
             timeout: Duration::from_secs(30),
             ..ClientOptions::default()
@@ -321,7 +357,11 @@ impl System {
     #[must_use]
     pub fn client_command(&self, vm: u32, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binaries().client);
-        cmd.arg("--region").arg(self.region(vm)).args(args);
+        cmd.arg("--region").arg(self.region(vm));
+        if self.holder.is_some() {
+            cmd.arg("--doorbell-socket").arg(self.doorbell_socket(vm));
+        }
+        cmd.args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
@@ -428,7 +468,7 @@ impl System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        if let Some(mut child) = self.mediator.take() {
+        for mut child in [self.mediator.take(), self.holder.take()].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }

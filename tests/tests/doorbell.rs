@@ -1,0 +1,86 @@
+//! Doorbells end to end: a mediator whose VMs have doorbells sleeps in `epoll_wait` when
+//! idle, and each request after idle wakes it (clients stand in for QEMU on the VMs'
+//! doorbell sockets, held by `ivshmem-setup serve`).
+//!
+//! The heartbeat is 5 s, so a lost wake-up would leave a request waiting past the
+//! client's 2 s timeout: the tests count answers, the latencies are printed, not
+//! asserted.
+
+use std::time::{Duration, Instant};
+use vgpu_client::{Call, Wait};
+use vgpu_tests::system::{Binaries, Launcher, RegionSpec, System, vm};
+
+const SLEEPY: &str = "heartbeat_interval_ms = 5000\nidle_spin_us = 100";
+
+fn doorbell_system(vms: &[vgpu_tests::system::Vm]) -> System {
+    System::start_with(
+        Launcher::Binaries(Binaries::locate()),
+        RegionSpec { doorbell: true, ..RegionSpec::SMALL },
+        &[('A', "")],
+        vms,
+        SLEEPY,
+    )
+    .unwrap()
+}
+
+fn rounds() -> usize {
+    if std::env::var_os("VGPU_LONG").is_some() { 40 } else { 6 }
+}
+
+/// Requests 300 ms apart, each into a sleeping mediator: every one is answered, and
+/// after a mediator restart (the holder and the client's connection stay) too.
+#[test]
+fn requests_300_ms_apart_wake_a_sleeping_mediator() {
+    let mut system = doorbell_system(&[vm(1, 'A', 1), vm(2, 'A', 0)]);
+    assert!(system.log().contains("doorbells of 2 VMs received"), "{}", system.log());
+    let mut client = system.client(1, Wait::default()).unwrap();
+    assert!(client.has_doorbell());
+    let send_after_idle = |client: &mut vgpu_client::Client, n: usize| {
+        let mut latencies = Vec::with_capacity(n);
+        for _ in 0..n {
+            std::thread::sleep(Duration::from_millis(300));
+            let start = Instant::now();
+            let ticket = client.submit(&Call::noop("AFTER_IDLE")).unwrap();
+            let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
+            assert!(done.succeeded(), "{}", done.text());
+            latencies.push(start.elapsed());
+        }
+        latencies.sort_unstable();
+        latencies
+    };
+    let latencies = send_after_idle(&mut client, rounds());
+    eprintln!(
+        "{} requests 300 ms apart into a sleeping mediator: median {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    // A new mediator fetches the same doorbells from the holder.
+    assert!(system.stop().unwrap().success());
+    system.start_mediator(&[]).unwrap();
+    let latencies = send_after_idle(&mut client, 2);
+    eprintln!("after a mediator restart: {latencies:?}");
+    drop(client);
+    assert!(system.stop().unwrap().success());
+}
+
+/// `vgpu-client --interval-ms` on the doorbell socket: every request answered, the
+/// percentiles printed.
+#[test]
+fn the_cli_measures_idle_cost_through_the_doorbell() {
+    let system = doorbell_system(&[vm(1, 'A', 1)]);
+    let out = system
+        .run_client(1, &["NOOP", "--count", "4", "--interval-ms", "300", "--timeout", "2"])
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4 round trips: min"), "{stdout}");
+    eprintln!("{}", stdout.lines().find(|l| l.contains("round trips")).unwrap_or_default());
+    // Without the doorbell socket the client cannot ring: the holder refuses nobody,
+    // but a second peer on the same socket is refused while one is connected.
+    let first = vgpu_doorbell::HostPeer::connect(&system.doorbell_socket(1)).unwrap();
+    let out = system.run_client(1, &["NOOP", "--timeout", "2"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("doorbell socket"));
+    drop(first);
+}
