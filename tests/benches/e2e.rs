@@ -152,6 +152,27 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// The mediator's CPU use while idle for `idle_for`, then five requests each after 1 s
+/// (or `idle_for`) of idle.
+fn idle_cost(
+    system: &System,
+    client: &mut Client,
+    idle_for: Duration,
+) -> Result<(f64, Vec<Duration>)> {
+    let pid = system.mediator_pid().context("mediator pid")?;
+    let before = cpu_seconds(pid)?;
+    std::thread::sleep(idle_for);
+    let idle_cpu = (cpu_seconds(pid)? - before) / idle_for.as_secs_f64();
+    let mut after_idle = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1).min(idle_for));
+        let start = Instant::now();
+        client.noop("WAKE")?;
+        after_idle.push(start.elapsed());
+    }
+    Ok((idle_cpu, after_idle))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -283,17 +304,7 @@ fn main() -> Result<()> {
     }
 
     // 4. Idle cost and the first request after idle.
-    let pid = system.mediator_pid().context("mediator pid")?;
-    let before = cpu_seconds(pid)?;
-    std::thread::sleep(p.idle_for);
-    let idle_cpu = (cpu_seconds(pid)? - before) / p.idle_for.as_secs_f64();
-    let mut after_idle = Vec::new();
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_secs(1).min(p.idle_for));
-        let start = Instant::now();
-        client.noop("WAKE")?;
-        after_idle.push(start.elapsed());
-    }
+    let (idle_cpu, after_idle) = idle_cost(&system, &mut client, p.idle_for)?;
     drop(client);
     system.stop()?;
 
@@ -322,6 +333,20 @@ fn main() -> Result<()> {
     let vms: Vec<Vm> = (1..=256).map(|i| vm(i, 'A', 1)).collect();
     let mut many = start(RegionSpec::SMALL, &vms)?;
     let scale_256 = Summary::of(&noop_round_trips(&mut many.client(77, Wait::Spin)?, p.counts)?);
+    many.stop()?;
+
+    // 6. Doorbells (the holder runs in this process, clients stand in for QEMU on the
+    // sockets): the warm round trip, idle cost and first request after idle, and 256
+    // doorbell VMs of which one is active.
+    let bells = RegionSpec { doorbell: true, ..RegionSpec::SMALL };
+    let mut system = start(bells, &[vm(1, 'A', 1)])?;
+    let mut client = system.client(1, Wait::Spin)?;
+    let bell_warm = Summary::of(&noop_round_trips(&mut client, p.counts)?);
+    let (bell_idle_cpu, bell_after_idle) = idle_cost(&system, &mut client, p.idle_for)?;
+    drop(client);
+    system.stop()?;
+    let mut many = start(bells, &vms)?;
+    let bell_256 = Summary::of(&noop_round_trips(&mut many.client(77, Wait::Spin)?, p.counts)?);
     many.stop()?;
 
     let ratio = |a: u64, b: u64| a as f64 / b as f64;
@@ -365,6 +390,16 @@ fn main() -> Result<()> {
         median(after_idle.clone()),
         after_idle.iter().max().copied().unwrap_or_default()
     ));
+    table.push(format!(
+        "doorbells: warm median round trip {} ns ({:.2}x without); idle mediator {:.2}% of a core; first request after 1 s idle: median {:?}, max {:?}; 256 doorbell VMs (one active): median {} ns, ratio {:.2} to 1 VM",
+        bell_warm.p50,
+        ratio(bell_warm.p50, scale_1.p50),
+        bell_idle_cpu * 100.0,
+        median(bell_after_idle.clone()),
+        bell_after_idle.iter().max().copied().unwrap_or_default(),
+        bell_256.p50,
+        ratio(bell_256.p50, scale_1.p50)
+    ));
     for (n, via, direct) in &work {
         table.push(format!(
             "VECTOR_ADD of {n} floats: {via:?} through the mediator, {direct:?} computed in-process (transport and copies: {:?})",
@@ -385,6 +420,12 @@ fn main() -> Result<()> {
         "scale_median_ns": { "one_vm": scale_1.p50, "vms_256": scale_256.p50 },
         "idle_cpu_fraction": idle_cpu,
         "first_after_idle_ns": after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
+        "doorbell": {
+            "warm_median_ns": bell_warm.p50,
+            "idle_cpu_fraction": bell_idle_cpu,
+            "first_after_idle_ns": bell_after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
+            "vms_256_median_ns": bell_256.p50,
+        },
         "vector_add_ns": work.iter().map(|(n, v, d)| serde_json::json!({"n": n, "mediator": v.as_nanos() as u64, "in_process": d.as_nanos() as u64})).collect::<Vec<_>>(),
     });
     if bench {

@@ -6,8 +6,11 @@ use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgpu_client::{Client, ClientOptions, Wait};
+use vgpu_doorbell::{DoorbellVm, Holder};
 use vgpu_ring::{Access, Region};
 
 /// The project's binaries, next to the running test's own directory
@@ -90,8 +93,8 @@ pub struct RegionSpec {
     pub ring_entries: u32,
     /// Arena size (config syntax).
     pub arena_size: &'static str,
-    /// Every VM has a doorbell, held by an `ivshmem-setup serve` the system starts
-    /// before the mediator.
+    /// Every VM has a doorbell, held by a doorbell holder the system runs (in this
+    /// process, as `ivshmem-setup serve` would) before the mediator starts.
     pub doorbell: bool,
 }
 
@@ -108,7 +111,46 @@ pub struct System {
     config: PathBuf,
     log: PathBuf,
     mediator: Option<Child>,
-    holder: Option<Child>,
+    holder: Option<Holding>,
+}
+
+/// The doorbell holder of a system, served by a thread of the test process.
+struct Holding {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Holding {
+    fn start(config: &Path) -> Result<Self> {
+        let parsed = vgpu_config::Config::load(config)?;
+        let vms = parsed
+            .vms
+            .iter()
+            .filter_map(|vm| {
+                Some(DoorbellVm {
+                    vm_id: vm.id,
+                    socket: vm.doorbell.clone()?,
+                    region: vm.region.clone(),
+                })
+            })
+            .collect();
+        let mut holder = Holder::bind(vms, &parsed.doorbell_control)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || holder.serve(&stop))
+        };
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Shorthand for a VM.
@@ -222,22 +264,7 @@ impl System {
             }
         }
         let log = dir.path().join("mediator.log");
-        let holder = if regions.doorbell {
-            let Launcher::Binaries(bin) = &launcher else {
-                bail!("doorbells need the ivshmem-setup binary");
-            };
-            let child = Command::new(&bin.setup)
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
-                .spawn()?;
-            let control = dir.path().join("vgpu-doorbells.sock");
-            wait_for("the doorbell holder", Duration::from_secs(20), || control.exists())?;
-            Some(child)
-        } else {
-            None
-        };
+        let holder = if regions.doorbell { Some(Holding::start(&config)?) } else { None };
         let mut system = Self { log, dir, launcher, config, mediator: None, holder };
         system.start_mediator(&[])?;
         Ok(system)
@@ -468,7 +495,7 @@ impl System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        for mut child in [self.mediator.take(), self.holder.take()].into_iter().flatten() {
+        if let Some(mut child) = self.mediator.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
