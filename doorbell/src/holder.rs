@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A VM whose doorbell the holder serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,13 @@ fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Make an accepted stream blocking for the few messages the holder sends, with a
+/// bound: a peer that never reads cannot stall the holder, which serves every VM.
+fn sending(stream: &UnixStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(Duration::from_secs(1)))
 }
 
 fn eventfds() -> std::io::Result<Vec<OwnedFd>> {
@@ -145,7 +153,7 @@ impl Holder {
     fn hand_over(&self) {
         while let Ok((stream, _)) = self.control.accept() {
             let result = (|| {
-                stream.set_nonblocking(false)?;
+                sending(&stream)?;
                 send(&stream, self.vms.len() as i64, None)?;
                 for held in &self.vms {
                     let value = doorbell_value(HOST_PEER, 0);
@@ -195,7 +203,7 @@ impl Held {
 
     /// Send the setup: version, the VM's id, the region, the host's eventfds, the VM's.
     fn welcome(&self, stream: &UnixStream) -> std::io::Result<()> {
-        stream.set_nonblocking(false)?;
+        sending(stream)?;
         let region = OpenOptions::new()
             .read(true)
             .write(true)

@@ -59,8 +59,6 @@ struct Watch {
     seen: u32,
     /// The last reset request carried out (so an idle pass touches no port state).
     reset_done: u32,
-    /// The VM has a doorbell the dispatcher listens on.
-    has_bell: bool,
     /// Asleep: not scanned by passes; its `need_wakeup` flag is set and its doorbell
     /// wakes it.
     asleep: bool,
@@ -77,7 +75,6 @@ impl Watch {
             head,
             seen,
             reset_done: port.link.as_ref().map_or(0, |l| l.reset_done),
-            has_bell: port.bell.is_some(),
             asleep: false,
             recent: true,
         }
@@ -177,10 +174,9 @@ impl Dispatcher {
         } else {
             None
         };
-        let watches: Vec<Watch> = vms.iter().map(Watch::of).collect();
-        Ok(Self {
-            scan: (0..watches.len()).collect(),
-            watches,
+        let mut dispatcher = Self {
+            watches: vms.iter().map(Watch::of).collect(),
+            scan: Vec::with_capacity(vms.len()),
             bells,
             queue: PoolQueue::with_weights(pool.policy, vms.iter().map(|p| p.vm.weight)),
             offload_compute: executor.offloads_compute(),
@@ -203,7 +199,9 @@ impl Dispatcher {
             pool: pool.name,
             log_requests,
             stats: DispatcherStats::default(),
-        })
+        };
+        dispatcher.rebuild_scan();
+        Ok(dispatcher)
     }
 
     /// Serve until `shutdown` is set, then finish the job in hand and, as `on_stop`
@@ -262,14 +260,18 @@ impl Dispatcher {
     /// retries of quarantined VMs.
     fn housekeeping(&mut self, now: Instant) {
         if let Some(bells) = &mut self.bells {
-            if bells.sleeping > 0 && now >= bells.next_look {
+            let look = bells.sleeping > 0 && now >= bells.next_look;
+            if look {
                 bells.next_look = now + LOOK_FOR_RINGS;
+            }
+            let doze = now >= bells.next_doze;
+            if doze {
+                bells.next_doze = now + bells.doze_after;
+            }
+            if look {
                 self.wait_for_rings(Duration::ZERO);
             }
-            if let Some(bells) = &mut self.bells
-                && now >= bells.next_doze
-            {
-                bells.next_doze = now + bells.doze_after;
+            if doze {
                 self.doze(false);
             }
         }
@@ -353,8 +355,8 @@ impl Dispatcher {
         let Some(bells) = &mut self.bells else { return };
         bells.rung.clear();
         for (index, watch) in self.watches.iter_mut().enumerate() {
-            if watch.has_bell
-                && !watch.asleep
+            if !watch.asleep
+                && self.vms[index].bell.is_some()
                 && (all || !watch.recent)
                 && let Some(link) = &self.vms[index].link
             {

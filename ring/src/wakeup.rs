@@ -14,8 +14,9 @@
 //! Guest, after publishing requests ([`wakeup_wanted`]):
 //!
 //! 1. `store(req_head, h, release)` (the ring's publication);
-//! 2. `fence(seq_cst)`;
-//! 3. `load(need_wakeup, relaxed)`: non-zero → write the `doorbell` value to the device.
+//! 2. `load(doorbell, relaxed)`: no doorbell → nothing more (the host polls the slot);
+//! 3. `fence(seq_cst)`;
+//! 4. `load(need_wakeup, relaxed)`: non-zero → write the `doorbell` value to the device.
 //!
 //! The two fences order each side's store before its load in one total order, so at
 //! least one side sees the other's store: the host sees the request, or the guest sees
@@ -47,15 +48,18 @@ use crate::sync::{Ordering, fence};
 /// assert_eq!(wakeup_wanted(&control), None);
 /// ```
 pub fn wakeup_wanted<C: ControlBlock>(control: &C) -> Option<u32> {
+    // Relaxed: the host published the doorbell before it ever set the flag; a VM
+    // without one (an `ivshmem-plain` device) is polled, and its guest pays no fence.
+    let bell = control.load(ControlWord::Doorbell, Ordering::Relaxed);
+    if bell & SlotControl::DOORBELL_PRESENT == 0 {
+        return None;
+    }
     // SYNC: SeqCst fence pairs with the host's fence in `fence_before_rescan`: the
     // guest's `req_head` store and the host's `need_wakeup` store are ordered before the
     // loads that follow them, so the host sees the request or the guest sees the flag.
     fence(Ordering::SeqCst);
-    if control.load(ControlWord::NeedWakeup, Ordering::Relaxed) == 0 {
-        return None;
-    }
-    let bell = control.load(ControlWord::Doorbell, Ordering::Relaxed);
-    (bell & SlotControl::DOORBELL_PRESENT != 0).then_some(bell & !SlotControl::DOORBELL_PRESENT)
+    (control.load(ControlWord::NeedWakeup, Ordering::Relaxed) != 0)
+        .then_some(bell & !SlotControl::DOORBELL_PRESENT)
 }
 
 /// Host: ask the guest to ring the doorbell after its next publication. Follow the

@@ -76,8 +76,8 @@ fn the_cli_measures_idle_cost_through_the_doorbell() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("4 round trips: min"), "{stdout}");
     eprintln!("{}", stdout.lines().find(|l| l.contains("round trips")).unwrap_or_default());
-    // Without the doorbell socket the client cannot ring: the holder refuses nobody,
-    // but a second peer on the same socket is refused while one is connected.
+    // While a peer (the VM's QEMU) is connected, a client asking for the same socket
+    // is refused with a clear error.
     let first = vgpu_doorbell::HostPeer::connect(&system.doorbell_socket(1)).unwrap();
     let out = system.run_client(1, &["NOOP", "--timeout", "2"]).unwrap();
     assert!(!out.status.success());
