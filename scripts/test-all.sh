@@ -36,6 +36,15 @@ requires() { # NAME REASON CONDITION... -- COMMAND...
 requires qemu_accepts_the_printed_arguments "qemu-system-x86_64 is not installed" \
     command -v qemu-system-x86_64 -- \
     cargo test -p ivshmem-setup --test cli -- --ignored --exact qemu_accepts_the_printed_arguments
+# A Linux guest under QEMU (TCG) served through ivshmem-doorbell: the image is a Debian
+# kernel and an initramfs with a static vgpu-client (scripts/guest-image.sh).
+guest_image() {
+    command -v qemu-system-x86_64 && scripts/guest-image.sh target/guest 2>target/guest-image.err
+}
+requires a_qemu_guest_is_served_through_its_doorbell_after_idle \
+    "no qemu-system-x86_64, or no guest image: target/guest-image.err says why" \
+    guest_image -- \
+    env VGPU_GUEST_IMAGE="$PWD/target/guest" cargo test -p vgpu-tests --test guest -- --ignored
 requires create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing "not root: cannot mount a tmpfs" \
     test "$(id -u)" = 0 -- \
     cargo test -p ivshmem-setup --test cli -- --ignored --exact create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing
