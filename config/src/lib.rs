@@ -244,6 +244,8 @@ pub struct Config {
     pub vms: Vec<VmConfig>,
     /// Mediator settings.
     pub mediator: MediatorConfig,
+    /// Where the mediator serves Prometheus metrics (`[metrics] listen`); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +259,14 @@ struct RawConfig {
     vm: Vec<RawVm>,
     #[serde(default)]
     mediator: RawMediator,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -653,6 +663,18 @@ impl Config {
             )?,
             drain_on_stop: m.drain_on_stop.unwrap_or(false),
         };
+        let metrics_listen = raw
+            .metrics
+            .listen
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        format!("{text:?} is not an address and port (e.g. \"127.0.0.1:9464\")"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             region_dir,
             region_size,
@@ -662,6 +684,7 @@ impl Config {
             pools,
             vms,
             mediator,
+            metrics_listen,
         })
     }
 
@@ -914,6 +937,18 @@ mod file_tests {
             let message = load(&text.replace("DIR", &dir.path().display().to_string())).1;
             let message = message.unwrap_err().to_string();
             assert!(message.contains("is the same file as vm 1's region"), "{alias}: {message}");
+        }
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_absent() {
+        assert_eq!(load(GOOD).1.unwrap().metrics_listen, None);
+        let text = format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        assert_eq!(load(&text).1.unwrap().metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        for bad in ["localhost", "127.0.0.1", ":9464", "1.2.3.4:99999"] {
+            let text = format!("{GOOD}[metrics]\nlisten = \"{bad}\"\n");
+            let message = load(&text).1.unwrap_err().to_string();
+            assert!(message.contains("metrics.listen"), "{bad}: {message}");
         }
     }
 }

@@ -83,6 +83,8 @@ struct Kernels {
 
 /// Runs a pool's compute operations on one GPU.
 pub struct CudaExecutor {
+    /// The device's ordinal and name (for metrics).
+    device: String,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     /// Reused device buffers: two inputs and one output.
@@ -115,6 +117,10 @@ impl CudaExecutor {
     pub fn new(device: u32) -> Result<Self, CudaError> {
         libraries_present()?;
         let ctx = CudaContext::new(device as usize)?;
+        let device = match ctx.name() {
+            Ok(name) => format!("{device}: {name}"),
+            Err(_) => device.to_string(),
+        };
         let stream = ctx.new_stream()?;
         let ptx = cudarc::nvrtc::compile_ptx(KERNELS)?;
         let module = ctx.load_module(ptx)?;
@@ -124,7 +130,13 @@ impl CudaExecutor {
             dot: module.load_function("dot")?,
             matmul: module.load_function("matmul")?,
         };
-        Ok(Self { stream, kernels, buffers: [None, None, None], host: CpuExecutor::default() })
+        Ok(Self {
+            device,
+            stream,
+            kernels,
+            buffers: [None, None, None],
+            host: CpuExecutor::default(),
+        })
     }
 
     /// Device buffer `index` with room for at least `len` floats.
@@ -248,6 +260,10 @@ impl Executor for CudaExecutor {
 
     fn offloads_compute(&self) -> bool {
         true
+    }
+
+    fn describe(&self) -> (&'static str, String) {
+        ("cuda", self.device.clone())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::dispatcher::{Dispatcher, DispatcherStats, OnStop};
 use crate::executor::{CpuExecutor, Executor};
+use crate::metrics::{Exporter, Metrics, PoolMetrics};
 use crate::port::{Session, VmPort};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -173,10 +174,17 @@ pub fn serve(
     // Wakes dispatchers sleeping on doorbells at shutdown.
     let stop_bell = Bell::local().context("create an eventfd")?;
     let mut threads = Vec::new();
+    let mut pool_metrics = Vec::new();
     for (pool, executor) in executors {
         let name = &pool.name;
         let vms = by_pool.remove(name).unwrap_or_default();
         tracing::info!("Pool {name} Queue: Ready ({} VMs, {:?})", vms.len(), pool.policy);
+        let metrics = Arc::new(PoolMetrics::new(
+            *name,
+            executor.describe(),
+            vms.iter().map(|port| Arc::clone(&port.metrics)).collect(),
+        ));
+        pool_metrics.push(Arc::clone(&metrics));
         let dispatcher = Dispatcher::new(
             pool,
             vms,
@@ -185,6 +193,7 @@ pub fn serve(
             session,
             options.log_requests,
             &stop_bell,
+            metrics,
         )?;
         let flag = Arc::clone(shutdown);
         let thread = std::thread::Builder::new()
@@ -193,6 +202,22 @@ pub fn serve(
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
+    let metrics = Metrics { epoch: session.epoch, pools: pool_metrics };
+    // A metrics endpoint is an aid, never a condition to serve: one that cannot be
+    // bound is logged and the VMs are served without it.
+    let _exporter =
+        config.metrics_listen.and_then(|listen| match Exporter::start(listen, metrics) {
+            Ok(exporter) => {
+                tracing::info!("metrics on http://{listen}/metrics");
+                Some(exporter)
+            }
+            Err(e) => {
+                tracing::error!(
+                    "metrics: cannot listen on {listen} ({e}); serving without metrics"
+                );
+                None
+            }
+        });
     // The dispatchers keep their regions' heartbeats; this thread only waits for the
     // signal (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap).
     while !shutdown.load(Ordering::Relaxed) {

@@ -6,9 +6,11 @@
 
 use crate::executor::{CpuExecutor, Executed, Executor, ExecutorThread, Job};
 use crate::log_limit::{Problem, suppressed_note};
+use crate::metrics::PoolMetrics;
 use crate::port::{Session, VmPort};
 use crate::queue::PoolQueue;
 use crate::validate::validate;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
@@ -136,7 +138,15 @@ pub struct Dispatcher {
     pool: PoolId,
     log_requests: bool,
     stats: DispatcherStats,
+    metrics: Arc<PoolMetrics>,
+    /// Test hook (`VGPU_TEST_HOOK_HANG=1` in the environment): a request labelled
+    /// `TEST_HANG` stops this dispatcher's passes until shutdown, as a hung dispatcher
+    /// would (the watchdog test). Off in production: a guest cannot enable it.
+    hang_hook: bool,
 }
+
+/// The label that hangs a dispatcher when the test hook is on.
+const HANG_LABEL: &str = "TEST_HANG";
 
 impl Dispatcher {
     /// A dispatcher for `pool` serving `vms` (attached or quarantined), with `executor`
@@ -145,6 +155,7 @@ impl Dispatcher {
     /// # Errors
     ///
     /// If the executor thread cannot be started.
+    #[allow(clippy::too_many_arguments, reason = "each is a separate part of the pool")]
     pub(crate) fn new(
         pool: &PoolConfig,
         vms: Vec<VmPort>,
@@ -153,6 +164,7 @@ impl Dispatcher {
         session: Session,
         log_requests: bool,
         stop_bell: &Bell,
+        metrics: Arc<PoolMetrics>,
     ) -> std::io::Result<Self> {
         let now = Instant::now();
         let bells = if vms.iter().any(|port| port.bell.is_some()) {
@@ -199,6 +211,8 @@ impl Dispatcher {
             pool: pool.name,
             log_requests,
             stats: DispatcherStats::default(),
+            metrics,
+            hang_hook: std::env::var_os("VGPU_TEST_HOOK_HANG").is_some_and(|v| v == "1"),
         };
         dispatcher.rebuild_scan();
         Ok(dispatcher)
@@ -226,6 +240,7 @@ impl Dispatcher {
                 self.carry_out_resets(&mut now);
             }
             passes = passes.wrapping_add(1);
+            self.metrics.passes.set(u64::from(passes));
             // Housekeeping (heartbeat, retries) needs the clock: a pass that read it
             // anyway, or one pass in 1024 (a busy pool may not read it at all).
             if now.is_some() || passes.is_multiple_of(1024) {
@@ -436,6 +451,9 @@ impl Dispatcher {
     /// Drop what the dispatcher holds of VM `index` after its link changed.
     fn forget(&mut self, index: usize) {
         self.queue.retain(|p| p.vm != index);
+        for priority in vgpu_ring::Priority::ALL {
+            self.metrics.set_queue_depth(priority, self.queue.len_at(priority));
+        }
         self.renew_watch(index);
     }
 
@@ -501,7 +519,7 @@ impl Dispatcher {
         });
         match verdict {
             Ok(job) => {
-                port.in_flight += 1;
+                port.set_in_flight(port.in_flight + 1);
                 let priority = port.identity.priority;
                 self.queue.push(
                     index,
@@ -516,6 +534,7 @@ impl Dispatcher {
                         arrived: now,
                     },
                 );
+                self.metrics.set_queue_depth(priority, self.queue.len_at(priority));
                 if self.log_requests {
                     tracing::info!(
                         "[QUEUE] Pool {pool}: Added priority={priority}, vm={}, count={}",
@@ -526,7 +545,7 @@ impl Dispatcher {
             }
             Err(code) => {
                 if code == ErrorCode::IdentityMismatch
-                    && let Some(n) = port.log.admit(Problem::IdentityClaim, now)
+                    && let Some(n) = port.admit_log(Problem::IdentityClaim, now)
                 {
                     tracing::warn!(
                         "Pool {pool}: vm{} claimed pool {:?} priority {} vm {}; configured pool {} priority {}: refused{}",
@@ -554,6 +573,10 @@ impl Dispatcher {
             let Some(queued) = self.queue.pop(now) else { break };
             let pending = queued.item;
             started += 1;
+            self.metrics.set_queue_depth(queued.priority, self.queue.len_at(queued.priority));
+            if self.hang_hook && decode_label(&pending.request.label) == HANG_LABEL {
+                hang();
+            }
             let port = &self.vms[pending.vm];
             let Some(link) = port.link.as_ref().filter(|_| port.generation == pending.generation)
             else {
@@ -630,9 +653,11 @@ impl Dispatcher {
             // The VM was reset or quarantined meanwhile: nobody waits for this answer.
             return;
         }
-        port.in_flight = port.in_flight.saturating_sub(1);
+        port.set_in_flight(port.in_flight.saturating_sub(1));
         let mut response = port.answer(&p.request, f.result);
-        response.queued_ns = f.started.saturating_duration_since(p.arrived).as_nanos() as u64;
+        let queued = f.started.saturating_duration_since(p.arrived);
+        self.metrics.executed(p.request.opcode, queued, f.exec);
+        response.queued_ns = queued.as_nanos() as u64;
         response.exec_ns = f.exec.as_nanos() as u64;
         self.respond(p.vm, p.position, response);
     }
@@ -653,6 +678,7 @@ impl Dispatcher {
             );
         }
         port.publish(position, response);
+        port.metrics.answered(&response);
         self.maybe_parked |= port.parked() > 0;
     }
 
@@ -706,5 +732,14 @@ impl Dispatcher {
         }
         self.flush_parked();
         self.stats
+    }
+}
+
+/// The test hook's hang: the dispatcher thread stops making passes (the process stops
+/// at its next SIGKILL; the test ends it so).
+fn hang() -> ! {
+    tracing::warn!("test hook: dispatcher hangs ({HANG_LABEL})");
+    loop {
+        std::thread::park();
     }
 }

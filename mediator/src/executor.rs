@@ -101,6 +101,11 @@ pub trait Executor: Send {
     fn offloads_compute(&self) -> bool {
         false
     }
+
+    /// The backend (`cpu`, `cuda`) and the device, as metrics report them.
+    fn describe(&self) -> (&'static str, String) {
+        ("cpu", "cpu".to_owned())
+    }
 }
 
 /// What the executor thread (or the dispatcher, inline) did with a job.

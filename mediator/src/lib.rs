@@ -7,6 +7,7 @@
 //! - [`executor`]: the [`Executor`](executor::Executor) trait and the CPU executor.
 //! - [`dispatcher`]: a pool's dispatcher thread; `port`: one VM as it sees it.
 //! - [`log_limit`]: bounding the log lines a guest can cause.
+//! - [`metrics`]: values the dispatchers keep, served in the Prometheus format.
 //! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
 //! - [`cli`]: the command line.
 // Only the CUDA executor (feature `cuda`) allows `unsafe`, for kernel launches.
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod dispatcher;
 pub mod executor;
 pub mod log_limit;
+pub mod metrics;
 mod port;
 pub mod queue;
 mod validate;

@@ -10,6 +10,7 @@
 //! the marked prefix.
 
 use crate::log_limit::{LogLimiter, Problem, suppressed_note};
+use crate::metrics::{VmMetrics, VmState};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -113,6 +114,8 @@ pub(crate) struct VmPort {
     pub(crate) log: LogLimiter,
     /// The host end of the VM's doorbell, when the holder handed one over.
     pub(crate) bell: Option<Bell>,
+    /// What the metrics report of the VM.
+    pub(crate) metrics: Arc<VmMetrics>,
 }
 
 impl VmPort {
@@ -128,6 +131,7 @@ impl VmPort {
         bell: Option<Bell>,
     ) -> Result<Self, RegionError> {
         let mut port = Self {
+            metrics: Arc::new(VmMetrics::new(vm.id)),
             bell,
             identity: vm.identity(),
             vm,
@@ -171,8 +175,37 @@ impl VmPort {
         }
         self.link = Some(link);
         self.generation += 1;
-        self.in_flight = 0;
+        self.set_in_flight(0);
+        self.note_state();
         Ok(())
+    }
+
+    /// Record a change of `in_flight`.
+    #[inline]
+    pub(crate) fn set_in_flight(&mut self, in_flight: u32) {
+        self.in_flight = in_flight;
+        self.metrics.in_flight.set(u64::from(in_flight));
+    }
+
+    /// Record the VM's state and parked responses after its link changed.
+    fn note_state(&self) {
+        let state = match &self.link {
+            None => VmState::Quarantined,
+            Some(link) if link.request_poisoned || link.response_poisoned => VmState::Poisoned,
+            Some(_) => VmState::Attached,
+        };
+        self.metrics.set_state(state);
+        self.metrics.parked.set(self.parked() as u64);
+    }
+
+    /// Whether a log line about `problem` may be written now (see
+    /// [`LogLimiter::admit`]); a suppressed one is counted.
+    pub(crate) fn admit_log(&mut self, problem: Problem, now: Instant) -> Option<u64> {
+        let admitted = self.log.admit(problem, now);
+        if admitted.is_none() {
+            self.metrics.suppressed_lines.add(1);
+        }
+        admitted
     }
 
     /// The value that rings the VM's doorbell, if the host listens on one.
@@ -192,7 +225,8 @@ impl VmPort {
     pub(crate) fn quarantine(&mut self, reason: &str) {
         self.link = None;
         self.generation += 1;
-        self.in_flight = 0;
+        self.set_in_flight(0);
+        self.note_state();
         if self.quarantine.as_deref() != Some(reason) {
             tracing::error!(
                 "Pool {}: vm{} QUARANTINED: {reason}; the other VMs are served, retrying",
@@ -230,15 +264,20 @@ impl VmPort {
         if link.response_poisoned {
             return;
         }
-        if !link.parked.is_empty() {
-            link.parked.push_back((position, response));
-            return;
-        }
-        match link.responses.push(response) {
-            Ok(()) => link.answered(position),
-            Err(PushError::Full(r)) => link.parked.push_back((position, r)),
-            Err(PushError::Poisoned(e)) => self.isolate_responses(&e),
-        }
+        let parked = if link.parked.is_empty() {
+            match link.responses.push(response) {
+                Ok(()) => {
+                    link.answered(position);
+                    return;
+                }
+                Err(PushError::Full(r)) => r,
+                Err(PushError::Poisoned(e)) => return self.isolate_responses(&e),
+            }
+        } else {
+            response
+        };
+        link.parked.push_back((position, parked));
+        self.metrics.parked.set(link.parked.len() as u64);
     }
 
     /// Retry parked responses; returns how many went out.
@@ -255,10 +294,11 @@ impl VmPort {
                 Err(PushError::Full(_)) => break,
                 Err(PushError::Poisoned(e)) => {
                     self.isolate_responses(&e);
-                    break;
+                    return sent;
                 }
             }
         }
+        self.metrics.parked.set(link.parked.len() as u64);
         sent
     }
 
@@ -272,7 +312,8 @@ impl VmPort {
         let Some(link) = &mut self.link else { return };
         link.request_poisoned = true;
         link.set_status_bit(SlotControl::REQUEST_POISONED);
-        if let Some(n) = self.log.admit(Problem::Poisoned, now) {
+        self.note_state();
+        if let Some(n) = self.admit_log(Problem::Poisoned, now) {
             tracing::warn!(
                 "Pool {}: vm{} request ring isolated: {e}{}",
                 self.vm.pool,
@@ -290,7 +331,8 @@ impl VmPort {
         link.response_poisoned = true;
         link.parked.clear();
         link.set_status_bit(SlotControl::RESPONSE_POISONED);
-        if let Some(n) = self.log.admit(Problem::Poisoned, Instant::now()) {
+        self.note_state();
+        if let Some(n) = self.admit_log(Problem::Poisoned, Instant::now()) {
             tracing::warn!(
                 "Pool {}: vm{} response ring isolated: {e}{}",
                 self.vm.pool,
@@ -313,8 +355,10 @@ impl VmPort {
         let link = Link::new(slot, self.doorbell())?;
         self.link = Some(link);
         self.generation += 1;
-        self.in_flight = 0;
-        if let Some(n) = self.log.admit(Problem::Reset, now) {
+        self.set_in_flight(0);
+        self.note_state();
+        self.metrics.resets.add(1);
+        if let Some(n) = self.admit_log(Problem::Reset, now) {
             tracing::warn!(
                 "Pool {}: vm{} rings reset at the guest's request ({dropped} requests dropped){}",
                 self.vm.pool,

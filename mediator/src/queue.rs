@@ -154,7 +154,8 @@ pub struct PoolQueue<T> {
     levels: [VecDeque<Queued<T>>; 3],
     /// Set for `policy = "fair"`; then `levels` stays empty.
     fair: Option<FairShare<T>>,
-    len: usize,
+    /// Waiting items by priority.
+    lens: [usize; 3],
     next_seq: u64,
     policy: Policy,
 }
@@ -208,19 +209,25 @@ impl<T> PoolQueue<T> {
             }
             fair
         });
-        Self { levels: Default::default(), fair, len: 0, next_seq: 0, policy }
+        Self { levels: Default::default(), fair, lens: [0; 3], next_seq: 0, policy }
     }
 
     /// Number of waiting items.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.len
+        self.lens.iter().sum()
+    }
+
+    /// Number of waiting items of `priority` (their own priority, before any aging).
+    #[must_use]
+    pub fn len_at(&self, priority: Priority) -> usize {
+        self.lens[priority.index()]
     }
 
     /// Whether nothing waits.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Queue `item` of VM `vm` with `priority`, arriving `now`; returns its sequence
@@ -228,7 +235,7 @@ impl<T> PoolQueue<T> {
     pub fn push(&mut self, vm: usize, priority: Priority, now: Instant, item: T) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.len += 1;
+        self.lens[priority.index()] += 1;
         let queued = Queued { seq, vm, priority, arrived: now, item };
         match &mut self.fair {
             Some(fair) => fair.push(queued),
@@ -266,7 +273,9 @@ impl<T> PoolQueue<T> {
                 self.levels[best].pop_front()
             }
         };
-        self.len -= usize::from(popped.is_some());
+        if let Some(q) = &popped {
+            self.lens[q.priority.index()] -= 1;
+        }
         popped
     }
 
@@ -285,17 +294,17 @@ impl<T> PoolQueue<T> {
             Some(fair) => fair.vms.iter_mut().map(|v| &mut v.queue).collect(),
             None => self.levels.iter_mut().collect(),
         };
-        let mut len = 0;
+        let mut lens = [0; 3];
         for queue in queues {
             queue.retain(|q| keep(&q.item));
-            len += queue.len();
+            queue.iter().for_each(|q| lens[q.priority.index()] += 1);
         }
-        self.len = len;
+        self.lens = lens;
     }
 
     /// Remove every item (at shutdown), in no particular order.
     pub fn drain(&mut self) -> Vec<Queued<T>> {
-        self.len = 0;
+        self.lens = [0; 3];
         match &mut self.fair {
             Some(fair) => {
                 fair.ready.iter_mut().for_each(BinaryHeap::clear);
@@ -321,6 +330,28 @@ mod tests {
     const P0: Priority = Priority::LOW;
     const P1: Priority = Priority::MEDIUM;
     const P2: Priority = Priority::HIGH;
+
+    #[test]
+    fn lengths_by_priority_follow_push_pop_retain_and_drain() {
+        for policy in [Policy::Strict, Policy::Fair] {
+            let now = Instant::now();
+            let mut q = PoolQueue::new(policy);
+            for (vm, priority) in [(0, P0), (1, P2), (0, P2), (1, P1)] {
+                q.push(vm, priority, now, vm);
+            }
+            assert_eq!([P0, P1, P2].map(|p| q.len_at(p)), [1, 1, 2]);
+            let first = q.pop(now).unwrap();
+            assert_eq!(first.priority, P2);
+            q.charge(first.vm, first.priority, Duration::ZERO);
+            assert_eq!([P0, P1, P2].map(|p| q.len_at(p)), [1, 1, 1]);
+            q.retain(|&vm| vm != 1);
+            assert_eq!([P0, P1, P2].map(|p| q.len_at(p)), [1, 0, usize::from(first.vm == 1)]);
+            assert_eq!(q.len(), 1 + usize::from(first.vm == 1));
+            q.drain();
+            assert_eq!([P0, P1, P2].map(|p| q.len_at(p)), [0, 0, 0]);
+            assert!(q.is_empty());
+        }
+    }
 
     #[test]
     fn strict_orders_by_priority_then_arrival() {

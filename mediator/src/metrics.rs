@@ -1,0 +1,502 @@
+//! Metrics: values the dispatchers own and an exporter thread serves in the Prometheus
+//! text format (`[metrics] listen`, docs/OPERATIONS.md).
+//!
+//! Every value has one writer, its pool's dispatcher thread: an update is a Relaxed load
+//! and store of an atomic word (no lock, no allocation, no read-modify-write on the
+//! request path). The exporter reads them with Relaxed loads when it is scraped; the
+//! values of one scrape are each exact at some instant of the scrape, not a snapshot
+//! of one instant (as with any exporter). Label sets are bounded: VMs and pools come
+//! from the configuration, opcodes and error codes from the protocol.
+// The values live in process memory and belong to no shared-memory protocol: no loom
+// model covers them, so they use std's atomics directly.
+#![allow(clippy::disallowed_types, reason = "process-local values, outside the loom models")]
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use vgpu_ring::{ErrorCode, Opcode, PoolId, Priority, Response, Status};
+
+/// A value with one writing thread.
+#[derive(Debug, Default)]
+pub struct Value(AtomicU64);
+
+impl Value {
+    /// Add `n` (only the owning thread writes, so load and store need no atomic add).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // SYNC: Relaxed: a single writer; readers want the value, not an order.
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Set the value.
+    #[inline]
+    pub fn set(&self, value: u64) {
+        // SYNC: Relaxed: a single writer; readers want the value, not an order.
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// The value now.
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        // SYNC: Relaxed: pairs with nothing; a scrape reads values, not an order.
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the histogram buckets, in nanoseconds (1 µs to 10 s).
+const BOUNDS_NS: [u64; 18] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// A histogram of durations with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last counts what is above every bound.
+    buckets: [Value; BOUNDS_NS.len() + 1],
+    sum_ns: Value,
+}
+
+impl Histogram {
+    /// Count one observation of `ns` nanoseconds.
+    #[inline]
+    pub fn observe(&self, ns: u64) {
+        self.buckets[BOUNDS_NS.partition_point(|&bound| bound < ns)].add(1);
+        self.sum_ns.add(ns);
+    }
+
+    /// Observations so far.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(Value::get).sum()
+    }
+}
+
+impl EncodeMetric for &Histogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = BOUNDS_NS
+            .iter()
+            .map(|&ns| ns as f64 / 1e9)
+            .chain([f64::INFINITY])
+            .zip(self.buckets.iter().map(Value::get))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(
+            self.sum_ns.get() as f64 / 1e9,
+            count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Opcode label values: the protocol's opcodes, then one for an unknown opcode.
+const OPCODES: usize = Opcode::ALL.len() + 1;
+
+fn opcode_index(opcode: u16) -> usize {
+    Opcode::try_from(opcode).map_or(OPCODES - 1, |op| op as usize - 1)
+}
+
+fn opcode_name(index: usize) -> &'static str {
+    Opcode::ALL.get(index).map_or("unknown", |op| op.name())
+}
+
+/// A VM's state as `vgpu_vm_state` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum VmState {
+    /// Served.
+    Attached = 0,
+    /// Not served: its region is unusable (retried periodically).
+    Quarantined = 1,
+    /// Attached, but a ring holds impossible indices: isolated until the guest resets it.
+    Poisoned = 2,
+}
+
+impl VmState {
+    const ALL: [Self; 3] = [Self::Attached, Self::Quarantined, Self::Poisoned];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Attached => "attached",
+            Self::Quarantined => "quarantined",
+            Self::Poisoned => "poisoned",
+        }
+    }
+}
+
+/// One VM's values (written by its pool's dispatcher).
+#[derive(Debug)]
+pub struct VmMetrics {
+    /// The VM's id (a label).
+    pub id: u32,
+    /// Answered requests by opcode and status (0: success, 1: error).
+    requests: [[Value; 2]; OPCODES],
+    /// Error answers by error code.
+    errors: [Value; ErrorCode::ALL.len()],
+    /// Requests queued or executing.
+    pub in_flight: Value,
+    /// Responses waiting for room in the response ring.
+    pub parked: Value,
+    state: Value,
+    /// Ring resets carried out at the guest's request.
+    pub resets: Value,
+    /// Log lines about this VM suppressed by its log budget.
+    pub suppressed_lines: Value,
+}
+
+impl VmMetrics {
+    /// The values of VM `id`, all zero (state: attached).
+    #[must_use]
+    pub fn new(id: u32) -> Self {
+        Self {
+            id,
+            requests: Default::default(),
+            errors: Default::default(),
+            in_flight: Value::default(),
+            parked: Value::default(),
+            state: Value::default(),
+            resets: Value::default(),
+            suppressed_lines: Value::default(),
+        }
+    }
+
+    /// Count `response`, just published.
+    #[inline]
+    pub fn answered(&self, response: &Response) {
+        let failed = response.status != Status::Success as u32;
+        self.requests[opcode_index(response.opcode)][usize::from(failed)].add(1);
+        if failed && let Some(counter) = self.errors.get(response.error as usize) {
+            counter.add(1);
+        }
+    }
+
+    /// Record the VM's state.
+    pub fn set_state(&self, state: VmState) {
+        self.state.set(state as u64);
+    }
+
+    /// Answered requests of `opcode` that succeeded (`failed` false) or failed.
+    #[must_use]
+    pub fn requests(&self, opcode: Opcode, failed: bool) -> u64 {
+        self.requests[opcode_index(opcode as u16)][usize::from(failed)].get()
+    }
+}
+
+/// One pool's values (written by its dispatcher).
+#[derive(Debug)]
+pub struct PoolMetrics {
+    /// The pool.
+    pub pool: PoolId,
+    /// The executor's backend (`cpu`, `cuda`) and device.
+    pub executor: (&'static str, String),
+    /// The pool's VMs, in the dispatcher's order.
+    pub vms: Vec<Arc<VmMetrics>>,
+    /// Time from a request's arrival to the start of its execution.
+    pub queue_wait: Histogram,
+    /// Execution time by opcode.
+    exec: [Histogram; OPCODES],
+    /// Requests waiting in the queue, by priority.
+    pub queue_depth: [Value; 3],
+    /// Nanoseconds spent executing requests.
+    pub busy_ns: Value,
+    /// Dispatcher passes (the watchdog's sign of progress).
+    pub passes: Value,
+}
+
+impl PoolMetrics {
+    /// The values of `pool`, whose executor is `executor` and VMs `vms`.
+    #[must_use]
+    pub fn new(pool: PoolId, executor: (&'static str, String), vms: Vec<Arc<VmMetrics>>) -> Self {
+        Self {
+            pool,
+            executor,
+            vms,
+            queue_wait: Histogram::default(),
+            exec: Default::default(),
+            queue_depth: Default::default(),
+            busy_ns: Value::default(),
+            passes: Value::default(),
+        }
+    }
+
+    /// Record a request of `opcode` that waited `queued` and ran for `exec`.
+    #[inline]
+    pub fn executed(&self, opcode: u16, queued: Duration, exec: Duration) {
+        let exec = exec.as_nanos() as u64;
+        self.queue_wait.observe(queued.as_nanos() as u64);
+        self.exec[opcode_index(opcode)].observe(exec);
+        self.busy_ns.add(exec);
+    }
+
+    /// Record how many requests of `priority` wait in the queue.
+    #[inline]
+    pub fn set_queue_depth(&self, priority: Priority, depth: usize) {
+        self.queue_depth[priority.index()].set(depth as u64);
+    }
+}
+
+/// Everything a mediator reports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The session epoch.
+    pub epoch: u64,
+    /// Every pool.
+    pub pools: Vec<Arc<PoolMetrics>>,
+}
+
+/// One metric family: its descriptor, then one encoded value per label set.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, value) in values {
+        value.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(value: u64) -> ConstCounter<u64> {
+    ConstCounter::new(value)
+}
+
+fn gauge(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let vms = || {
+            self.pools.iter().flat_map(|p| {
+                p.vms.iter().map(move |vm| (p.pool.name().to_string(), vm.id.to_string(), vm))
+            })
+        };
+        let per_vm = |f: fn(&VmMetrics) -> u64| {
+            vms().map(move |(_, id, vm)| (vec![("vm", id)], f(vm))).collect::<Vec<_>>()
+        };
+        let requests = vms().flat_map(|(pool, id, vm)| {
+            (0..OPCODES).flat_map(move |op| {
+                let (pool, id) = (pool.clone(), id.clone());
+                ["success", "error"].into_iter().enumerate().map(move |(failed, status)| {
+                    let labels = vec![
+                        ("pool", pool.clone()),
+                        ("vm", id.clone()),
+                        ("opcode", opcode_name(op).to_owned()),
+                        ("status", status.to_owned()),
+                    ];
+                    (labels, counter(vm.requests[op][failed].get()))
+                })
+            })
+        });
+        family(&mut e, "vgpu_requests", "Requests answered", None, MetricType::Counter, requests)?;
+        let errors = vms().flat_map(|(pool, id, vm)| {
+            ErrorCode::ALL.into_iter().skip(1).map(move |code| {
+                let labels = vec![
+                    ("pool", pool.clone()),
+                    ("vm", id.clone()),
+                    ("code", (code as u32).to_string()),
+                ];
+                (labels, counter(vm.errors[code as usize].get()))
+            })
+        });
+        family(
+            &mut e,
+            "vgpu_request_errors",
+            "Requests answered with an error, by error code (docs/LAYOUT.md)",
+            None,
+            MetricType::Counter,
+            errors,
+        )?;
+        let pool_label = |p: &PoolMetrics| vec![("pool", p.pool.name().to_string())];
+        family(
+            &mut e,
+            "vgpu_queue_wait",
+            "Time from a request's arrival to the start of its execution",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            self.pools.iter().map(|p| (pool_label(p), &p.queue_wait)),
+        )?;
+        let exec = self.pools.iter().flat_map(|p| {
+            (0..OPCODES).filter(|&op| p.exec[op].count() > 0).map(move |op| {
+                let mut labels = pool_label(p);
+                labels.push(("opcode", opcode_name(op).to_owned()));
+                (labels, &p.exec[op])
+            })
+        });
+        family(
+            &mut e,
+            "vgpu_exec",
+            "Execution time of a request",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            exec,
+        )?;
+        let depth = self.pools.iter().flat_map(|p| {
+            Priority::ALL.into_iter().map(move |priority| {
+                let mut labels = pool_label(p);
+                labels.push(("priority", priority.get().to_string()));
+                (labels, gauge(p.queue_depth[priority.index()].get()))
+            })
+        });
+        family(&mut e, "vgpu_queue_depth", "Requests waiting", None, MetricType::Gauge, depth)?;
+        let gauges = per_vm(|vm| vm.in_flight.get()).into_iter().map(|(l, v)| (l, gauge(v)));
+        family(
+            &mut e,
+            "vgpu_inflight",
+            "Requests queued or executing",
+            None,
+            MetricType::Gauge,
+            gauges,
+        )?;
+        let gauges = per_vm(|vm| vm.parked.get()).into_iter().map(|(l, v)| (l, gauge(v)));
+        family(
+            &mut e,
+            "vgpu_parked_responses",
+            "Responses waiting for room in the response ring",
+            None,
+            MetricType::Gauge,
+            gauges,
+        )?;
+        let states = vms().flat_map(|(_, id, vm)| {
+            VmState::ALL.into_iter().map(move |state| {
+                let labels = vec![("vm", id.clone()), ("state", state.name().to_owned())];
+                (labels, gauge(u64::from(vm.state.get() == state as u64)))
+            })
+        });
+        family(&mut e, "vgpu_vm_state", "1 for the VM's state", None, MetricType::Gauge, states)?;
+        let counters = per_vm(|vm| vm.resets.get()).into_iter().map(|(l, v)| (l, counter(v)));
+        family(
+            &mut e,
+            "vgpu_ring_resets",
+            "Ring resets carried out at the guest's request",
+            None,
+            MetricType::Counter,
+            counters,
+        )?;
+        let counters =
+            per_vm(|vm| vm.suppressed_lines.get()).into_iter().map(|(l, v)| (l, counter(v)));
+        family(
+            &mut e,
+            "vgpu_log_lines_suppressed",
+            "Log lines about the VM suppressed by its log budget",
+            None,
+            MetricType::Counter,
+            counters,
+        )?;
+        family(
+            &mut e,
+            "vgpu_dispatcher_busy",
+            "Time the pool spent executing requests",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+            self.pools
+                .iter()
+                .map(|p| (pool_label(p), ConstCounter::new(p.busy_ns.get() as f64 / 1e9))),
+        )?;
+        let epoch = ConstGauge::new(self.epoch as f64);
+        family(
+            &mut e,
+            "vgpu_mediator_epoch",
+            "The session epoch the mediator announced in every region",
+            None,
+            MetricType::Gauge,
+            [(Vec::new(), epoch)],
+        )?;
+        let info = self.pools.iter().map(|p| {
+            let mut labels = pool_label(p);
+            labels.push(("backend", p.executor.0.to_owned()));
+            labels.push(("device", p.executor.1.clone()));
+            (labels, gauge(1))
+        });
+        family(&mut e, "vgpu_executor_info", "A pool's executor", None, MetricType::Gauge, info)
+    }
+}
+
+/// The exporter: an HTTP server thread answering `GET /metrics`.
+pub struct Exporter {
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Serve `metrics` on `listen` from a thread of its own until dropped.
+    ///
+    /// # Errors
+    ///
+    /// If the address cannot be bound.
+    pub fn start(listen: SocketAddr, metrics: Metrics) -> Result<Self, String> {
+        let server = Arc::new(tiny_http::Server::http(listen).map_err(|e| e.to_string())?);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics));
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(&serving, &registry))
+            .map_err(|e| e.to_string())?;
+        Ok(Self { server, thread: Some(thread) })
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Answer requests until the server is unblocked (at shutdown).
+fn serve(server: &tiny_http::Server, registry: &Registry) {
+    while let Ok(request) = server.recv() {
+        let path = request.url().split('?').next().unwrap_or_default();
+        let mut text = String::new();
+        let response = if path != "/metrics" {
+            tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+        } else if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+            tiny_http::Response::from_string("encoding failed\n").with_status_code(500)
+        } else {
+            let response = tiny_http::Response::from_string(text);
+            match tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
+                Ok(header) => response.with_header(header),
+                Err(()) => response,
+            }
+        };
+        // A scraper that went away is its own problem.
+        let _ = request.respond(response);
+    }
+}
