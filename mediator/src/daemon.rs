@@ -6,6 +6,7 @@ use crate::dispatcher::{Dispatcher, DispatcherStats, OnStop};
 use crate::executor::{CpuExecutor, Executor};
 use crate::metrics::{Exporter, Metrics, PoolMetrics};
 use crate::port::{Session, VmPort};
+use crate::supervise::Supervisor;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -202,6 +203,8 @@ pub fn serve(
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
+    let mut supervisor = Supervisor::new(pool_metrics.clone(), &config.mediator);
+    supervisor.ready();
     let metrics = Metrics { epoch: session.epoch, pools: pool_metrics };
     // A metrics endpoint is an aid, never a condition to serve: one that cannot be
     // bound is logged and the VMs are served without it.
@@ -218,11 +221,14 @@ pub fn serve(
                 None
             }
         });
-    // The dispatchers keep their regions' heartbeats; this thread only waits for the
-    // signal (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap).
+    // The dispatchers keep their regions' heartbeats; this thread waits for the signal
+    // (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap) and tells systemd
+    // how the dispatchers fare.
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        supervisor.tick(std::time::Instant::now());
     }
+    Supervisor::stopping();
     if let Err(e) = stop_bell.ring() {
         tracing::error!("waking the dispatchers failed ({e}); they stop at their next heartbeat");
     }

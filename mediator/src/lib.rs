@@ -24,6 +24,7 @@ pub mod log_limit;
 pub mod metrics;
 mod port;
 pub mod queue;
+mod supervise;
 mod validate;
 
 pub use validate::validate;

@@ -203,6 +203,18 @@ impl VmMetrics {
         self.state.set(state as u64);
     }
 
+    /// Every request answered so far.
+    #[must_use]
+    pub fn answered_total(&self) -> u64 {
+        self.requests.iter().flatten().map(Value::get).sum()
+    }
+
+    /// Whether the VM is quarantined.
+    #[must_use]
+    pub fn is_quarantined(&self) -> bool {
+        self.state.get() == VmState::Quarantined as u64
+    }
+
     /// Answered requests of `opcode` that succeeded (`failed` false) or failed.
     #[must_use]
     pub fn requests(&self, opcode: Opcode, failed: bool) -> u64 {

@@ -112,6 +112,8 @@ pub struct System {
     log: PathBuf,
     mediator: Option<Child>,
     holder: Option<Holding>,
+    /// Environment of the mediators started from now on.
+    mediator_env: Vec<(String, String)>,
 }
 
 /// The doorbell holder of a system, served by a thread of the test process.
@@ -265,7 +267,8 @@ impl System {
         }
         let log = dir.path().join("mediator.log");
         let holder = if regions.doorbell { Some(Holding::start(&config)?) } else { None };
-        let mut system = Self { log, dir, launcher, config, mediator: None, holder };
+        let mut system =
+            Self { log, dir, launcher, config, mediator: None, holder, mediator_env: Vec::new() };
         system.start_mediator(&[])?;
         Ok(system)
     }
@@ -306,6 +309,7 @@ impl System {
             .arg("--config")
             .arg(&self.config)
             .args(extra)
+            .envs(self.mediator_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -320,6 +324,11 @@ impl System {
 
     fn epoch(&self, vm: u32) -> Result<u64> {
         Ok(Region::open(&self.region(vm), Access::ReadOnly)?.epoch())
+    }
+
+    /// Set `key` to `value` in the environment of the mediators started from now on.
+    pub fn set_mediator_env(&mut self, key: &str, value: &str) {
+        self.mediator_env.push((key.to_owned(), value.to_owned()));
     }
 
     /// The temporary directory.

@@ -1,22 +1,26 @@
 //! Operations: the Prometheus endpoint counts exactly what clients did; systemd hears
 //! `READY=1` after attach and watchdog pings only while every dispatcher makes progress.
 
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
 use vgpu_client::{Call, Wait};
 use vgpu_ring::Opcode;
-use vgpu_tests::system::{System, vm};
+use vgpu_tests::system::{System, vm, wait_for};
 
 /// A free local port (bound, then released for the mediator).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The text of `/metrics` (the endpoint opens just after the regions are attached).
 fn scrape(port: u16) -> String {
-    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .expect("the metrics endpoint answers")
-        .body_mut()
-        .read_to_string()
-        .unwrap()
+    let mut text = String::new();
+    wait_for("the metrics endpoint", Duration::from_secs(10), || {
+        let response = ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call();
+        response.and_then(|mut r| r.body_mut().read_to_string()).map(|t| text = t).is_ok()
+    })
+    .unwrap();
+    text
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
@@ -122,4 +126,77 @@ fn metrics_count_requests_and_errors_exactly() {
     assert_eq!(sample(&text, r#"vgpu_vm_state{vm="2",state="attached"}"#), Some(0.0));
     assert_eq!(sample(&text, r#"vgpu_vm_state{vm="1",state="attached"}"#), Some(1.0));
     assert!(system.stop().unwrap().success());
+}
+
+/// The mediator as a `Type=notify` service: `READY=1` once the regions are attached,
+/// `STATUS=` lines, `WATCHDOG=1` pings while the dispatchers make progress and none
+/// once one hangs (test hook), `STOPPING=1` at shutdown.
+#[test]
+fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    let mut system =
+        System::start(&[('A', ""), ('B', "")], &[vm(1, 'A', 1), vm(2, 'B', 1)], "").unwrap();
+    assert!(system.stop().unwrap().success());
+    let socket_path = system.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    system.set_mediator_env("NOTIFY_SOCKET", socket_path.to_str().unwrap());
+    system.set_mediator_env("WATCHDOG_USEC", "200000");
+    system.set_mediator_env("VGPU_TEST_HOOK_HANG", "1");
+    system.start_mediator(&[]).unwrap();
+
+    let receive_for = |window: Duration| {
+        let until = Instant::now() + window;
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        messages
+    };
+    let pings = |messages: &[String]| messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    let messages = receive_for(Duration::from_secs(2));
+    assert!(
+        messages[0].starts_with("READY=1\nSTATUS=serving 2 VMs, 0 quarantined"),
+        "{messages:?}"
+    );
+    // One ping per 100 ms (half the period); a loaded machine may delay some.
+    assert!(pings(&messages) >= 5, "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("STATUS=serving 2 VMs")), "{messages:?}");
+
+    // Pool B's dispatcher hangs: after its stall limit (heartbeat + 1 s) the pings stop.
+    let mut client = system.client(2, Wait::default()).unwrap();
+    let _hung = client.submit(&Call::noop("TEST_HANG")).unwrap();
+    system.wait_lines("dispatcher hangs", 1).unwrap();
+    let grace = receive_for(Duration::from_millis(1500));
+    assert!(system.log().contains("Pool B: dispatcher made no progress"), "{}", system.log());
+    let after = receive_for(Duration::from_secs(2));
+    assert_eq!(pings(&after), 0, "pings after the hang: {after:?} (before: {grace:?})");
+    assert!(after.iter().any(|m| m.contains("1 dispatchers hung")), "{after:?}");
+    // Pool A is still served.
+    let mut other = system.client(1, Wait::default()).unwrap();
+    assert!(other.call(&Call::noop("STILL_SERVED")).unwrap().succeeded());
+    system.kill_mediator().unwrap();
+}
+
+/// A clean stop says STOPPING=1.
+#[test]
+fn systemd_hears_stopping() {
+    let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    assert!(system.stop().unwrap().success());
+    let socket_path = system.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    system.set_mediator_env("NOTIFY_SOCKET", socket_path.to_str().unwrap());
+    system.start_mediator(&[]).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"READY=1\n"));
+    assert!(system.stop().unwrap().success());
+    let mut stopping = false;
+    while let Ok(n) = socket.recv(&mut buf) {
+        stopping |= buf[..n].starts_with(b"STOPPING=1\n");
+    }
+    assert!(stopping);
 }

@@ -1,0 +1,132 @@
+//! systemd integration (`Type=notify`): `READY=1` once every region is attached or
+//! quarantined, a `STATUS=` line once a second, `WATCHDOG=1` pings only while every
+//! dispatcher makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` (not
+//! started by systemd) nothing is sent.
+//!
+//! A dispatcher makes a pass at least once per heartbeat interval, however idle (a
+//! sleeping one wakes for the heartbeat), or once per `max_idle_sleep` when it polls: one
+//! whose pass counter has not moved for longer than both plus a second is hung, and the
+//! pings stop, so that systemd restarts the mediator after `WatchdogSec`.
+
+use crate::metrics::PoolMetrics;
+use sd_notify::NotifyState;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vgpu_config::MediatorConfig;
+
+/// A pool's dispatcher as the watchdog follows it.
+struct Progress {
+    metrics: Arc<PoolMetrics>,
+    passes: u64,
+    moved: Instant,
+    hung: bool,
+}
+
+/// What the control thread tells the service manager.
+pub(crate) struct Supervisor {
+    pools: Vec<Progress>,
+    /// Half the watchdog period, if systemd asked for pings.
+    ping_every: Option<Duration>,
+    next_ping: Instant,
+    next_status: Instant,
+    stall_limit: Duration,
+    answered: u64,
+}
+
+impl Supervisor {
+    /// Follow `pools`, whose dispatchers run with `settings`.
+    pub(crate) fn new(pools: Vec<Arc<PoolMetrics>>, settings: &MediatorConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            pools: pools
+                .into_iter()
+                .map(|metrics| Progress {
+                    passes: metrics.passes.get(),
+                    metrics,
+                    moved: now,
+                    hung: false,
+                })
+                .collect(),
+            ping_every: sd_notify::watchdog_enabled().map(|period| period / 2),
+            next_ping: now,
+            next_status: now,
+            stall_limit: settings.heartbeat_interval.max(settings.max_idle_sleep)
+                + Duration::from_secs(1),
+            answered: 0,
+        }
+    }
+
+    /// Every region is attached or quarantined and the dispatchers run.
+    pub(crate) fn ready(&mut self) {
+        let status = self.status(Duration::ZERO);
+        send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+
+    /// Called by the control loop (every few tens of milliseconds).
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let mut all_moving = true;
+        for pool in &mut self.pools {
+            let passes = pool.metrics.passes.get();
+            if passes != pool.passes {
+                pool.passes = passes;
+                pool.moved = now;
+                if pool.hung {
+                    pool.hung = false;
+                    tracing::warn!("Pool {}: dispatcher making progress again", pool.metrics.pool);
+                }
+            } else if now - pool.moved > self.stall_limit {
+                if !pool.hung {
+                    pool.hung = true;
+                    tracing::error!(
+                        "Pool {}: dispatcher made no progress for {:?}: watchdog pings stop",
+                        pool.metrics.pool,
+                        now - pool.moved
+                    );
+                }
+                all_moving = false;
+            }
+        }
+        if let Some(every) = self.ping_every
+            && now >= self.next_ping
+            && all_moving
+        {
+            self.next_ping = now + every;
+            send(&[NotifyState::Watchdog]);
+        }
+        if now >= self.next_status {
+            let status = self.status(Duration::from_secs(1));
+            self.next_status = now + Duration::from_secs(1);
+            send(&[NotifyState::Status(&status)]);
+        }
+    }
+
+    /// Shutdown has begun.
+    pub(crate) fn stopping() {
+        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    /// The one-line summary: VMs served and quarantined, requests per second over the
+    /// `window` since the last summary.
+    fn status(&mut self, window: Duration) -> String {
+        let vms = || self.pools.iter().flat_map(|p| p.metrics.vms.iter());
+        let quarantined = vms().filter(|vm| vm.is_quarantined()).count();
+        let served = vms().count() - quarantined;
+        let answered: u64 = vms().map(|vm| vm.answered_total()).sum();
+        let rate = if window.is_zero() {
+            0.0
+        } else {
+            answered.saturating_sub(self.answered) as f64 / window.as_secs_f64()
+        };
+        self.answered = answered;
+        let hung = self.pools.iter().filter(|p| p.hung).count();
+        let hung = if hung == 0 { String::new() } else { format!(", {hung} dispatchers hung") };
+        format!("serving {served} VMs, {quarantined} quarantined, {rate:.0} requests/s{hung}")
+    }
+}
+
+fn send(states: &[NotifyState<'_>]) {
+    // The service manager going away is not the guests' problem: logged at debug.
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
