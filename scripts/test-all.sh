@@ -48,6 +48,9 @@ requires a_qemu_guest_is_served_through_its_doorbell_after_idle \
 requires create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing "not root: cannot mount a tmpfs" \
     test "$(id -u)" = 0 -- \
     cargo test -p ivshmem-setup --test cli -- --ignored --exact create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing
+requires doctor_finds_a_too_small_tmpfs "not root: cannot mount a tmpfs" \
+    test "$(id -u)" = 0 -- \
+    cargo test -p ivshmem-setup --test cli -- --ignored --exact doctor_finds_a_too_small_tmpfs
 requires gpu_results_equal_the_cpu_executor "no NVIDIA GPU (nvidia-smi finds none)" \
     nvidia-smi -L -- \
     cargo test -p vgpu-mediator --features cuda --lib -- --ignored --exact cuda::tests::gpu_results_equal_the_cpu_executor

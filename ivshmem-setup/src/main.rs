@@ -9,6 +9,7 @@ macro_rules! say {
 }
 
 mod create;
+mod doctor;
 mod inspect;
 mod qemu;
 mod serve;
@@ -42,6 +43,10 @@ enum Command {
     /// Hold the doorbell sockets and eventfds of the VMs that have one, for as long as
     /// their QEMUs run (a service of its own: mediators come and go).
     Serve(ConfigArg),
+    /// Check the host for what would break a VM (region directory, room, modes,
+    /// logind, AppArmor/SELinux, QEMU's devices, hugepages, a live mediator), each
+    /// with its fix; exit status 1 when something would.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// A `--config FILE` argument.
@@ -69,6 +74,11 @@ fn main() -> ExitCode {
         Command::QemuArgs(args) => qemu::qemu_args(&args),
         Command::LibvirtXml(args) => qemu::libvirt_xml(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Doctor(args) => match doctor::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -461,3 +461,137 @@ fn arguments_at_their_limits_are_refused_cleanly() {
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "{extra:?} left a file");
     }
 }
+
+/// `doctor --json` on `cfg` with `extra` arguments: exit code and findings.
+fn doctor(cfg: &Path, extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut args = vec!["doctor", "--json", "--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = setup(&args);
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), findings)
+}
+
+/// The findings of `check` with `severity`.
+fn with<'a>(
+    findings: &'a [serde_json::Value],
+    check: &str,
+    severity: &str,
+) -> Vec<&'a serde_json::Value> {
+    findings.iter().filter(|f| f["check"] == check && f["severity"] == severity).collect()
+}
+
+/// A good setup passes (warnings allowed); a missing directory, a missing region, a
+/// region the QEMU user cannot open, logind's RemoveIPC with user-owned regions and an
+/// AppArmor profile without the directory each fail with a fix.
+#[test]
+fn doctor_passes_a_good_setup_and_explains_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let root = ["--host-root", host.path().to_str().unwrap()];
+    let cfg = config(dir.path(), "");
+    ok(&["create", "--config", cfg.to_str().unwrap()]);
+    let (code, findings) = doctor(&cfg, &root);
+    assert_eq!(code, Some(0), "{findings:#?}");
+    assert!(findings.iter().all(|f| f["severity"] != "fail"), "{findings:#?}");
+    assert_eq!(with(&findings, "region file", "fail").len(), 0);
+    // Never served: a warning, not a failure.
+    assert_eq!(with(&findings, "mediator", "warn").len(), 2, "{findings:#?}");
+
+    // QEMU runs as nobody: it owns region 1 and may open it, not region 2 (0600, root's).
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
+    std::os::unix::fs::chown(dir.path().join("vgpu-vm1"), Some(nobody), None).unwrap();
+    let region = dir.path().join("vgpu-vm2");
+    std::fs::set_permissions(&region, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, findings) = doctor(&cfg, &[&root[..], &["--qemu-user", "nobody"]].concat());
+    assert_eq!(code, Some(1));
+    let bad = with(&findings, "region file", "fail");
+    assert_eq!(bad.len(), 1, "{findings:#?}");
+    assert!(bad[0]["message"].as_str().unwrap().contains("vm 2: QEMU's user nobody cannot"));
+    assert!(bad[0]["fix"].as_str().unwrap().contains("[regions] group"));
+    std::os::unix::fs::chown(dir.path().join("vgpu-vm1"), Some(0), None).unwrap();
+
+    // A missing region.
+    std::fs::remove_file(&region).unwrap();
+    let (code, findings) = doctor(&cfg, &root);
+    assert_eq!(code, Some(1));
+    assert!(
+        with(&findings, "region file", "fail")[0]["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("ivshmem-setup create")
+    );
+    ok(&["create", "--config", cfg.to_str().unwrap()]);
+
+    // logind removes a regular user's /dev/shm files at logout.
+    std::os::unix::fs::chown(&region, Some(1000), None).unwrap();
+    std::fs::create_dir_all(host.path().join("etc/systemd")).unwrap();
+    std::fs::write(host.path().join("etc/systemd/logind.conf"), "[Login]\nRemoveIPC=yes\n")
+        .unwrap();
+    let (code, findings) = doctor(&cfg, &root);
+    assert_eq!(code, Some(1));
+    assert_eq!(with(&findings, "logind RemoveIPC", "fail").len(), 1, "{findings:#?}");
+    std::fs::write(host.path().join("etc/systemd/logind.conf"), "[Login]\nRemoveIPC=no\n").unwrap();
+    assert_eq!(doctor(&cfg, &root).0, Some(0));
+
+    // AppArmor confines libvirt's QEMU: the directory needs a rule.
+    std::fs::create_dir_all(host.path().join("sys/module/apparmor/parameters")).unwrap();
+    std::fs::write(host.path().join("sys/module/apparmor/parameters/enabled"), "Y\n").unwrap();
+    let abstractions = host.path().join("etc/apparmor.d/abstractions");
+    std::fs::create_dir_all(&abstractions).unwrap();
+    std::fs::write(abstractions.join("libvirt-qemu"), "  /dev/shm/spice.* rw,\n").unwrap();
+    let (code, findings) = doctor(&cfg, &root);
+    assert_eq!(code, Some(1));
+    let denied = with(&findings, "AppArmor", "fail");
+    assert!(denied[0]["fix"].as_str().unwrap().contains("local/abstractions/libvirt-qemu"));
+    let local = host.path().join("etc/apparmor.d/local/abstractions");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("libvirt-qemu"), format!("{}/vgpu-vm* rw,\n", dir.path().display()))
+        .unwrap();
+    assert_eq!(doctor(&cfg, &root).0, Some(0));
+
+    // A missing region directory.
+    let gone = config(dir.path(), "").to_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&gone)
+        .unwrap()
+        .replace(&format!("dir = \"{}\"", dir.path().display()), "dir = \"/nonexistent/vgpu\"");
+    std::fs::write(&gone, text).unwrap();
+    let (code, findings) = doctor(Path::new(&gone), &root);
+    assert_eq!(code, Some(1));
+    assert!(
+        with(&findings, "region directory", "fail")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/vgpu does not exist")
+    );
+    // The text form says the same, with the fix.
+    let out = setup(&["doctor", "--config", &gone, "--host-root", host.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL region directory: /nonexistent/vgpu does not exist"), "{text}");
+    assert!(text.contains("     fix: create it"), "{text}");
+}
+
+/// A tmpfs too small for the regions: doctor says how much is missing.
+#[test]
+#[ignore = "needs root to mount a tmpfs (scripts/test-all.sh runs it as root)"]
+fn doctor_finds_a_too_small_tmpfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("shm");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(mounted, "could not mount a 1 MiB tmpfs (needs root)");
+    let cfg = config(&mnt, "");
+    let (code, findings) = doctor(&cfg, &[]);
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(code, Some(1));
+    let room = with(&findings, "room", "fail");
+    assert!(
+        room[0]["message"].as_str().unwrap().contains("the regions need 4096 KiB more"),
+        "{room:?}"
+    );
+    assert_eq!(with(&findings, "region directory", "ok").len(), 1, "tmpfs: {findings:#?}");
+}

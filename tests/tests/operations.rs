@@ -200,3 +200,27 @@ fn systemd_hears_stopping() {
     }
     assert!(stopping);
 }
+
+/// `ivshmem-setup doctor` sees the live mediator of each region, and a dead one.
+#[test]
+fn doctor_sees_a_live_mediator_and_a_dead_one() {
+    let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let doctor = |system: &System| {
+        std::process::Command::new(&system.binaries().setup)
+            .args(["doctor", "--config"])
+            .arg(system.config())
+            .output()
+            .unwrap()
+    };
+    let out = doctor(&system);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("ok   mediator: vm 1: epoch"), "{text}");
+    system.kill_mediator().unwrap();
+    // The heartbeat (every 20 ms) is stale after three intervals and a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = doctor(&system);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL mediator: vm 1: epoch"), "{text}");
+    assert!(text.contains("no heartbeat for"), "{text}");
+}
