@@ -13,6 +13,7 @@ mod doctor;
 mod inspect;
 mod qemu;
 mod serve;
+mod top;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Command {
     /// logind, AppArmor/SELinux, QEMU's devices, hugepages, a live mediator), each
     /// with its fix; exit status 1 when something would.
     Doctor(doctor::DoctorArgs),
+    /// A live table of the VMs: pool, priority, state, in flight, requests/s, errors/s
+    /// and queue wait (read-only; one snapshot when stdout is not a terminal).
+    Top(top::TopArgs),
 }
 
 /// A `--config FILE` argument.
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::QemuArgs(args) => qemu::qemu_args(&args),
         Command::LibvirtXml(args) => qemu::libvirt_xml(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Top(args) => top::run(&args),
         Command::Doctor(args) => match doctor::run(&args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -224,3 +224,63 @@ fn doctor_sees_a_live_mediator_and_a_dead_one() {
     assert!(text.contains("FAIL mediator: vm 1: epoch"), "{text}");
     assert!(text.contains("no heartbeat for"), "{text}");
 }
+
+/// `ivshmem-setup top` prints one snapshot when stdout is not a terminal: the VMs'
+/// states, rates from the regions, errors and queue wait from the metrics.
+#[test]
+fn top_shows_rates_errors_and_queue_wait() {
+    let port = free_port();
+    let mut system = System::start(
+        &[('A', "")],
+        &[vm(1, 'A', 2), vm(2, 'A', 0)],
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+    )
+    .unwrap();
+    scrape(port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut one = system.client(1, Wait::default()).unwrap();
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let bad = Call {
+                op: Opcode::VectorAdd,
+                label: "BAD",
+                args: [1000, 0, 0],
+                input: &[0; 32],
+                output_len: 16,
+            };
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                one.call(&Call::noop("LOAD")).unwrap();
+                assert!(!one.call(&bad).unwrap().succeeded());
+                sent += 2;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            sent
+        })
+    };
+    let out = std::process::Command::new(&system.binaries().setup)
+        .args(["top", "--config"])
+        .arg(system.config())
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(!text.contains('\x1b'), "no escape codes when not a terminal: {text:?}");
+    let row = |vm: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|w| w.first().map(String::as_str) == Some(vm))
+            .unwrap_or_else(|| panic!("no row for vm {vm}: {text}"))
+    };
+    let (one, two) = (row("1"), row("2"));
+    assert_eq!(&one[1..4], ["A", "2", "served"], "{text}");
+    assert!(one[5].parse::<f64>().unwrap() > 0.0, "requests/s: {text}");
+    assert!(one[6].parse::<f64>().unwrap() > 0.0, "errors/s: {text}");
+    assert_ne!(one[7], "-", "queue wait p50: {text}");
+    assert_eq!(&two[1..7], ["A", "0", "served", "0", "0", "0"], "{text}");
+    assert!(system.stop().unwrap().success());
+}
