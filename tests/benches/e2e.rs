@@ -8,6 +8,8 @@
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, ClientError, Wait};
 use vgpu_tests::baseline::{
@@ -349,6 +351,45 @@ fn main() -> Result<()> {
     let bell_256 = Summary::of(&noop_round_trips(&mut many.client(77, Wait::Spin)?, p.counts)?);
     many.stop()?;
 
+    // 7. Metrics on against off, alternating, on the same geometry; while on, a scraper
+    // reads /metrics every 100 ms (Prometheus scrapes every 15 s by default).
+    let mut metrics_off = latency_histogram();
+    let mut metrics_on = latency_histogram();
+    for _ in 0..2 {
+        let mut off = start(RegionSpec::SMALL, &[vm(1, 'A', 1)])?;
+        metrics_off.add(noop_round_trips(&mut off.client(1, Wait::Spin)?, p.counts)?)?;
+        off.stop()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let toml = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"");
+        let mut on = System::start_with(
+            launcher()?,
+            RegionSpec::SMALL,
+            &[('A', "")],
+            &[vm(1, 'A', 1)],
+            &toml,
+        )?;
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        vgpu_tests::system::wait_for("the metrics endpoint", Duration::from_secs(10), || {
+            ureq::get(&url).call().is_ok()
+        })?;
+        let scraping = Arc::new(AtomicBool::new(true));
+        let scraper = {
+            let scraping = Arc::clone(&scraping);
+            std::thread::spawn(move || {
+                while scraping.load(Ordering::Relaxed) {
+                    ureq::get(&url).call().context("scrape /metrics")?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                anyhow::Ok(())
+            })
+        };
+        metrics_on.add(noop_round_trips(&mut on.client(1, Wait::Spin)?, p.counts)?)?;
+        scraping.store(false, Ordering::Relaxed);
+        scraper.join().expect("scraper")?;
+        on.stop()?;
+    }
+    let (metrics_off, metrics_on) = (Summary::of(&metrics_off), Summary::of(&metrics_on));
+
     let ratio = |a: u64, b: u64| a as f64 / b as f64;
     let mut table = vec![
         "| round trip, ns | min | median | p99 | p99.9 |".to_owned(),
@@ -400,6 +441,14 @@ fn main() -> Result<()> {
         bell_256.p50,
         ratio(bell_256.p50, scale_1.p50)
     ));
+    table.push(format!(
+        "metrics: median round trip {} ns on (scraped every 100 ms), {} ns off: ratio {:.2}; p99 {} ns on, {} ns off",
+        metrics_on.p50,
+        metrics_off.p50,
+        ratio(metrics_on.p50, metrics_off.p50),
+        metrics_on.p99,
+        metrics_off.p99
+    ));
     for (n, via, direct) in &work {
         table.push(format!(
             "VECTOR_ADD of {n} floats: {via:?} through the mediator, {direct:?} computed in-process (transport and copies: {:?})",
@@ -426,6 +475,7 @@ fn main() -> Result<()> {
             "first_after_idle_ns": bell_after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
             "vms_256_median_ns": bell_256.p50,
         },
+        "metrics_median_ns": { "on": metrics_on.p50, "off": metrics_off.p50 },
         "vector_add_ns": work.iter().map(|(n, v, d)| serde_json::json!({"n": n, "mediator": v.as_nanos() as u64, "in_process": d.as_nanos() as u64})).collect::<Vec<_>>(),
     });
     if bench {
