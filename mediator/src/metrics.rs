@@ -24,6 +24,16 @@ use std::time::Duration;
 use vgpu_ring::{ErrorCode, Opcode, PoolId, Priority, Response, Status};
 
 /// A value with one writing thread.
+///
+/// ```
+/// use vgpu_mediator::metrics::Value;
+/// let requests = Value::default();
+/// requests.add(2);
+/// requests.add(1);
+/// assert_eq!(requests.get(), 3);
+/// requests.set(7);
+/// assert_eq!(requests.get(), 7);
+/// ```
 #[derive(Debug, Default)]
 pub struct Value(AtomicU64);
 
@@ -72,7 +82,15 @@ const BOUNDS_NS: [u64; 18] = [
     10_000_000_000,
 ];
 
-/// A histogram of durations with fixed buckets.
+/// A histogram of durations with fixed buckets (1 µs to 10 s).
+///
+/// ```
+/// use vgpu_mediator::metrics::Histogram;
+/// let wait = Histogram::default();
+/// wait.observe(800); // 0.8 µs
+/// wait.observe(3_000_000); // 3 ms
+/// assert_eq!(wait.count(), 2);
+/// ```
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Per bucket (not cumulative); the last counts what is above every bound.
@@ -128,7 +146,7 @@ fn opcode_name(index: usize) -> &'static str {
     Opcode::ALL.get(index).map_or("unknown", |op| op.name())
 }
 
-/// A VM's state as `vgpu_vm_state` reports it.
+/// A VM's state as `vgpu_vm_state` reports it (see [`VmMetrics::set_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
 pub enum VmState {
@@ -153,6 +171,21 @@ impl VmState {
 }
 
 /// One VM's values (written by its pool's dispatcher).
+///
+/// ```
+/// use vgpu_mediator::metrics::{VmMetrics, VmState};
+/// use vgpu_ring::{ErrorCode, Opcode, PoolId, Priority, Request, Response, VmIdentity};
+/// let vm = VmMetrics::new(7);
+/// let id = VmIdentity { vm_id: 7, pool: PoolId::new(b'A').unwrap(), priority: Priority::LOW };
+/// let request = Request { opcode: Opcode::Noop as u16, ..Request::default() };
+/// vm.answered(&Response::answer(&request, &id, Ok(0)));
+/// vm.answered(&Response::answer(&request, &id, Err(ErrorCode::QuotaExceeded)));
+/// assert_eq!(vm.requests(Opcode::Noop, false), 1);
+/// assert_eq!(vm.requests(Opcode::Noop, true), 1);
+/// assert_eq!(vm.answered_total(), 2);
+/// vm.set_state(VmState::Quarantined);
+/// assert!(vm.is_quarantined());
+/// ```
 #[derive(Debug)]
 pub struct VmMetrics {
     /// The VM's id (a label).
@@ -223,6 +256,20 @@ impl VmMetrics {
 }
 
 /// One pool's values (written by its dispatcher).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use vgpu_mediator::metrics::{PoolMetrics, VmMetrics};
+/// use vgpu_ring::{Opcode, PoolId, Priority};
+/// let vms = vec![Arc::new(VmMetrics::new(1))];
+/// let pool = PoolMetrics::new(PoolId::new(b'A').unwrap(), ("cpu", "cpu".into()), vms);
+/// pool.executed(Opcode::Echo as u16, Duration::from_micros(3), Duration::from_micros(1));
+/// pool.set_queue_depth(Priority::HIGH, 4);
+/// assert_eq!(pool.queue_wait.count(), 1);
+/// assert_eq!(pool.busy_ns.get(), 1_000);
+/// assert_eq!(pool.queue_depth[Priority::HIGH.index()].get(), 4);
+/// ```
 #[derive(Debug)]
 pub struct PoolMetrics {
     /// The pool.
@@ -275,7 +322,26 @@ impl PoolMetrics {
     }
 }
 
-/// Everything a mediator reports.
+/// Everything a mediator reports, encoded at each scrape.
+///
+/// ```
+/// use prometheus_client::registry::Registry;
+/// use std::sync::Arc;
+/// use vgpu_mediator::metrics::{Metrics, PoolMetrics, VmMetrics};
+/// use vgpu_ring::PoolId;
+/// let pool = PoolMetrics::new(
+///     PoolId::new(b'A').unwrap(),
+///     ("cpu", "cpu".into()),
+///     vec![Arc::new(VmMetrics::new(1))],
+/// );
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(Metrics { epoch: 5, pools: vec![Arc::new(pool)] }));
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert!(text.contains(r#"vgpu_requests_total{pool="A",vm="1",opcode="NOOP",status="success"} 0"#));
+/// assert!(text.contains(r#"vgpu_vm_state{vm="1",state="attached"} 1"#));
+/// assert!(text.contains("vgpu_mediator_epoch 5"));
+/// ```
 #[derive(Debug)]
 pub struct Metrics {
     /// The session epoch.
@@ -457,6 +523,13 @@ impl Collector for Metrics {
 }
 
 /// The exporter: an HTTP server thread answering `GET /metrics`.
+///
+/// ```
+/// use vgpu_mediator::metrics::{Exporter, Metrics};
+/// let exporter = Exporter::start("127.0.0.1:0".parse().unwrap(), Metrics { epoch: 1, pools: vec![] })
+///     .unwrap();
+/// drop(exporter); // stops the thread
+/// ```
 pub struct Exporter {
     server: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
