@@ -370,14 +370,7 @@ fn inspect_watch_refreshes_in_place() {
 #[ignore = "needs root to mount a tmpfs (scripts/test-all.sh runs it as root)"]
 fn create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("shm");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .is_ok_and(|out| out.status.success());
-    assert!(mounted, "could not mount a 1 MiB tmpfs (needs root)");
+    let mnt = mount_small_tmpfs(dir.path());
     let cfg = config(&mnt, "");
     let out = setup(&["create", "--config", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -386,6 +379,19 @@ fn create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("needs 2097152 bytes") && err.contains("free"), "{err}");
     assert_eq!(left, ["vgpu.toml"], "left behind: {left:?}");
+}
+
+/// A 1 MiB tmpfs mounted at `DIR/shm` (needs root; the caller unmounts it).
+fn mount_small_tmpfs(dir: &Path) -> PathBuf {
+    let mnt = dir.join("shm");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(mounted, "could not mount a 1 MiB tmpfs (needs root)");
+    mnt
 }
 
 /// `create ... | head -1`: the command goes on creating every region, quietly.
@@ -576,14 +582,7 @@ fn doctor_passes_a_good_setup_and_explains_a_broken_one() {
 #[ignore = "needs root to mount a tmpfs (scripts/test-all.sh runs it as root)"]
 fn doctor_finds_a_too_small_tmpfs() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("shm");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .is_ok_and(|out| out.status.success());
-    assert!(mounted, "could not mount a 1 MiB tmpfs (needs root)");
+    let mnt = mount_small_tmpfs(dir.path());
     let cfg = config(&mnt, "");
     let (code, findings) = doctor(&cfg, &[]);
     let _ = Command::new("umount").arg(&mnt).status();

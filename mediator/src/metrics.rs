@@ -350,6 +350,9 @@ pub struct Metrics {
     pub pools: Vec<Arc<PoolMetrics>>,
 }
 
+/// A per-VM metric: name, help, type and how to read it.
+type PerVm = (&'static str, &'static str, MetricType, fn(&VmMetrics) -> u64);
+
 /// One metric family: its descriptor, then one encoded value per label set.
 fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder<'_>,
@@ -380,9 +383,6 @@ impl Collector for Metrics {
             self.pools.iter().flat_map(|p| {
                 p.vms.iter().map(move |vm| (p.pool.name().to_string(), vm.id.to_string(), vm))
             })
-        };
-        let per_vm = |f: fn(&VmMetrics) -> u64| {
-            vms().map(move |(_, id, vm)| (vec![("vm", id)], f(vm))).collect::<Vec<_>>()
         };
         let requests = vms().flat_map(|(pool, id, vm)| {
             (0..OPCODES).flat_map(move |op| {
@@ -449,24 +449,40 @@ impl Collector for Metrics {
             })
         });
         family(&mut e, "vgpu_queue_depth", "Requests waiting", None, MetricType::Gauge, depth)?;
-        let gauges = per_vm(|vm| vm.in_flight.get()).into_iter().map(|(l, v)| (l, gauge(v)));
-        family(
-            &mut e,
-            "vgpu_inflight",
-            "Requests queued or executing",
-            None,
-            MetricType::Gauge,
-            gauges,
-        )?;
-        let gauges = per_vm(|vm| vm.parked.get()).into_iter().map(|(l, v)| (l, gauge(v)));
-        family(
-            &mut e,
-            "vgpu_parked_responses",
-            "Responses waiting for room in the response ring",
-            None,
-            MetricType::Gauge,
-            gauges,
-        )?;
+        let per_vm: [PerVm; 4] = [
+            ("vgpu_inflight", "Requests queued or executing", MetricType::Gauge, |vm| {
+                vm.in_flight.get()
+            }),
+            (
+                "vgpu_parked_responses",
+                "Responses waiting for room in the response ring",
+                MetricType::Gauge,
+                |vm| vm.parked.get(),
+            ),
+            (
+                "vgpu_ring_resets",
+                "Ring resets carried out at the guest's request",
+                MetricType::Counter,
+                |vm| vm.resets.get(),
+            ),
+            (
+                "vgpu_log_lines_suppressed",
+                "Log lines about the VM suppressed by its log budget",
+                MetricType::Counter,
+                |vm| vm.suppressed_lines.get(),
+            ),
+        ];
+        for (name, help, metric_type, value) in per_vm {
+            let mut family = e.encode_descriptor(name, help, None, metric_type)?;
+            for (_, id, vm) in vms() {
+                let labels = [("vm", id)];
+                let encoder = family.encode_family(&labels)?;
+                match metric_type {
+                    MetricType::Counter => counter(value(vm)).encode(encoder)?,
+                    _ => gauge(value(vm)).encode(encoder)?,
+                }
+            }
+        }
         let states = vms().flat_map(|(_, id, vm)| {
             VmState::ALL.into_iter().map(move |state| {
                 let labels = vec![("vm", id.clone()), ("state", state.name().to_owned())];
@@ -474,25 +490,6 @@ impl Collector for Metrics {
             })
         });
         family(&mut e, "vgpu_vm_state", "1 for the VM's state", None, MetricType::Gauge, states)?;
-        let counters = per_vm(|vm| vm.resets.get()).into_iter().map(|(l, v)| (l, counter(v)));
-        family(
-            &mut e,
-            "vgpu_ring_resets",
-            "Ring resets carried out at the guest's request",
-            None,
-            MetricType::Counter,
-            counters,
-        )?;
-        let counters =
-            per_vm(|vm| vm.suppressed_lines.get()).into_iter().map(|(l, v)| (l, counter(v)));
-        family(
-            &mut e,
-            "vgpu_log_lines_suppressed",
-            "Log lines about the VM suppressed by its log budget",
-            None,
-            MetricType::Counter,
-            counters,
-        )?;
         family(
             &mut e,
             "vgpu_dispatcher_busy",

@@ -23,6 +23,27 @@ fn scrape(port: u16) -> String {
     text
 }
 
+/// A request the mediator refuses: VECTOR_ADD of 1000 floats with 32 bytes of input.
+const BAD_SHAPE: Call<'static> = Call {
+    op: Opcode::VectorAdd,
+    label: "BAD",
+    args: [1000, 0, 0],
+    input: &[0; 32],
+    output_len: 16,
+};
+
+/// Two VMs of pool A (priorities 2 and 0) served by a mediator with metrics on; the port.
+fn system_with_metrics() -> (System, u16) {
+    let port = free_port();
+    let system = System::start(
+        &[('A', "")],
+        &[vm(1, 'A', 2), vm(2, 'A', 0)],
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+    )
+    .unwrap();
+    (system, port)
+}
+
 /// The value of the sample whose name and labels are exactly `series`.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -30,13 +51,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_count_requests_and_errors_exactly() {
-    let port = free_port();
-    let mut system = System::start(
-        &[('A', "")],
-        &[vm(1, 'A', 2), vm(2, 'A', 0)],
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
-    )
-    .unwrap();
+    let (mut system, port) = system_with_metrics();
     let before = scrape(port);
     assert_eq!(
         sample(&before, r#"vgpu_requests_total{pool="A",vm="1",opcode="NOOP",status="success"}"#),
@@ -56,18 +71,11 @@ fn metrics_count_requests_and_errors_exactly() {
     for _ in 0..10 {
         assert_eq!(one.echo(&[7; 64]).unwrap(), [7; 64]);
     }
-    // Seven requests whose shape the mediator refuses: n = 1000 floats, 16 bytes given.
+    // Seven requests of a shape the mediator refuses.
     let mut two = system.client(2, Wait::default()).unwrap();
-    let bad = Call {
-        op: Opcode::VectorAdd,
-        label: "BAD",
-        args: [1000, 0, 0],
-        input: &[0; 32],
-        output_len: 16,
-    };
     let mut code = None;
     for _ in 0..7 {
-        let done = two.call(&bad).unwrap();
+        let done = two.call(&BAD_SHAPE).unwrap();
         assert!(!done.succeeded());
         assert!(code.is_none_or(|c| c == done.response.error));
         code = Some(done.response.error);
@@ -229,30 +237,17 @@ fn doctor_sees_a_live_mediator_and_a_dead_one() {
 /// states, rates from the regions, errors and queue wait from the metrics.
 #[test]
 fn top_shows_rates_errors_and_queue_wait() {
-    let port = free_port();
-    let mut system = System::start(
-        &[('A', "")],
-        &[vm(1, 'A', 2), vm(2, 'A', 0)],
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
-    )
-    .unwrap();
+    let (mut system, port) = system_with_metrics();
     scrape(port);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut one = system.client(1, Wait::default()).unwrap();
     let load = {
         let stop = std::sync::Arc::clone(&stop);
         std::thread::spawn(move || {
-            let bad = Call {
-                op: Opcode::VectorAdd,
-                label: "BAD",
-                args: [1000, 0, 0],
-                input: &[0; 32],
-                output_len: 16,
-            };
             let mut sent = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 one.call(&Call::noop("LOAD")).unwrap();
-                assert!(!one.call(&bad).unwrap().succeeded());
+                assert!(!one.call(&BAD_SHAPE).unwrap().succeeded());
                 sent += 2;
                 std::thread::sleep(Duration::from_micros(200));
             }
