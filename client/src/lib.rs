@@ -202,6 +202,37 @@ impl<'a> Call<'a> {
     }
 }
 
+/// Bytes of the arena reserved for a request's input or output (see
+/// [`Client::alloc_buffer`]).
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a buffer is submitted or freed, or its arena space stays reserved"]
+pub struct Buffer {
+    offset: u32,
+    len: u32,
+    /// What the allocator reserved (`len` rounded up).
+    allocated: u32,
+}
+
+impl Buffer {
+    /// Its length in bytes.
+    #[must_use]
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether it has no bytes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its offset in the arena.
+    #[must_use]
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+}
+
 /// A submitted request; redeem it with [`Client::try_complete`] or [`Client::wait`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 #[must_use = "a ticket must be waited for, or its arena buffers stay reserved"]
@@ -554,43 +585,55 @@ impl Client {
                 return Err(e);
             }
         };
-        let release = |arena: &mut ArenaAllocator| {
-            arena.free(input);
-            arena.free(output);
-        };
         let mut at = u64::from(input.0);
         for part in parts.iter().filter(|p| !p.is_empty()) {
             if let Err(e) = self.slot.arena_write(at, part) {
-                release(&mut self.arena);
+                self.arena.free(input);
+                self.arena.free(output);
                 return Err(e.into());
             }
             at += part.len() as u64;
         }
+        let input = Buffer { offset: input.0, len: in_len, allocated: input.1 };
+        let output = Buffer { offset: output.0, len: call.output_len, allocated: output.1 };
+        self.publish(call.op as u16, call.label, call.args, input, output)
+    }
+
+    /// Publish a request whose operands are in `input` (all of its `len` bytes) and
+    /// whose answer goes to `output`; the buffers belong to the request from now on
+    /// (freed here if it cannot be published).
+    fn publish(
+        &mut self,
+        opcode: u16,
+        label: &str,
+        args: [u32; 3],
+        input: Buffer,
+        output: Buffer,
+    ) -> Result<Ticket, ClientError> {
         let tag = self.next_tag;
         let request = Request {
             tag,
-            opcode: call.op as u16,
+            opcode,
             pool: self.identity.pool.byte(),
             priority: self.identity.priority.get(),
             vm_id: self.identity.vm_id,
-            label: encode_label(call.label),
-            in_offset: input.0,
-            in_len,
-            out_offset: output.0,
-            out_len: call.output_len,
-            args: call.args,
+            label: encode_label(label),
+            in_offset: input.offset,
+            in_len: input.len,
+            out_offset: output.offset,
+            out_len: output.len,
+            args,
         };
         let position = self.guest.requests.position();
-        match self.guest.requests.push(request) {
-            Ok(()) => {}
-            Err(PushError::Full(_)) => {
-                release(&mut self.arena);
-                return Err(ClientError::RingFull(self.in_flight.len()));
-            }
-            Err(PushError::Poisoned(e)) => {
-                release(&mut self.arena);
-                return Err(self.ring_error(e));
-            }
+        let refused = match self.guest.requests.push(request) {
+            Ok(()) => None,
+            Err(PushError::Full(_)) => Some(ClientError::RingFull(self.in_flight.len())),
+            Err(PushError::Poisoned(e)) => Some(self.ring_error(e)),
+        };
+        if let Some(e) = refused {
+            self.free_buffer(input);
+            self.free_buffer(output);
+            return Err(e);
         }
         self.next_tag = self.next_tag.wrapping_add(1);
         self.ring_if_asked();
@@ -598,12 +641,110 @@ impl Client {
             tag,
             tags::Entry {
                 position,
-                input,
-                output: (output.0, call.output_len),
+                input: (input.offset, input.allocated),
+                output: (output.offset, output.len),
                 state: tags::State::Waiting,
             },
         );
         Ok(Ticket { tag })
+    }
+
+    /// Reserve `len` bytes of the arena for a request's input or output, to be filled
+    /// or read in place ([`write_buffer`](Self::write_buffer),
+    /// [`read_buffer`](Self::read_buffer), or [`buffer_ptr`](Self::buffer_ptr) from
+    /// other languages) and handed to [`submit_buffers`](Self::submit_buffers); give an
+    /// unused one back with [`free_buffer`](Self::free_buffer).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::ArenaFull`] (complete requests in flight first).
+    pub fn alloc_buffer(&mut self, len: u32) -> Result<Buffer, ClientError> {
+        let (offset, allocated) = self.alloc(len)?;
+        Ok(Buffer { offset, len, allocated })
+    }
+
+    /// Give back a buffer that was not submitted.
+    pub fn free_buffer(&mut self, buffer: Buffer) {
+        self.arena.free((buffer.offset, buffer.allocated));
+    }
+
+    /// The arena offset of `buffer`'s byte `at`, if `at..at + len` lies inside it.
+    fn buffer_range(buffer: &Buffer, at: u32, len: usize) -> Result<u64, ClientError> {
+        match u64::from(at).checked_add(len as u64) {
+            Some(end) if end <= u64::from(buffer.len) => Ok(u64::from(buffer.offset + at)),
+            _ => Err(ClientError::InvalidArgument(format!(
+                "{len} bytes at {at} do not fit a {}-byte buffer",
+                buffer.len
+            ))),
+        }
+    }
+
+    /// Copy `bytes` into `buffer` at byte `at`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::InvalidArgument`] past the buffer's end; [`ClientError::Region`].
+    pub fn write_buffer(&self, buffer: &Buffer, at: u32, bytes: &[u8]) -> Result<(), ClientError> {
+        Ok(self.slot.arena_write(Self::buffer_range(buffer, at, bytes.len())?, bytes)?)
+    }
+
+    /// Copy `out.len()` bytes out of `buffer` from byte `at`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::InvalidArgument`] past the buffer's end; [`ClientError::Region`].
+    pub fn read_buffer(&self, buffer: &Buffer, at: u32, out: &mut [u8]) -> Result<(), ClientError> {
+        Ok(self.slot.arena_read(Self::buffer_range(buffer, at, out.len())?, out)?)
+    }
+
+    /// A raw pointer to `buffer`'s bytes in the shared arena, for code in other
+    /// languages that fills operands and reads results in place (see
+    /// [`Slot::arena_ptr`] for what its user must respect). It stays valid while the
+    /// client lives; an output buffer's bytes are the answer once the request
+    /// completed, until the client next allocates arena space.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Region`] if the buffer lies outside the arena (never for a buffer
+    /// of this client).
+    pub fn buffer_ptr(&self, buffer: &Buffer) -> Result<*mut u8, ClientError> {
+        Ok(self.slot.arena_ptr(u64::from(buffer.offset), buffer.len as usize)?)
+    }
+
+    /// Submit operation `opcode` with `args` on operands already in `input` (all of
+    /// its bytes), its answer to be written to `output`. The buffers belong to the
+    /// request from now on (also when this fails).
+    ///
+    /// ```no_run
+    /// use vgpu_client::{Client, ClientOptions};
+    /// use vgpu_ring::Opcode;
+    /// let mut client = Client::attach(&ClientOptions::default())?;
+    /// let input = client.alloc_buffer(64)?;
+    /// client.write_buffer(&input, 0, &[7; 64])?;
+    /// let output = client.alloc_buffer(64)?;
+    /// let ticket = client.submit_buffers(Opcode::Echo as u16, "ECHO", [0; 3], input, output)?;
+    /// let done = client.wait(ticket, std::time::Duration::from_secs(1))?;
+    /// assert_eq!(done.output, [7; 64]);
+    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn submit_buffers(
+        &mut self,
+        opcode: u16,
+        label: &str,
+        args: [u32; 3],
+        input: Buffer,
+        output: Buffer,
+    ) -> Result<Ticket, ClientError> {
+        if let Err(e) = self.check_mapping() {
+            self.free_buffer(input);
+            self.free_buffer(output);
+            return Err(e);
+        }
+        self.publish(opcode, label, args, input, output)
     }
 
     /// After a publication: ring the doorbell if the mediator is (about to be) asleep
@@ -746,6 +887,32 @@ impl Client {
         self.completion(answer)
     }
 
+    /// [`wait`](Self::wait) without copying the output: the response only (the answer
+    /// is in the request's output buffer, see [`submit_buffers`](Self::submit_buffers)).
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn wait_response(
+        &mut self,
+        ticket: Ticket,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        Ok(self.wait_answer(ticket, timeout)?.response)
+    }
+
+    /// [`try_complete`](Self::try_complete) without copying the output.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_complete`](Self::try_complete).
+    pub fn poll_response(
+        &mut self,
+        ticket: Ticket,
+    ) -> Result<Result<Response, Ticket>, ClientError> {
+        Ok(self.take_answer(ticket)?.map(|answer| answer.response))
+    }
+
     /// [`wait`](Self::wait), leaving the output in the arena.
     fn wait_answer(&mut self, ticket: Ticket, timeout: Duration) -> Result<Answer, ClientError> {
         let mut ticket = ticket;
@@ -865,19 +1032,43 @@ impl Client {
         &mut self,
         op: Opcode,
         args: [u32; 3],
-        (first, second): (&[f32], &[f32]),
+        operands: (&[f32], &[f32]),
         out: usize,
     ) -> Result<Vec<f32>, ClientError> {
-        let output_len = len_u32(out * 4)?;
+        let mut values = vec![0f32; out];
+        let written = self.call_f32_into(op, args, operands, &mut values)?;
+        values.truncate(written);
+        Ok(values)
+    }
+
+    /// Run `op` on the operands `first ‖ second` with room for `out.len()` f32s of
+    /// answer; returns how many were written into `out`.
+    fn call_f32_into(
+        &mut self,
+        op: Opcode,
+        args: [u32; 3],
+        (first, second): (&[f32], &[f32]),
+        out: &mut [f32],
+    ) -> Result<usize, ClientError> {
+        let output_len = len_u32(out.len() * 4)?;
         let call = Call { op, label: op.name(), args, input: &[], output_len };
         let ticket = self.submit_parts(&call, &[first.as_bytes(), second.as_bytes()])?;
         let answer = self.wait_answer(ticket, self.timeout)?;
         let written = answer.response.outcome().map_err(ClientError::Failed)?;
         // Straight from the arena into the result, with no byte vector in between.
         let (offset, capacity) = answer.output;
-        let mut values = vec![0f32; (written.min(capacity) / 4) as usize];
-        self.slot.arena_read(u64::from(offset), values.as_mut_bytes())?;
-        Ok(values)
+        let n = (written.min(capacity) / 4) as usize;
+        self.slot.arena_read(u64::from(offset), out[..n].as_mut_bytes())?;
+        Ok(n)
+    }
+
+    /// `out.len()` must be `n`.
+    fn check_out(out: &[f32], n: usize) -> Result<(), ClientError> {
+        if out.len() == n {
+            Ok(())
+        } else {
+            Err(ClientError::InvalidArgument(format!("output of {} for {n} results", out.len())))
+        }
     }
 
     fn same_len(a: &[f32], b: &[f32]) -> Result<u32, ClientError> {
@@ -899,6 +1090,41 @@ impl Client {
     pub fn vector_add(&mut self, a: &[f32], b: &[f32]) -> Result<Vec<f32>, ClientError> {
         let n = Self::same_len(a, b)?;
         self.call_f32(Opcode::VectorAdd, [n, 0, 0], (a, b), a.len())
+    }
+
+    /// [`vector_add`](Self::vector_add) into `out` (as long as the operands): the answer
+    /// is copied once, from the arena into `out`.
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add`](Self::vector_add); [`ClientError::InvalidArgument`] if `out`
+    /// has another length.
+    pub fn vector_add_into(
+        &mut self,
+        a: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), ClientError> {
+        let n = Self::same_len(a, b)?;
+        Self::check_out(out, a.len())?;
+        self.call_f32_into(Opcode::VectorAdd, [n, 0, 0], (a, b), out).map(drop)
+    }
+
+    /// [`saxpy`](Self::saxpy) into `out` (as long as the operands).
+    ///
+    /// # Errors
+    ///
+    /// As [`vector_add_into`](Self::vector_add_into).
+    pub fn saxpy_into(
+        &mut self,
+        alpha: f32,
+        x: &[f32],
+        y: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), ClientError> {
+        let n = Self::same_len(x, y)?;
+        Self::check_out(out, x.len())?;
+        self.call_f32_into(Opcode::Saxpy, [n, alpha.to_bits(), 0], (x, y), out).map(drop)
     }
 
     /// `alpha * x + y` on the host.
@@ -936,6 +1162,11 @@ impl Client {
         k: u32,
         n: u32,
     ) -> Result<Vec<f32>, ClientError> {
+        Self::check_shape(a, b, m, k, n)?;
+        self.call_f32(Opcode::Matmul, [m, k, n], (a, b), m as usize * n as usize)
+    }
+
+    fn check_shape(a: &[f32], b: &[f32], m: u32, k: u32, n: u32) -> Result<(), ClientError> {
         let (mu, ku, nu) = (m as usize, k as usize, n as usize);
         if a.len() != mu * ku || b.len() != ku * nu || a.is_empty() || b.is_empty() {
             return Err(ClientError::InvalidArgument(format!(
@@ -946,7 +1177,24 @@ impl Client {
                 b.len()
             )));
         }
-        self.call_f32(Opcode::Matmul, [m, k, n], (a, b), mu * nu)
+        Ok(())
+    }
+
+    /// [`matmul`](Self::matmul) into `out` (m×n).
+    ///
+    /// # Errors
+    ///
+    /// As [`matmul`](Self::matmul); [`ClientError::InvalidArgument`] if `out` is not
+    /// m×n.
+    pub fn matmul_into(
+        &mut self,
+        (a, b): (&[f32], &[f32]),
+        (m, k, n): (u32, u32, u32),
+        out: &mut [f32],
+    ) -> Result<(), ClientError> {
+        Self::check_shape(a, b, m, k, n)?;
+        Self::check_out(out, m as usize * n as usize)?;
+        self.call_f32_into(Opcode::Matmul, [m, k, n], (a, b), out).map(drop)
     }
 
     /// Send `bytes` and get them back.

@@ -605,7 +605,7 @@ impl Region {
     }
 
     /// A pointer to `len` bytes at `offset`, bounds-checked.
-    fn byte_range(&self, offset: usize, len: usize) -> Result<*mut u8, RegionError> {
+    pub(crate) fn byte_range(&self, offset: usize, len: usize) -> Result<*mut u8, RegionError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.map.len() => {
                 // SAFETY: offset + len is within the mapping (checked above), so the

@@ -194,6 +194,40 @@ impl Slot {
         self.region.read_bytes(self.arena_range(offset, out.len())?, out)
     }
 
+    /// A raw pointer to arena bytes `offset..offset + len` of a writable mapping, for
+    /// code outside Rust that fills requests and reads answers in place (the C
+    /// library's zero-copy buffers).
+    ///
+    /// Getting the pointer is safe; using it is not, and is the caller's business: it
+    /// is valid while the region stays mapped (while this slot's [`Region`] lives), the
+    /// bytes are shared memory the peer may read or write at any time (copy what you
+    /// decide on; never make a Rust reference to them), and on the host a region file
+    /// that shrinks makes an access fault (SIGBUS) that no guard catches.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("region");
+    /// use vgpu_ring::{Access, Geometry, Region, VmIdentity, PoolId, Priority};
+    /// # let id = VmIdentity { vm_id: 1, pool: PoolId::new(b'A').unwrap(), priority: Priority::LOW };
+    /// # let g = Geometry { slot_count: 1, ring_entries: 8, arena_size: 4096 };
+    /// # Region::create(&path, g.min_region_size() as u64, g, &[id.slot()], false).unwrap();
+    /// let region = std::sync::Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
+    /// let slot = region.slot(0).unwrap();
+    /// let p = slot.arena_ptr(64, 4).unwrap();
+    /// assert!(!p.is_null());
+    /// assert!(slot.arena_ptr(4090, 16).is_err(), "past the arena's end");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::ArenaOutOfBounds`], [`RegionError::ReadOnly`].
+    pub fn arena_ptr(&self, offset: u64, len: usize) -> Result<*mut u8, RegionError> {
+        if !self.region.is_writable() {
+            return Err(RegionError::ReadOnly);
+        }
+        self.region.byte_range(self.arena_range(offset, len)?, len)
+    }
+
     /// Take the guest's ends of the slot's rings. Exactly one guest may hold them.
     ///
     /// # Errors

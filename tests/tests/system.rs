@@ -393,6 +393,49 @@ fn library_helpers_and_pipelining_against_the_mediator() {
 
 /// A mediator restart is not an error: a request submitted while no mediator runs
 /// stays in the ring and the next mediator answers it; the client is told once.
+/// Zero-copy buffers: operands written into the arena in place, the answer read from
+/// the output buffer; the `_into` helpers fill caller memory.
+#[test]
+fn arena_buffers_and_helpers_into_caller_memory() {
+    use vgpu_client::ClientError;
+    let system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let mut client = system.client(1, vgpu_client::Wait::default()).unwrap();
+    let input = client.alloc_buffer(100).unwrap();
+    assert_eq!(input.len(), 100);
+    let bytes: Vec<u8> = (0..100).collect();
+    client.write_buffer(&input, 0, &bytes[..60]).unwrap();
+    client.write_buffer(&input, 60, &bytes[60..]).unwrap();
+    assert!(matches!(
+        client.write_buffer(&input, 99, &[1, 2]),
+        Err(ClientError::InvalidArgument(_))
+    ));
+    assert!(!client.buffer_ptr(&input).unwrap().is_null());
+    let output = client.alloc_buffer(100).unwrap();
+    let (out_offset, out_len) = (output.offset(), output.len());
+    let ticket = client.submit_buffers(Opcode::Echo as u16, "ECHO", [0; 3], input, output).unwrap();
+    let response = client.wait_response(ticket, Duration::from_secs(5)).unwrap();
+    assert_eq!(response.outcome(), Ok(100));
+    let mut echoed = vec![0; out_len as usize];
+    client.slot().arena_read(u64::from(out_offset), &mut echoed).unwrap();
+    assert_eq!(echoed, bytes);
+
+    let x: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    let mut out = vec![0f32; 1000];
+    client.vector_add_into(&x, &x, &mut out).unwrap();
+    assert_eq!(out, x.iter().map(|v| v * 2.0).collect::<Vec<_>>());
+    client.saxpy_into(3.0, &x, &x, &mut out).unwrap();
+    assert_eq!(out, x.iter().map(|v| v * 4.0).collect::<Vec<_>>());
+    assert!(matches!(
+        client.vector_add_into(&x, &x, &mut out[..10]),
+        Err(ClientError::InvalidArgument(_))
+    ));
+    let mut c = vec![0f32; 4];
+    client.matmul_into((&[1.0, 2.0, 3.0, 4.0], &[1.0, 0.0, 0.0, 1.0]), (2, 2, 2), &mut c).unwrap();
+    assert_eq!(c, [1.0, 2.0, 3.0, 4.0]);
+    let unused = client.alloc_buffer(64).unwrap();
+    client.free_buffer(unused);
+}
+
 #[test]
 fn a_client_rides_through_a_mediator_restart() {
     let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
