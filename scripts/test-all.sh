@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The system tests run the real binaries: build them all first.
-cargo build --workspace --bins
+# The system tests run the real binaries (and the C library): build them all first.
+cargo build --workspace
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
