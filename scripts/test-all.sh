@@ -51,6 +51,16 @@ requires create_on_a_full_tmpfs_fails_cleanly_and_leaves_nothing "not root: cann
 requires doctor_finds_a_too_small_tmpfs "not root: cannot mount a tmpfs" \
     test "$(id -u)" = 0 -- \
     cargo test -p ivshmem-setup --test cli -- --ignored --exact doctor_finds_a_too_small_tmpfs
+# The Python package: a wheel built with maturin into a virtual environment, pytest
+# against the real mediator (needs python3's venv and PyPI for maturin, pytest, numpy).
+python_env() {
+    local venv=${VGPU_PY_VENV:-target/py-venv}
+    "$venv/bin/python" -c 'import maturin, pytest, numpy' ||
+        { python3 -m venv "$venv" && "$venv/bin/pip" install -q maturin pytest numpy; }
+}
+requires python_package "no python3 venv with maturin, pytest and numpy (PyPI unreachable?)" \
+    python_env -- \
+    scripts/test-python.sh
 requires gpu_results_equal_the_cpu_executor "no NVIDIA GPU (nvidia-smi finds none)" \
     nvidia-smi -L -- \
     cargo test -p vgpu-mediator --features cuda --lib -- --ignored --exact cuda::tests::gpu_results_equal_the_cpu_executor

@@ -1,0 +1,174 @@
+"""vgpu: GPU requests from a guest to the host mediator over ivshmem shared memory.
+
+A client takes its VM's slot (one client per VM at a time); the typed helpers take
+NumPy arrays (converted to contiguous float32 only when they are not already) and
+return new float32 arrays written straight from the shared arena.
+
+>>> import numpy as np, vgpu
+>>> with vgpu.Client() as gpu:                      # in a guest: finds the device in sysfs
+...     total = gpu.vector_add(np.arange(4, dtype=np.float32), np.ones(4, dtype=np.float32))
+>>> total
+array([1., 2., 3., 4.], dtype=float32)
+
+On the host (tests, benchmarks) pass the region file: ``vgpu.Client("/dev/shm/vgpu-vm1")``.
+Pipelining: ``tag = gpu.submit(vgpu.Opcode.NOOP)`` then ``gpu.wait(tag)``.
+Failures raise :class:`VgpuError` subclasses whose ``code`` is that of the C library
+(positive: the mediator's error code, see :class:`ErrorCode`).
+"""
+
+from enum import IntEnum
+
+import numpy as np
+
+from ._vgpu import (
+    Busy,
+    Completion,
+    MediatorUnavailable,
+    NoDevice,
+    RequestFailed,
+    VgpuError,
+    VgpuTimeout,
+)
+from ._vgpu import Client as _NativeClient
+
+__all__ = [
+    "Busy",
+    "Client",
+    "Completion",
+    "ErrorCode",
+    "MediatorUnavailable",
+    "NoDevice",
+    "Opcode",
+    "RequestFailed",
+    "VgpuError",
+    "VgpuTimeout",
+]
+
+
+class Opcode(IntEnum):
+    """Operations the mediator runs (docs/LAYOUT.md)."""
+
+    NOOP = 1
+    ECHO = 2
+    SLEEP = 3
+    VECTOR_ADD = 4
+    SAXPY = 5
+    DOT = 6
+    MATMUL = 7
+
+
+class ErrorCode(IntEnum):
+    """The mediator's error codes (the ``error`` of a failed :class:`Completion`)."""
+
+    UNKNOWN_OPCODE = 1
+    IDENTITY_MISMATCH = 2
+    BAD_RANGE = 3
+    BAD_SHAPE = 4
+    OUTPUT_TOO_SMALL = 5
+    QUOTA_EXCEEDED = 6
+    EXECUTOR_FAILED = 7
+    SHUTTING_DOWN = 8
+    OVERLAPPING_RANGES = 9
+
+
+def _f32(a, name):
+    array = np.ascontiguousarray(a, dtype=np.float32)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, not of shape {array.shape}")
+    return array
+
+
+class Client:
+    """A client of this VM's slot.
+
+    ``region``: the region file (on the host), or None to find the ivshmem device in
+    sysfs (in a guest). ``doorbell_socket``: on the host, stand in for QEMU on the VM's
+    doorbell socket. ``timeout``: seconds the helpers wait. ``spin``: busy-poll while
+    waiting (lowest latency, a core busy). ``wait_for_slot``: wait for another client of
+    the VM to finish instead of raising :class:`Busy`.
+    """
+
+    def __init__(self, region=None, *, doorbell_socket=None, timeout=30.0, spin=False,
+                 wait_for_slot=False):
+        self._native = _NativeClient(
+            None if region is None else str(region),
+            doorbell_socket=None if doorbell_socket is None else str(doorbell_socket),
+            timeout=timeout,
+            spin=spin,
+            wait_for_slot=wait_for_slot,
+        )
+
+    @property
+    def identity(self):
+        """(vm_id, pool, priority) of the slot."""
+        return self._native.identity
+
+    @property
+    def in_flight(self):
+        """Requests submitted and not yet waited for."""
+        return self._native.in_flight
+
+    def vector_add(self, a, b):
+        """``a + b`` on the host, as a new float32 array."""
+        return self._native.vector_add(_f32(a, "a"), _f32(b, "b"))
+
+    def saxpy(self, alpha, x, y):
+        """``alpha * x + y`` on the host."""
+        return self._native.saxpy(float(alpha), _f32(x, "x"), _f32(y, "y"))
+
+    def dot(self, x, y):
+        """``sum(x * y)`` on the host."""
+        return self._native.dot(_f32(x, "x"), _f32(y, "y"))
+
+    def matmul(self, a, b):
+        """``a @ b`` for 2-D arrays (m×k and k×n) on the host; returns m×n float32."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        b = np.ascontiguousarray(b, dtype=np.float32)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+            raise ValueError(f"matmul of shapes {a.shape} and {b.shape}")
+        (m, k), n = a.shape, b.shape[1]
+        return self._native.matmul(a.reshape(-1), b.reshape(-1), m, k, n).reshape(m, n)
+
+    def echo(self, data):
+        """Send ``data`` (bytes-like) and get it back."""
+        return self._native.echo(bytes(data))
+
+    def sleep_us(self, us):
+        """Occupy the pool for ``us`` microseconds."""
+        self._native.sleep_us(int(us))
+
+    def noop(self, label="NOOP"):
+        """A NOOP labelled ``label`` (shown in the mediator's log)."""
+        self._native.noop(label)
+
+    def submit(self, opcode, args=(0, 0, 0), input=None, output_len=0, label=None):
+        """Submit without waiting; returns the tag for :meth:`wait` and :meth:`poll`.
+
+        ``input`` is bytes-like or a NumPy array (its bytes); ``output_len`` the bytes
+        of answer to make room for.
+        """
+        if isinstance(input, np.ndarray):
+            input = np.ascontiguousarray(input).tobytes()
+        elif input is not None:
+            input = bytes(input)
+        a0, a1, a2 = (int(v) for v in args)
+        return self._native.submit(int(opcode), (a0, a1, a2), input, int(output_len), label)
+
+    def wait(self, tag, timeout=None):
+        """The :class:`Completion` of request ``tag``, waiting up to ``timeout`` s."""
+        return self._native.wait(tag, timeout)
+
+    def poll(self, tag):
+        """The :class:`Completion` of request ``tag`` if it has arrived, else None."""
+        return self._native.poll(tag)
+
+    def close(self):
+        """Release the slot (also done when the client is collected)."""
+        self._native.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,78 @@
+"""The Python package against the real mediator."""
+
+import numpy as np
+import pytest
+
+import vgpu
+
+
+def test_helpers_take_and_return_numpy_arrays(region):
+    with vgpu.Client(region) as gpu:
+        assert gpu.identity == (5, "A", 1)
+        x = np.arange(3000, dtype=np.float32) % 97 * 0.25
+        y = np.arange(3000, dtype=np.float32) % 31 - 15
+        total = gpu.vector_add(x, y)
+        assert total.dtype == np.float32 and total.shape == (3000,)
+        np.testing.assert_array_equal(total, x + y)
+        np.testing.assert_array_equal(gpu.saxpy(0.5, x, y), np.float32(0.5) * x + y)
+        assert gpu.dot(x[:100], y[:100]) == pytest.approx(float(np.dot(x[:100], y[:100])), rel=1e-5)
+        a = np.arange(15, dtype=np.float32).reshape(5, 3)
+        b = (np.arange(6, dtype=np.float32) % 4).reshape(3, 2)
+        np.testing.assert_array_equal(gpu.matmul(a, b), a @ b)
+        assert gpu.echo(b"hello vgpu") == b"hello vgpu"
+        gpu.sleep_us(100)
+        gpu.noop("FROM_PYTHON")
+
+
+def test_inputs_are_converted_only_when_needed(region):
+    with vgpu.Client(region) as gpu:
+        # float64 lists and strided views are converted; the answer is float32.
+        np.testing.assert_array_equal(gpu.vector_add([1.0, 2.0], [3.0, 4.0]), [4.0, 6.0])
+        strided = np.arange(20, dtype=np.float32)[::2]
+        np.testing.assert_array_equal(gpu.vector_add(strided, strided), strided * 2)
+        with pytest.raises(ValueError):
+            gpu.vector_add(np.ones((2, 2)), np.ones((2, 2)))
+        with pytest.raises(ValueError):
+            gpu.vector_add(np.ones(3), np.ones(4))
+
+
+def test_pipelining_with_submit_wait_and_poll(region):
+    with vgpu.Client(region) as gpu:
+        tags = [gpu.submit(vgpu.Opcode.NOOP, label="PIPELINED") for _ in range(16)]
+        assert gpu.in_flight == 16
+        done = [gpu.wait(tag, timeout=5) for tag in reversed(tags)]
+        assert [c.tag for c in done] == list(reversed(tags))
+        assert all(c.ok and c.status == 1 for c in done)
+        data = np.arange(64, dtype=np.uint8)
+        tag = gpu.submit(vgpu.Opcode.ECHO, input=data, output_len=64)
+        completion = None
+        while completion is None:
+            completion = gpu.poll(tag)
+        assert completion.output == data.tobytes()
+        with pytest.raises(KeyError):
+            gpu.wait(tag)
+
+
+def test_errors_are_exceptions_with_codes(region):
+    with vgpu.Client(region) as gpu:
+        tag = gpu.submit(vgpu.Opcode.VECTOR_ADD, args=(1000, 0, 0), input=b"\0" * 16, output_len=16)
+        refused = gpu.wait(tag)
+        assert not refused.ok and refused.error == vgpu.ErrorCode.BAD_SHAPE
+        with pytest.raises(vgpu.RequestFailed) as failed:
+            gpu.sleep_us(4_000_000_000)  # longer than the mediator allows
+        assert failed.value.code == vgpu.ErrorCode.BAD_SHAPE
+        with pytest.raises(vgpu.Busy) as full:
+            gpu.vector_add(np.ones(200_000, dtype=np.float32), np.ones(200_000, dtype=np.float32))
+        assert full.value.code == -6 and "arena" in str(full.value)
+        with pytest.raises(ValueError):
+            gpu.matmul(np.ones((2, 3)), np.ones((2, 3)))
+        with pytest.raises(vgpu.Busy) as busy:
+            vgpu.Client(region)  # one client per VM
+        assert busy.value.code == -6
+    with pytest.raises(vgpu.VgpuError) as missing:
+        vgpu.Client("/nonexistent/region")
+    assert missing.value.code == -3
+    closed = vgpu.Client(region)
+    closed.close()
+    with pytest.raises(vgpu.VgpuError):
+        closed.noop()
