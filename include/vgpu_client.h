@@ -226,7 +226,8 @@ int vgpu_buffer_free(struct VgpuClient *client, const struct VgpuBuffer *buffer)
  * Submit operation `opcode` (1 NOOP, 2 ECHO, 3 SLEEP, 4 VECTOR_ADD, 5 SAXPY, 6 DOT,
  * 7 MATMUL) with `args` (three words, null for zeros) on the bytes of `input`, its
  * answer to go to `output` (either may be null for none), labelled `label` (null:
- * the operation's name). The buffers belong to the request from now on. `*tag`
+ * the operation's name). The buffers belong to the request from now on, also when
+ * the submission fails (ring full, ...): allocate new ones to retry. `*tag`
  * identifies it for `vgpu_wait` and `vgpu_poll`.
  *
  * # Safety

@@ -394,7 +394,8 @@ pub unsafe extern "C" fn vgpu_buffer_free(
 /// Submit operation `opcode` (1 NOOP, 2 ECHO, 3 SLEEP, 4 VECTOR_ADD, 5 SAXPY, 6 DOT,
 /// 7 MATMUL) with `args` (three words, null for zeros) on the bytes of `input`, its
 /// answer to go to `output` (either may be null for none), labelled `label` (null:
-/// the operation's name). The buffers belong to the request from now on. `*tag`
+/// the operation's name). The buffers belong to the request from now on, also when
+/// the submission fails (ring full, ...): allocate new ones to retry. `*tag`
 /// identifies it for `vgpu_wait` and `vgpu_poll`.
 ///
 /// # Safety
@@ -425,20 +426,29 @@ pub unsafe extern "C" fn vgpu_submit(
         let label = label.unwrap_or_else(|| {
             vgpu_ring::Opcode::try_from(opcode).map_or("UNKNOWN", |op| op.name()).to_owned()
         });
-        let take = |c: &mut VgpuClient, b: *const VgpuBuffer, what| {
-            if b.is_null() {
-                c.client.alloc_buffer(0).map_err(Failure::from)
-            } else {
-                take_buffer(c, b, what)
+        let input = if input.is_null() { None } else { Some(take_buffer(c, input, "input")?) };
+        let output = if output.is_null() {
+            None
+        } else {
+            match take_buffer(c, output, "output") {
+                Ok(output) => Some(output),
+                Err(e) => {
+                    // Not submitted: the input stays the caller's.
+                    if let Some(input) = input {
+                        c.buffers.insert(input.offset(), input);
+                    }
+                    return Err(e);
+                }
             }
         };
-        let input = take(c, input, "input")?;
-        let output = match take(c, output, "output") {
-            Ok(output) => output,
-            Err(e) => {
-                c.buffers.insert(input.offset(), input);
-                return Err(e);
-            }
+        let none = |c: &mut VgpuClient| c.client.alloc_buffer(0).map_err(Failure::from);
+        let input = match input {
+            Some(input) => input,
+            None => none(c)?,
+        };
+        let output = match output {
+            Some(output) => output,
+            None => none(c)?,
         };
         let ticket = c.client.submit_buffers(opcode, &label, args, input, output)?;
         *tag = ticket.tag();

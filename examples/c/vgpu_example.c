@@ -139,6 +139,13 @@ int main(int argc, char **argv) {
     if (vgpu_vector_add(client, NULL, y, out, N) != VGPU_E_INVALID) return 1;
     printf("null pointer: %s (%s)\n", vgpu_strerror(VGPU_E_INVALID), vgpu_last_error(client));
     if (vgpu_wait(client, 12345, 10, &done) != VGPU_E_UNKNOWN_TAG) return 1;
+    VgpuBuffer keep, fake = {0};
+    CHECK(vgpu_buffer_alloc(client, 64, &keep));
+    fake.offset = 999999, fake.len = 4; /* not a buffer of this client */
+    if (vgpu_submit(client, 2, NULL, &keep, &fake, NULL, &tag) != VGPU_E_INVALID) return 1;
+    CHECK(vgpu_buffer_free(client, &keep)); /* not submitted: still the caller's */
+    if (vgpu_buffer_free(client, &keep) != VGPU_E_INVALID) return 1; /* and only once */
+    printf("foreign buffer refused: %s\n", vgpu_last_error(client));
     VgpuBuffer bad;
     CHECK(vgpu_buffer_alloc(client, 16, &bad));
     uint32_t shape[3] = {1000, 0, 0};

@@ -75,6 +75,7 @@ fn the_c_example_runs_against_the_mediator() {
         "zero-copy: VECTOR_ADD of 256 floats in place",
         "pipelining: 8 requests in flight, all answered",
         "null pointer: invalid argument (a: null pointer or too long)",
+        "foreign buffer refused: buffer is not a buffer of this client (or was used)",
         "refused request: status 2, request failed: bad shape",
         "done",
     ] {
