@@ -122,6 +122,9 @@ pub struct Dispatcher {
     offload_compute: bool,
     /// Set when a response may have been parked; cleared by a flush that emptied all.
     maybe_parked: bool,
+    /// VMs with answers staged in this pass, published at its end (one index store per
+    /// VM per pass, however many answers).
+    unflushed: Vec<usize>,
     /// Set when a VM asked for a reset that could not be carried out yet.
     resets_pending: bool,
     quota: u32,
@@ -167,6 +170,7 @@ impl Dispatcher {
         metrics: Arc<PoolMetrics>,
     ) -> std::io::Result<Self> {
         let now = Instant::now();
+        let vms_len = vms.len();
         let bells = if vms.iter().any(|port| port.bell.is_some()) {
             let mut waiter = BellWaiter::new()?;
             waiter.watch(stop_bell, STOP_TOKEN)?;
@@ -197,6 +201,7 @@ impl Dispatcher {
             inline: CpuExecutor::default(),
             busy: None,
             maybe_parked: false,
+            unflushed: Vec::with_capacity(vms_len),
             resets_pending: false,
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
@@ -236,6 +241,7 @@ impl Dispatcher {
                 + self.poll_executor()
                 + self.dispatch(&mut now)
                 + self.flush_parked();
+            self.flush_responses();
             if self.resets_pending {
                 self.carry_out_resets(&mut now);
             }
@@ -677,9 +683,19 @@ impl Dispatcher {
                 vgpu_ring::response_text(&response)
             );
         }
-        port.publish(position, response);
+        if port.publish(position, response) {
+            self.unflushed.push(index);
+        }
         port.metrics.answered(&response);
         self.maybe_parked |= port.parked() > 0;
+    }
+
+    /// Publish the answers staged in this pass, one index store per VM.
+    fn flush_responses(&mut self) {
+        for &index in &self.unflushed {
+            self.vms[index].flush();
+        }
+        self.unflushed.clear();
     }
 
     /// Retry parked responses; returns how many went out.
@@ -731,6 +747,7 @@ impl Dispatcher {
             }
         }
         self.flush_parked();
+        self.flush_responses();
         self.stats
     }
 }

@@ -46,6 +46,9 @@ pub(crate) struct Link {
     /// Responses that did not fit in the response ring, oldest first, with the
     /// position of their request.
     parked: VecDeque<(u32, Response)>,
+    /// Responses staged in the response ring and not yet published (see
+    /// [`VmPort::flush`]).
+    staged: bool,
     /// The last reset request carried out (host-owned, cached).
     pub(crate) reset_done: u32,
     pub(crate) request_poisoned: bool,
@@ -73,6 +76,7 @@ impl Link {
             requests: host.requests,
             responses: host.responses,
             parked: VecDeque::new(),
+            staged: false,
             reset_done,
             request_poisoned,
             response_poisoned,
@@ -80,10 +84,26 @@ impl Link {
         })
     }
 
-    /// Mark the request at `position` answered and release the answered prefix.
-    fn answered(&mut self, position: u32) {
+    /// Stage `response` to the request at `position` in the response ring (published
+    /// and its request released at the next [`flush`](Self::flush)).
+    fn stage(&mut self, position: u32, response: Response) -> Result<(), PushError<Response>> {
+        self.responses.stage(response)?;
         let mask = self.requests.capacity() - 1;
         self.answered[(position & mask) as usize] = true;
+        self.staged = true;
+        Ok(())
+    }
+
+    /// Publish the staged responses with one index store, then release the answered
+    /// prefix of the request ring with one more: a request leaves the journal only once
+    /// its answer is visible.
+    fn flush(&mut self) {
+        if !self.staged {
+            return;
+        }
+        self.staged = false;
+        self.responses.publish();
+        let mask = self.requests.capacity() - 1;
         let mut upto = self.requests.released();
         while upto != self.requests.position() && self.answered[(upto & mask) as usize] {
             self.answered[(upto & mask) as usize] = false;
@@ -257,47 +277,62 @@ impl VmPort {
         Response::answer(request, &self.identity, result)
     }
 
-    /// Publish the answer to the request at `position`, parking it if the response ring
-    /// is full (order is kept); the request is released once its answer is out.
-    pub(crate) fn publish(&mut self, position: u32, response: Response) {
-        let Some(link) = &mut self.link else { return };
+    /// Stage the answer to the request at `position`, parking it if the response ring
+    /// is full (order is kept); it is published, and the request released, at the next
+    /// [`flush`](Self::flush). Returns whether the VM has staged answers to flush now and
+    /// had none before.
+    pub(crate) fn publish(&mut self, position: u32, response: Response) -> bool {
+        let Some(link) = &mut self.link else { return false };
         if link.response_poisoned {
-            return;
+            return false;
         }
+        let was_staged = link.staged;
         let parked = if link.parked.is_empty() {
-            match link.responses.push(response) {
-                Ok(()) => {
-                    link.answered(position);
-                    return;
-                }
+            match link.stage(position, response) {
+                Ok(()) => return !was_staged,
                 Err(PushError::Full(r)) => r,
-                Err(PushError::Poisoned(e)) => return self.isolate_responses(&e),
+                Err(PushError::Poisoned(e)) => {
+                    self.isolate_responses(&e);
+                    return false;
+                }
             }
         } else {
             response
         };
         link.parked.push_back((position, parked));
         self.metrics.parked.set(link.parked.len() as u64);
+        !was_staged && link.staged
     }
 
-    /// Retry parked responses; returns how many went out.
+    /// Publish the staged answers and release their requests (one store each way).
+    pub(crate) fn flush(&mut self) {
+        if let Some(link) = &mut self.link {
+            link.flush();
+        }
+    }
+
+    /// Stage parked responses as room allows; returns how many went out.
     pub(crate) fn flush_parked(&mut self) -> usize {
         let Some(link) = &mut self.link else { return 0 };
         let mut sent = 0;
         while let Some(&(position, r)) = link.parked.front() {
-            match link.responses.push(r) {
+            match link.stage(position, r) {
                 Ok(()) => {
                     link.parked.pop_front();
-                    link.answered(position);
                     sent += 1;
                 }
-                Err(PushError::Full(_)) => break,
+                Err(PushError::Full(_)) => {
+                    // Room comes when the guest takes what is published.
+                    link.flush();
+                    break;
+                }
                 Err(PushError::Poisoned(e)) => {
                     self.isolate_responses(&e);
                     return sent;
                 }
             }
         }
+        link.flush();
         self.metrics.parked.set(link.parked.len() as u64);
         sent
     }
