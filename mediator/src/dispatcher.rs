@@ -16,7 +16,7 @@ use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
 use vgpu_doorbell::{Bell, BellWaiter};
-use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Request, decode_label};
+use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Priority, Request, decode_label};
 
 /// A request waiting in the pool's queue or executing.
 struct Pending {
@@ -122,6 +122,10 @@ pub struct Dispatcher {
     offload_compute: bool,
     /// Set when a response may have been parked; cleared by a flush that emptied all.
     maybe_parked: bool,
+    /// The VMs with new requests in this pass and their producer index (reused).
+    ready: Vec<(usize, u32)>,
+    /// Short jobs may skip the queue (not in fair pools; see `accept`).
+    fast_path: bool,
     /// VMs with answers staged in this pass, published at its end (one index store per
     /// VM per pass, however many answers).
     unflushed: Vec<usize>,
@@ -202,6 +206,8 @@ impl Dispatcher {
             busy: None,
             maybe_parked: false,
             unflushed: Vec::with_capacity(vms_len),
+            ready: Vec::with_capacity(vms_len),
+            fast_path: pool.policy != vgpu_config::Policy::Fair,
             resets_pending: false,
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
@@ -467,14 +473,20 @@ impl Dispatcher {
     /// returns the number of requests taken. An idle VM costs one load of its producer
     /// index's line, read through a compact array.
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
-        let mut taken = 0;
-        for k in 0..self.scan.len() {
-            let index = self.scan[k];
+        // First the VMs with new requests, then their requests: a pass in which only one
+        // VM published may take the fast path (see `accept`).
+        self.ready.clear();
+        for &index in &self.scan {
             let Watch { head: Some(watch), seen, .. } = &self.watches[index] else { continue };
             let head = watch.load();
-            if head == *seen {
-                continue;
+            if head != *seen {
+                self.ready.push((index, head));
             }
+        }
+        let alone = self.ready.len() == 1;
+        let mut taken = 0;
+        for k in 0..self.ready.len() {
+            let (index, head) = self.ready[k];
             self.watches[index].recent = true;
             let mut emptied = false;
             loop {
@@ -491,8 +503,7 @@ impl Dispatcher {
                 match link.requests.take() {
                     Ok(Some(req)) => {
                         taken += 1;
-                        let now = *now.get_or_insert_with(Instant::now);
-                        self.accept(index, position, &req, now);
+                        self.accept(index, position, &req, alone, now);
                     }
                     Ok(None) => {
                         emptied = true;
@@ -516,7 +527,21 @@ impl Dispatcher {
 
     /// Validate a request just taken from VM `index`'s ring at `position` and queue
     /// it, or answer it with an error at once.
-    fn accept(&mut self, index: usize, position: u32, req: &Request, now: Instant) {
+    ///
+    /// The fast path: when VM `index` is the only one that published in this pass
+    /// (`alone`), the queue is empty, the pool is free and the job is short, the job
+    /// runs at once, without a queue insert and pop. The order is the queue's: one VM's
+    /// requests share a priority and are taken in ring order, and no other VM's request
+    /// is waiting. Fair pools always queue (their accounting follows each turn).
+    fn accept(
+        &mut self,
+        index: usize,
+        position: u32,
+        req: &Request,
+        alone: bool,
+        clock: &mut Option<Instant>,
+    ) {
+        let now = *clock.get_or_insert_with(Instant::now);
         let pool = self.pool;
         let port = &mut self.vms[index];
         let arena_size = self.session.geometry.arena_size;
@@ -527,26 +552,31 @@ impl Dispatcher {
             Ok(job) => {
                 port.set_in_flight(port.in_flight + 1);
                 let priority = port.identity.priority;
-                self.queue.push(
-                    index,
-                    priority,
-                    now,
-                    Pending {
-                        vm: index,
-                        generation: port.generation,
-                        position,
-                        request: *req,
-                        job,
-                        arrived: now,
-                    },
-                );
-                self.metrics.set_queue_depth(priority, self.queue.len_at(priority));
+                let pending = Pending {
+                    vm: index,
+                    generation: port.generation,
+                    position,
+                    request: *req,
+                    job,
+                    arrived: now,
+                };
                 if self.log_requests {
                     tracing::info!(
                         "[QUEUE] Pool {pool}: Added priority={priority}, vm={}, count={}",
                         port.vm.id,
-                        self.queue.len()
+                        self.queue.len() + 1
                     );
+                }
+                let fast = alone
+                    && self.fast_path
+                    && self.busy.is_none()
+                    && self.queue.is_empty()
+                    && !self.runs_on_executor(&job);
+                if fast {
+                    self.start(pending, priority, clock);
+                } else {
+                    self.queue.push(index, priority, now, pending);
+                    self.metrics.set_queue_depth(priority, self.queue.len_at(priority));
                 }
             }
             Err(code) => {
@@ -580,55 +610,67 @@ impl Dispatcher {
             let pending = queued.item;
             started += 1;
             self.metrics.set_queue_depth(queued.priority, self.queue.len_at(queued.priority));
-            if self.hang_hook && decode_label(&pending.request.label) == HANG_LABEL {
-                hang();
-            }
-            let port = &self.vms[pending.vm];
-            let Some(link) = port.link.as_ref().filter(|_| port.generation == pending.generation)
-            else {
-                // Work of a VM reset or quarantined meanwhile: dropped, never run.
-                self.queue.charge(pending.vm, queued.priority, Duration::ZERO);
-                continue;
-            };
-            if self.log_requests {
-                tracing::info!(
-                    "[PROCESS] Pool {}: Processing vm={}, priority={}, command={}",
-                    self.pool,
-                    port.vm.id,
-                    queued.priority,
-                    decode_label(&pending.request.label)
-                );
-            }
-            if pending.job.is_long() || (self.offload_compute && pending.job.is_compute()) {
-                let vm = pending.vm;
-                let job = pending.job;
-                match self.executor.submit(pending, job, link.slot.clone()) {
-                    Ok(()) => self.busy = Some(vm),
-                    Err(pending) => {
-                        let result = Err(ErrorCode::ExecutorFailed);
-                        self.finish(Finished {
-                            item: pending,
-                            result,
-                            started: now,
-                            exec: Duration::ZERO,
-                        });
-                    }
-                }
-            } else {
-                let result = self.inline.execute(&pending.job, &link.slot);
-                // A NOOP takes no measurable time; anything else is timed, and its end
-                // is the next job's start.
-                let exec = if pending.job.op == Opcode::Noop {
-                    Duration::ZERO
-                } else {
-                    let end = Instant::now();
-                    *clock = Some(end);
-                    end - now
-                };
-                self.finish(Finished { item: pending, result, started: now, exec });
-            }
+            self.start(pending, queued.priority, clock);
         }
         started
+    }
+
+    /// Start `pending` (of `priority`) now: inline if it is short, on the executor if
+    /// it is long (or a compute job of a GPU pool).
+    fn start(&mut self, pending: Pending, priority: Priority, clock: &mut Option<Instant>) {
+        let now = *clock.get_or_insert_with(Instant::now);
+        if self.hang_hook && decode_label(&pending.request.label) == HANG_LABEL {
+            hang();
+        }
+        let port = &self.vms[pending.vm];
+        let Some(link) = port.link.as_ref().filter(|_| port.generation == pending.generation)
+        else {
+            // Work of a VM reset or quarantined meanwhile: dropped, never run.
+            self.queue.charge(pending.vm, priority, Duration::ZERO);
+            return;
+        };
+        if self.log_requests {
+            tracing::info!(
+                "[PROCESS] Pool {}: Processing vm={}, priority={}, command={}",
+                self.pool,
+                port.vm.id,
+                priority,
+                decode_label(&pending.request.label)
+            );
+        }
+        if self.runs_on_executor(&pending.job) {
+            let vm = pending.vm;
+            let job = pending.job;
+            match self.executor.submit(pending, job, link.slot.clone()) {
+                Ok(()) => self.busy = Some(vm),
+                Err(pending) => {
+                    let result = Err(ErrorCode::ExecutorFailed);
+                    self.finish(Finished {
+                        item: pending,
+                        result,
+                        started: now,
+                        exec: Duration::ZERO,
+                    });
+                }
+            }
+        } else {
+            let result = self.inline.execute(&pending.job, &link.slot);
+            // A NOOP takes no measurable time; anything else is timed, and its end
+            // is the next job's start.
+            let exec = if pending.job.op == Opcode::Noop {
+                Duration::ZERO
+            } else {
+                let end = Instant::now();
+                *clock = Some(end);
+                end - now
+            };
+            self.finish(Finished { item: pending, result, started: now, exec });
+        }
+    }
+
+    /// Whether `job` goes to the executor thread rather than running inline.
+    fn runs_on_executor(&self, job: &Job) -> bool {
+        job.is_long() || (self.offload_compute && job.is_compute())
     }
 
     fn poll_executor(&mut self) -> usize {
