@@ -457,6 +457,21 @@ pub unsafe extern "C" fn vgpu_submit(
     })
 }
 
+/// The ticket of request `tag`, out of the client's table.
+fn take_ticket(c: &mut VgpuClient, tag: u32) -> Result<Ticket, Failure> {
+    c.tickets
+        .remove(&tag)
+        .ok_or_else(|| Failure(VGPU_E_UNKNOWN_TAG, format!("tag {tag} is not in flight")))
+}
+
+/// Describe `response` in `*out` unless `out` is null.
+fn report(out: *mut VgpuCompletion, response: &Response) {
+    // SAFETY: null or valid (the contract of `vgpu_wait` and `vgpu_poll`).
+    if let Some(out) = unsafe { out.as_mut() } {
+        *out = VgpuCompletion::from(response);
+    }
+}
+
 /// Wait up to `timeout_ms` (0: the client's default) for request `tag`; on success
 /// `*out` (may be null) describes the answer and its output is in the request's output
 /// buffer. Returns `VGPU_OK` when answered, whatever its status (see `out->status`).
@@ -472,19 +487,13 @@ pub unsafe extern "C" fn vgpu_wait(
     out: *mut VgpuCompletion,
 ) -> c_int {
     with_client(client, |c| {
-        let ticket = c
-            .tickets
-            .remove(&tag)
-            .ok_or_else(|| Failure(VGPU_E_UNKNOWN_TAG, format!("tag {tag} is not in flight")))?;
+        let ticket = take_ticket(c, tag)?;
         let timeout = match timeout_ms {
             0 => Duration::from_secs(30),
             ms => Duration::from_millis(u64::from(ms)),
         };
         let response = c.client.wait_response(ticket, timeout)?;
-        // SAFETY: null or valid (the contract).
-        if let Some(out) = unsafe { out.as_mut() } {
-            *out = VgpuCompletion::from(&response);
-        }
+        report(out, &response);
         Ok(VGPU_OK)
     })
 }
@@ -501,16 +510,10 @@ pub unsafe extern "C" fn vgpu_poll(
     out: *mut VgpuCompletion,
 ) -> c_int {
     with_client(client, |c| {
-        let ticket = c
-            .tickets
-            .remove(&tag)
-            .ok_or_else(|| Failure(VGPU_E_UNKNOWN_TAG, format!("tag {tag} is not in flight")))?;
+        let ticket = take_ticket(c, tag)?;
         match c.client.poll_response(ticket)? {
             Ok(response) => {
-                // SAFETY: null or valid (the contract).
-                if let Some(out) = unsafe { out.as_mut() } {
-                    *out = VgpuCompletion::from(&response);
-                }
+                report(out, &response);
                 Ok(VGPU_OK)
             }
             Err(ticket) => {
