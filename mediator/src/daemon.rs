@@ -204,7 +204,6 @@ pub fn serve(
         threads.push((*name, thread));
     }
     let mut supervisor = Supervisor::new(pool_metrics.clone(), &config.mediator);
-    supervisor.ready();
     let metrics = Metrics { epoch: session.epoch, pools: pool_metrics };
     // A metrics endpoint is an aid, never a condition to serve: one that cannot be
     // bound is logged and the VMs are served without it.
@@ -221,6 +220,8 @@ pub fn serve(
                 None
             }
         });
+    // Regions attached (or quarantined), dispatchers running, metrics served.
+    supervisor.ready();
     // The dispatchers keep their regions' heartbeats; this thread waits for the signal
     // (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap) and tells systemd
     // how the dispatchers fare.
