@@ -126,6 +126,9 @@ pub struct Dispatcher {
     ready: Vec<(usize, u32)>,
     /// Short jobs may skip the queue (not in fair pools; see `accept`).
     fast_path: bool,
+    /// Stands for the time of a fast-path NOOP in a pass that read no clock (its wait
+    /// and execution are zero whatever the instant).
+    timeless: Instant,
     /// VMs with answers staged in this pass, published at its end (one index store per
     /// VM per pass, however many answers).
     unflushed: Vec<usize>,
@@ -208,6 +211,7 @@ impl Dispatcher {
             unflushed: Vec::with_capacity(vms_len),
             ready: Vec::with_capacity(vms_len),
             fast_path: pool.policy != vgpu_config::Policy::Fair,
+            timeless: now,
             resets_pending: false,
             quota: settings.max_queued_per_vm,
             idle_spin: settings.idle_spin,
@@ -233,7 +237,9 @@ impl Dispatcher {
     /// says, leave the queued requests in the rings or answer them; returns the
     /// counters.
     pub fn run(mut self, shutdown: &AtomicBool, on_stop: OnStop) -> DispatcherStats {
-        let mut last_work = Instant::now();
+        // When the last work was done; `None`: in a pass that did not read the clock
+        // (the next idle check stands in for it).
+        let mut last_work = Some(Instant::now());
         let mut passes: u32 = 0;
         let mut empty_passes: u32 = 0;
         while !shutdown.load(Ordering::Relaxed) {
@@ -253,13 +259,14 @@ impl Dispatcher {
             }
             passes = passes.wrapping_add(1);
             self.metrics.passes.set(u64::from(passes));
-            // Housekeeping (heartbeat, retries) needs the clock: a pass that read it
-            // anyway, or one pass in 1024 (a busy pool may not read it at all).
-            if now.is_some() || passes.is_multiple_of(1024) {
+            // Housekeeping (heartbeat, doorbells, retries) needs the clock: a pass that
+            // read it anyway, or one pass in 64 (a pool busy with fast-path NOOPs reads
+            // it in no pass; one read per 64 passes costs about a nanosecond a pass).
+            if now.is_some() || passes.is_multiple_of(64) {
                 self.housekeeping(*now.get_or_insert_with(Instant::now));
             }
             if work > 0 {
-                last_work = now.unwrap_or_else(Instant::now);
+                last_work = now;
                 empty_passes = 0;
                 continue;
             }
@@ -271,7 +278,7 @@ impl Dispatcher {
             }
             let now = Instant::now();
             self.housekeeping(now);
-            let idle = now - last_work;
+            let idle = now - *last_work.get_or_insert(now);
             if idle > self.idle_spin {
                 // Back off in proportion to how long the pool has been idle: a request
                 // after a short gap waits at most 1/64 of that gap, a long-idle pool
@@ -541,7 +548,6 @@ impl Dispatcher {
         alone: bool,
         clock: &mut Option<Instant>,
     ) {
-        let now = *clock.get_or_insert_with(Instant::now);
         let pool = self.pool;
         let port = &mut self.vms[index];
         let arena_size = self.session.geometry.arena_size;
@@ -552,6 +558,17 @@ impl Dispatcher {
             Ok(job) => {
                 port.set_in_flight(port.in_flight + 1);
                 let priority = port.identity.priority;
+                let fast = alone
+                    && self.fast_path
+                    && self.busy.is_none()
+                    && self.queue.is_empty()
+                    && !on_executor(&job, self.offload_compute);
+                // A NOOP on the fast path neither waits nor takes time: it needs no
+                // clock read (about 60 ns in a VM), and a pass of them reads none.
+                let now = match *clock {
+                    None if fast && job.op == Opcode::Noop => self.timeless,
+                    _ => *clock.get_or_insert_with(Instant::now),
+                };
                 let pending = Pending {
                     vm: index,
                     generation: port.generation,
@@ -567,11 +584,6 @@ impl Dispatcher {
                         self.queue.len() + 1
                     );
                 }
-                let fast = alone
-                    && self.fast_path
-                    && self.busy.is_none()
-                    && self.queue.is_empty()
-                    && !self.runs_on_executor(&job);
                 if fast {
                     self.start(pending, priority, clock);
                 } else {
@@ -580,6 +592,7 @@ impl Dispatcher {
                 }
             }
             Err(code) => {
+                let now = *clock.get_or_insert_with(Instant::now);
                 if code == ErrorCode::IdentityMismatch
                     && let Some(n) = port.admit_log(Problem::IdentityClaim, now)
                 {
@@ -618,7 +631,16 @@ impl Dispatcher {
     /// Start `pending` (of `priority`) now: inline if it is short, on the executor if
     /// it is long (or a compute job of a GPU pool).
     fn start(&mut self, pending: Pending, priority: Priority, clock: &mut Option<Instant>) {
-        let now = *clock.get_or_insert_with(Instant::now);
+        // An inline NOOP is not timed: without a clock read in this pass it starts
+        // when it arrived (zero wait; only the fast path brings one here unread).
+        let now = match *clock {
+            None if pending.job.op == Opcode::Noop
+                && !on_executor(&pending.job, self.offload_compute) =>
+            {
+                pending.arrived
+            }
+            _ => *clock.get_or_insert_with(Instant::now),
+        };
         if self.hang_hook && decode_label(&pending.request.label) == HANG_LABEL {
             hang();
         }
@@ -638,7 +660,7 @@ impl Dispatcher {
                 decode_label(&pending.request.label)
             );
         }
-        if self.runs_on_executor(&pending.job) {
+        if on_executor(&pending.job, self.offload_compute) {
             let vm = pending.vm;
             let job = pending.job;
             match self.executor.submit(pending, job, link.slot.clone()) {
@@ -666,11 +688,6 @@ impl Dispatcher {
             };
             self.finish(Finished { item: pending, result, started: now, exec });
         }
-    }
-
-    /// Whether `job` goes to the executor thread rather than running inline.
-    fn runs_on_executor(&self, job: &Job) -> bool {
-        job.is_long() || (self.offload_compute && job.is_compute())
     }
 
     fn poll_executor(&mut self) -> usize {
@@ -792,6 +809,12 @@ impl Dispatcher {
         self.flush_responses();
         self.stats
     }
+}
+
+/// Whether `job` goes to the executor thread rather than running inline: long jobs,
+/// and every compute job of a pool whose executor takes them all (a GPU pool).
+fn on_executor(job: &Job, offload_compute: bool) -> bool {
+    job.is_long() || (offload_compute && job.is_compute())
 }
 
 /// The test hook's hang: the dispatcher thread stops making passes (the process stops
