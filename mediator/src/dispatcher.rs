@@ -16,7 +16,9 @@ use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
 use vgpu_doorbell::{Bell, BellWaiter};
-use vgpu_ring::{ErrorCode, HeadWatch, Opcode, PoolId, Priority, Request, decode_label};
+use vgpu_ring::{
+    ErrorCode, HeadWatch, Opcode, PoolId, Priority, Request, decode_label, layout::LABEL_LEN,
+};
 
 /// A request waiting in the pool's queue or executing.
 struct Pending {
@@ -26,10 +28,20 @@ struct Pending {
     generation: u64,
     /// The request's position in its ring (released once it is answered).
     position: u32,
-    /// The private copy of the request (its tag, opcode and label are echoed).
-    request: Request,
+    /// What the answer echoes of the request: its tag, opcode and label (the rest of
+    /// the request lives on in `job`, validated; a small item is cheap to queue).
+    tag: u32,
+    opcode: u16,
+    label: [u8; LABEL_LEN],
     job: Job,
     arrived: Instant,
+}
+
+impl Pending {
+    /// The request as far as its answer echoes it.
+    fn echoed(&self) -> Request {
+        Request { tag: self.tag, opcode: self.opcode, label: self.label, ..Request::default() }
+    }
 }
 
 /// A request answered: by the executor thread, inline, or refused.
@@ -573,7 +585,9 @@ impl Dispatcher {
                     vm: index,
                     generation: port.generation,
                     position,
-                    request: *req,
+                    tag: req.tag,
+                    opcode: req.opcode,
+                    label: req.label,
                     job,
                     arrived: now,
                 };
@@ -641,7 +655,7 @@ impl Dispatcher {
             }
             _ => *clock.get_or_insert_with(Instant::now),
         };
-        if self.hang_hook && decode_label(&pending.request.label) == HANG_LABEL {
+        if self.hang_hook && decode_label(&pending.label) == HANG_LABEL {
             hang();
         }
         let port = &self.vms[pending.vm];
@@ -657,7 +671,7 @@ impl Dispatcher {
                 self.pool,
                 port.vm.id,
                 priority,
-                decode_label(&pending.request.label)
+                decode_label(&pending.label)
             );
         }
         if on_executor(&pending.job, self.offload_compute) {
@@ -719,9 +733,9 @@ impl Dispatcher {
             return;
         }
         port.set_in_flight(port.in_flight.saturating_sub(1));
-        let mut response = port.answer(&p.request, f.result);
+        let mut response = port.answer(&p.echoed(), f.result);
         let queued = f.started.saturating_duration_since(p.arrived);
-        self.metrics.executed(p.request.opcode, queued, f.exec);
+        self.metrics.executed(p.opcode, queued, f.exec);
         response.queued_ns = queued.as_nanos() as u64;
         response.exec_ns = f.exec.as_nanos() as u64;
         self.respond(p.vm, p.position, response);
