@@ -7,7 +7,6 @@ use serde::Serialize;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use vgpu_config::Config;
 use vgpu_ring::{Access, Region};
 
@@ -468,8 +467,6 @@ fn qemu_devices(config: &Config, qemu: &Path, out: &mut Findings) {
 /// A live mediator serves each region (its heartbeat is fresh), and the doorbell
 /// holder's sockets exist.
 fn mediator(config: &Config, out: &mut Findings) {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| Duration::from(t).as_nanos() as u64);
     for vm in &config.vms {
         if let Some(socket) = &vm.doorbell {
             if socket.exists() {
@@ -488,16 +485,15 @@ fn mediator(config: &Config, out: &mut Findings) {
             continue;
         };
         let epoch = region.epoch();
-        let (beat, interval_ms) = region.heartbeat();
-        let age = Duration::from_nanos(now.saturating_sub(beat));
-        let limit = Duration::from_millis(u64::from(interval_ms)) * 3 + Duration::from_secs(1);
+        let beat = crate::inspect::heartbeat(&region);
+        let age = beat.age.unwrap_or_default();
         if epoch == 0 {
             out.warn(
                 check,
                 format!("vm {}: no mediator has served this region yet", vm.id),
                 "start vgpu-mediator (systemctl start vgpu-mediator)",
             );
-        } else if beat == 0 || age > limit {
+        } else if beat.stale {
             out.fail(
                 check,
                 format!(

@@ -60,9 +60,23 @@ struct RingReport {
     poisoned: bool,
 }
 
-fn monotonic_ns() -> Result<u64> {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    Ok(Duration::from(now).as_nanos() as u64)
+/// The region's mediator heartbeat as seen from here (host `CLOCK_MONOTONIC`).
+pub(crate) struct Heartbeat {
+    /// How long ago the mediator last beat; `None` if it never did (or not in this boot).
+    pub(crate) age: Option<Duration>,
+    /// No beat for longer than a live mediator allows: three intervals and a second.
+    pub(crate) stale: bool,
+}
+
+/// The heartbeat of `region`'s mediator.
+pub(crate) fn heartbeat(region: &Region) -> Heartbeat {
+    let (beat, interval_ms) = region.heartbeat();
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| Duration::from(t).as_nanos() as u64);
+    // A beat from "the future" is not this boot's mediator (or is a guest's scribble).
+    let age = (beat != 0 && now >= beat).then(|| Duration::from_nanos(now - beat));
+    let limit = Duration::from_millis(u64::from(interval_ms)) * 3 + Duration::from_secs(1);
+    Heartbeat { age, stale: age.is_none_or(|age| age > limit) }
 }
 
 fn report(region: &Arc<Region>) -> Result<Report> {
@@ -71,13 +85,11 @@ fn report(region: &Arc<Region>) -> Result<Report> {
     let mediator = if epoch == 0 {
         None
     } else {
-        let (beat, interval) = region.heartbeat();
-        let now = monotonic_ns()?;
         Some(MediatorState {
             epoch,
             pid: region.mediator_pid(),
-            heartbeat_age_ms: (beat != 0 && now >= beat).then(|| (now - beat) as f64 / 1e6),
-            heartbeat_interval_ms: interval,
+            heartbeat_age_ms: heartbeat(region).age.map(|age| age.as_secs_f64() * 1e3),
+            heartbeat_interval_ms: region.heartbeat().1,
         })
     };
     let mut slots = Vec::new();

@@ -34,13 +34,10 @@ struct RegionView {
     answered: u32,
 }
 
-fn look(region: &std::path::Path, now_ns: u64) -> RegionView {
+fn look(region: &std::path::Path) -> RegionView {
     let Ok(region) = Region::open(region, Access::ReadOnly).map(std::sync::Arc::new) else {
         return RegionView { state: "no region", in_flight: 0, answered: 0 };
     };
-    let (beat, interval_ms) = region.heartbeat();
-    let stale = Duration::from_nanos(now_ns.saturating_sub(beat))
-        > Duration::from_millis(u64::from(interval_ms)) * 3 + Duration::from_secs(1);
     let Ok(slot) = region.slot(0) else {
         return RegionView { state: "unusable", in_flight: 0, answered: 0 };
     };
@@ -49,7 +46,7 @@ fn look(region: &std::path::Path, now_ns: u64) -> RegionView {
         slot.host_status() & (SlotControl::REQUEST_POISONED | SlotControl::RESPONSE_POISONED) != 0;
     let state = if region.epoch() == 0 {
         "not served"
-    } else if beat == 0 || stale {
+    } else if crate::inspect::heartbeat(&region).stale {
         "no mediator"
     } else if poisoned {
         "poisoned"
@@ -136,25 +133,18 @@ fn seconds(value: Option<f64>) -> String {
     }
 }
 
-fn now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| Duration::from(t).as_nanos() as u64)
-}
-
 pub(crate) fn run(args: &TopArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     let url = config.metrics_listen.map(|addr| format!("http://{addr}/metrics"));
     let terminal = std::io::stdout().is_terminal();
     let frames = args.count.unwrap_or(if terminal { u32::MAX } else { 1 });
     // Rates need two looks: the first frame comes after one second.
-    let mut before: Vec<RegionView> =
-        config.vms.iter().map(|vm| look(&vm.region, now_ns())).collect();
+    let mut before: Vec<RegionView> = config.vms.iter().map(|vm| look(&vm.region)).collect();
     let mut metrics_before = url.as_deref().and_then(scrape);
     let mut then = Instant::now();
     for frame in 0..frames {
         std::thread::sleep(Duration::from_secs(1));
-        let now = now_ns();
-        let views: Vec<RegionView> = config.vms.iter().map(|vm| look(&vm.region, now)).collect();
+        let views: Vec<RegionView> = config.vms.iter().map(|vm| look(&vm.region)).collect();
         let metrics = url.as_deref().and_then(scrape);
         let elapsed = then.elapsed().as_secs_f64();
         then = Instant::now();
