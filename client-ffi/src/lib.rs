@@ -142,26 +142,22 @@ struct Failure(c_int, String);
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        let code = match &e {
-            ClientError::Failed(code) => *code as c_int,
-            ClientError::InvalidArgument(_) => VGPU_E_INVALID,
-            ClientError::NoDevice { .. } => VGPU_E_NO_DEVICE,
-            ClientError::Region(_)
-            | ClientError::Stub(_)
-            | ClientError::NoIdentity
-            | ClientError::Lock { .. }
-            | ClientError::RegionLost => VGPU_E_REGION,
-            ClientError::NoMediator | ClientError::MediatorDead(_) => VGPU_E_NO_MEDIATOR,
-            ClientError::Timeout(_) => VGPU_E_TIMEOUT,
-            ClientError::RingFull(_)
-            | ClientError::ArenaFull(_)
-            | ClientError::SlotInUse { .. } => VGPU_E_BUSY,
-            ClientError::Poisoned(_) | ClientError::Ring(_) => VGPU_E_POISONED,
-            ClientError::Doorbell { .. } => VGPU_E_DOORBELL,
-        };
-        Self(code, e.to_string())
+        Self(e.code(), e.to_string())
     }
 }
+
+// The codes the header exports are the library's (cbindgen needs literals above).
+const _: () = {
+    use vgpu_client::codes;
+    assert!(VGPU_E_INVALID == codes::INVALID);
+    assert!(VGPU_E_NO_DEVICE == codes::NO_DEVICE);
+    assert!(VGPU_E_REGION == codes::REGION);
+    assert!(VGPU_E_NO_MEDIATOR == codes::NO_MEDIATOR);
+    assert!(VGPU_E_TIMEOUT == codes::TIMEOUT);
+    assert!(VGPU_E_BUSY == codes::BUSY);
+    assert!(VGPU_E_POISONED == codes::POISONED);
+    assert!(VGPU_E_DOORBELL == codes::DOORBELL);
+};
 
 fn invalid(message: impl Into<String>) -> Failure {
     Failure(VGPU_E_INVALID, message.into())

@@ -40,27 +40,8 @@ create_exception!(
     "No room: the ring or arena is full, or another client holds the slot."
 );
 
-/// Codes shared with the C library (`include/vgpu_client.h`): positive values are the
-/// mediator's error codes, negative ones the client's.
-fn code_of(e: &ClientError) -> i32 {
-    match e {
-        ClientError::Failed(code) => *code as i32,
-        ClientError::InvalidArgument(_) => -1,
-        ClientError::NoDevice { .. } => -2,
-        ClientError::Region(_)
-        | ClientError::Stub(_)
-        | ClientError::NoIdentity
-        | ClientError::Lock { .. }
-        | ClientError::RegionLost => -3,
-        ClientError::NoMediator | ClientError::MediatorDead(_) => -4,
-        ClientError::Timeout(_) => -5,
-        ClientError::RingFull(_) | ClientError::ArenaFull(_) | ClientError::SlotInUse { .. } => -6,
-        ClientError::Poisoned(_) | ClientError::Ring(_) => -7,
-        ClientError::Doorbell { .. } => -8,
-    }
-}
-
-/// The Python exception for `e`, with its `code` attribute set.
+/// The Python exception for `e`, with its `code` attribute set (the C library's
+/// number, [`ClientError::code`]).
 fn raise(py: Python<'_>, e: &ClientError) -> PyErr {
     let message = e.to_string();
     let err = match e {
@@ -77,7 +58,7 @@ fn raise(py: Python<'_>, e: &ClientError) -> PyErr {
         _ => VgpuError::new_err(message),
     };
     // Best effort: an exception object always takes an attribute.
-    let _ = err.value(py).setattr("code", code_of(e));
+    let _ = err.value(py).setattr("code", e.code());
     err
 }
 

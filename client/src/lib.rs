@@ -115,6 +115,58 @@ pub enum ClientError {
     InvalidArgument(String),
 }
 
+/// The numbers of the client's errors in other languages (the C library's `VGPU_E_*`,
+/// the Python package's `code`): negative, next to the mediator's positive error codes
+/// (see [`ClientError::code`]).
+pub mod codes {
+    /// [`ClientError::InvalidArgument`](crate::ClientError::InvalidArgument).
+    pub const INVALID: i32 = -1;
+    /// No device.
+    pub const NO_DEVICE: i32 = -2;
+    /// The region or the vgpu-stub cannot be used (or was lost).
+    pub const REGION: i32 = -3;
+    /// No mediator serves the region, or it stopped answering.
+    pub const NO_MEDIATOR: i32 = -4;
+    /// No answer in time.
+    pub const TIMEOUT: i32 = -5;
+    /// The ring or the arena is full, or another client holds the slot.
+    pub const BUSY: i32 = -6;
+    /// The slot's rings are corrupt.
+    pub const POISONED: i32 = -7;
+    /// The doorbell socket cannot be used.
+    pub const DOORBELL: i32 = -8;
+}
+
+impl ClientError {
+    /// The error's number for other languages: the mediator's error code (1..=9) for
+    /// [`ClientError::Failed`], else one of [`codes`].
+    ///
+    /// ```
+    /// use vgpu_client::{ClientError, codes};
+    /// use vgpu_ring::ErrorCode;
+    /// assert_eq!(ClientError::Failed(ErrorCode::BadShape).code(), 4);
+    /// assert_eq!(ClientError::RingFull(8).code(), codes::BUSY);
+    /// ```
+    #[must_use]
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Failed(code) => *code as i32,
+            Self::InvalidArgument(_) => codes::INVALID,
+            Self::NoDevice { .. } => codes::NO_DEVICE,
+            Self::Region(_)
+            | Self::Stub(_)
+            | Self::NoIdentity
+            | Self::Lock { .. }
+            | Self::RegionLost => codes::REGION,
+            Self::NoMediator | Self::MediatorDead(_) => codes::NO_MEDIATOR,
+            Self::Timeout(_) => codes::TIMEOUT,
+            Self::RingFull(_) | Self::ArenaFull(_) | Self::SlotInUse { .. } => codes::BUSY,
+            Self::Poisoned(_) | Self::Ring(_) => codes::POISONED,
+            Self::Doorbell { .. } => codes::DOORBELL,
+        }
+    }
+}
+
 /// How a waiting client polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
