@@ -123,6 +123,23 @@ impl Client {
         let client = self.client()?;
         py.detach(|| f(client)).map_err(|e| raise(py, &e))
     }
+
+    /// A new float32 array of `len` that `f` fills on the client (with the GIL
+    /// released): the answer goes from the arena straight into it.
+    fn fill_new_array<'py>(
+        &mut self,
+        py: Python<'py>,
+        len: usize,
+        f: impl FnOnce(&mut RustClient, &mut [f32]) -> Result<(), ClientError> + Send,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let array = PyArray1::<f32>::zeros(py, len, false);
+        {
+            let mut rw = array.readwrite();
+            let out = rw.as_slice_mut()?;
+            self.run(py, |c| f(c, out))?;
+        }
+        Ok(array)
+    }
 }
 
 fn completion(py: Python<'_>, c: &vgpu_client::Completion) -> Completion {
@@ -177,13 +194,7 @@ impl Client {
         b: PyReadonlyArray1<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let (a, b) = (a.as_slice()?, b.as_slice()?);
-        let out = PyArray1::<f32>::zeros(py, a.len(), false);
-        {
-            let mut rw = out.readwrite();
-            let out = rw.as_slice_mut()?;
-            self.run(py, |c| c.vector_add_into(a, b, out))?;
-        }
-        Ok(out)
+        self.fill_new_array(py, a.len(), |c, out| c.vector_add_into(a, b, out))
     }
 
     fn saxpy<'py>(
@@ -194,13 +205,7 @@ impl Client {
         y: PyReadonlyArray1<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let (x, y) = (x.as_slice()?, y.as_slice()?);
-        let out = PyArray1::<f32>::zeros(py, x.len(), false);
-        {
-            let mut rw = out.readwrite();
-            let out = rw.as_slice_mut()?;
-            self.run(py, |c| c.saxpy_into(alpha, x, y, out))?;
-        }
-        Ok(out)
+        self.fill_new_array(py, x.len(), |c, out| c.saxpy_into(alpha, x, y, out))
     }
 
     fn dot(
@@ -226,13 +231,7 @@ impl Client {
         let cells = usize::try_from(u64::from(m) * u64::from(n))
             .map_err(|_| pyo3::exceptions::PyValueError::new_err("m×n too large"))?;
         let (a, b) = (a.as_slice()?, b.as_slice()?);
-        let out = PyArray1::<f32>::zeros(py, cells, false);
-        {
-            let mut rw = out.readwrite();
-            let out = rw.as_slice_mut()?;
-            self.run(py, |c| c.matmul_into((a, b), (m, k, n), out))?;
-        }
-        Ok(out)
+        self.fill_new_array(py, cells, |c, out| c.matmul_into((a, b), (m, k, n), out))
     }
 
     fn echo<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
