@@ -47,7 +47,7 @@ impl Pending {
 /// A request answered: by the executor thread, inline, or refused.
 type Finished = Executed<Pending>;
 
-/// Counters a dispatcher keeps (reported at shutdown).
+/// What a dispatcher answered (reported at shutdown; read from its VMs' metrics).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DispatcherStats {
     /// Requests answered with status 1.
@@ -159,7 +159,6 @@ pub struct Dispatcher {
     faults_seen: u64,
     pool: PoolId,
     log_requests: bool,
-    stats: DispatcherStats,
     metrics: Arc<PoolMetrics>,
     /// Test hook (`VGPU_TEST_HOOK_HANG=1` in the environment): a request labelled
     /// `TEST_HANG` stops this dispatcher's passes until shutdown, as a hung dispatcher
@@ -237,7 +236,6 @@ impl Dispatcher {
             faults_seen: vgpu_ring::fault_count(),
             pool: pool.name,
             log_requests,
-            stats: DispatcherStats::default(),
             metrics,
             hang_hook: std::env::var_os("VGPU_TEST_HOOK_HANG").is_some_and(|v| v == "1"),
         };
@@ -741,13 +739,8 @@ impl Dispatcher {
         self.respond(p.vm, p.position, response);
     }
 
-    /// Count and log `response`, then publish it to VM `index`.
+    /// Log `response`, publish it to VM `index` and count it in the VM's metrics.
     fn respond(&mut self, index: usize, position: u32, response: vgpu_ring::Response) {
-        if response.status == vgpu_ring::Status::Success as u32 {
-            self.stats.succeeded += 1;
-        } else {
-            self.stats.failed += 1;
-        }
         let port = &mut self.vms[index];
         if self.log_requests {
             tracing::info!(
@@ -821,7 +814,8 @@ impl Dispatcher {
         }
         self.flush_parked();
         self.flush_responses();
-        self.stats
+        let answered = |failed| self.metrics.vms.iter().map(|vm| vm.answered_with(failed)).sum();
+        DispatcherStats { succeeded: answered(false), failed: answered(true) }
     }
 }
 

@@ -183,6 +183,7 @@ impl VmState {
 /// assert_eq!(vm.requests(Opcode::Noop, false), 1);
 /// assert_eq!(vm.requests(Opcode::Noop, true), 1);
 /// assert_eq!(vm.answered_total(), 2);
+/// assert_eq!((vm.answered_with(false), vm.answered_with(true)), (1, 1));
 /// vm.set_state(VmState::Quarantined);
 /// assert!(vm.is_quarantined());
 /// ```
@@ -240,6 +241,13 @@ impl VmMetrics {
     #[must_use]
     pub fn answered_total(&self) -> u64 {
         self.requests.iter().flatten().map(Value::get).sum()
+    }
+
+    /// Requests answered so far that succeeded (`failed` false) or failed, whatever
+    /// their opcode.
+    #[must_use]
+    pub fn answered_with(&self, failed: bool) -> u64 {
+        self.requests.iter().map(|by_status| by_status[usize::from(failed)].get()).sum()
     }
 
     /// Whether the VM is quarantined.
