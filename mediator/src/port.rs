@@ -301,7 +301,7 @@ impl VmPort {
         };
         link.parked.push_back((position, parked));
         self.metrics.parked.set(link.parked.len() as u64);
-        !was_staged && link.staged
+        false
     }
 
     /// Publish the staged answers and release their requests (one store each way).
@@ -321,11 +321,8 @@ impl VmPort {
                     link.parked.pop_front();
                     sent += 1;
                 }
-                Err(PushError::Full(_)) => {
-                    // Room comes when the guest takes what is published.
-                    link.flush();
-                    break;
-                }
+                // Room comes when the guest takes what is published (below).
+                Err(PushError::Full(_)) => break,
                 Err(PushError::Poisoned(e)) => {
                     self.isolate_responses(&e);
                     return sent;
