@@ -9,7 +9,8 @@
 # (the client checks each result against its own CPU computation, so both pools must
 # agree with it), and prints per-request latency (median, p99) on the GPU and on the
 # CPU, next to the same operation called directly on the CUDA executor in one process
-# (vgpu-cuda-bench), and the mediator's overhead over that direct call.
+# (vgpu-cuda-bench), and the mediator's overhead over that direct call; then whether the
+# GPU pool's arena was registered with the driver (DMA) or staged.
 set -euo pipefail
 
 bin=${1:-target/release}
@@ -91,4 +92,11 @@ done
 for n in 64 256 512; do
     check MATMUL "$n" --m "$n" --k "$n" --n "$n"
 done
+# How pool G's operands moved: by DMA from the registered arena, or staged.
+if grep -q "arena registered" "$work/mediator.log"; then
+    echo "pool G: the VM's arena is registered with the driver (operands move by DMA)"
+else
+    echo "pool G: the VM's arena is NOT registered (operands staged through host buffers):"
+    grep "cannot register" "$work/mediator.log" || true
+fi
 exit $failed

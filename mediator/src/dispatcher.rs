@@ -239,6 +239,9 @@ impl Dispatcher {
             metrics,
             hang_hook: std::env::var_os("VGPU_TEST_HOOK_HANG").is_some_and(|v| v == "1"),
         };
+        for index in 0..dispatcher.vms.len() {
+            dispatcher.attached(index);
+        }
         dispatcher.rebuild_scan();
         Ok(dispatcher)
     }
@@ -342,6 +345,7 @@ impl Dispatcher {
             for index in 0..self.vms.len() {
                 if self.vms[index].is_quarantined() && self.busy != Some(index) {
                     self.vms[index].retry(&self.session);
+                    self.attached(index);
                     self.renew_watch(index);
                 }
             }
@@ -470,11 +474,26 @@ impl Dispatcher {
             let faulted =
                 self.vms[index].link.as_ref().is_some_and(|link| link.slot.region().is_faulted());
             if faulted {
-                self.vms[index]
-                    .quarantine("the region file shrank under its mapping (SIGBUS caught)");
-                self.forget(index);
+                self.quarantine(index, "the region file shrank under its mapping (SIGBUS caught)");
             }
         }
+    }
+
+    /// Tell the executor that VM `index`'s slot was attached, if it was.
+    fn attached(&self, index: usize) {
+        if let Some(link) = &self.vms[index].link {
+            self.executor.attach(link.slot.clone());
+        }
+    }
+
+    /// Quarantine VM `index` for `reason`: its slot is let go by the executor (after any
+    /// job of it in hand) and its queued work dropped.
+    fn quarantine(&mut self, index: usize, reason: &str) {
+        if let Some(link) = &self.vms[index].link {
+            self.executor.detach(link.slot.clone());
+        }
+        self.vms[index].quarantine(reason);
+        self.forget(index);
     }
 
     /// Drop what the dispatcher holds of VM `index` after its link changed.
@@ -786,10 +805,10 @@ impl Dispatcher {
                 continue;
             }
             let now = *clock.get_or_insert_with(Instant::now);
-            if let Err(e) = self.vms[index].reset(ticket, now) {
-                self.vms[index].quarantine(&format!("ring reset failed: {e}"));
+            match self.vms[index].reset(ticket, now) {
+                Ok(()) => self.forget(index),
+                Err(e) => self.quarantine(index, &format!("ring reset failed: {e}")),
             }
-            self.forget(index);
         }
     }
 
@@ -831,5 +850,99 @@ fn hang() -> ! {
     tracing::warn!("test hook: dispatcher hangs ({HANG_LABEL})");
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vgpu_ring::{Region, Slot};
+
+    /// Records which slots its executor was told to attach and detach; a detach waits
+    /// for the gate (an executor still busy with the slot).
+    struct Recording(Arc<Mutex<Vec<(&'static str, u32)>>>, std::sync::mpsc::Receiver<()>);
+
+    impl Executor for Recording {
+        fn execute(&mut self, _job: &Job, _slot: &Slot) -> Result<u32, ErrorCode> {
+            Ok(0)
+        }
+
+        fn attach(&mut self, slot: &Slot) {
+            self.0.lock().unwrap().push(("attach", slot.index()));
+        }
+
+        fn detach(&mut self, slot: &Slot) {
+            let _ = self.1.recv();
+            self.0.lock().unwrap().push(("detach", slot.index()));
+        }
+    }
+
+    /// The executor hears of every attach (at start and after a quarantine ends) and
+    /// every quarantine, in that order: what the CUDA executor registers and
+    /// unregisters its arenas on.
+    #[test]
+    fn the_executor_hears_of_attaches_and_quarantines() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = vgpu_config::Config::parse(&format!(
+            "[regions]\ndir = {:?}\nsize = \"4M\"\narena_size = \"1M\"\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 1\n",
+            dir.path()
+        ))
+        .unwrap();
+        let vm = config.vms[0].clone();
+        Region::create(
+            &vm.region,
+            config.region_size,
+            config.geometry,
+            &[vm.identity().slot()],
+            false,
+        )
+        .unwrap();
+        let session = Session {
+            epoch: 7,
+            heartbeat_interval_ms: 1000,
+            region_size: config.region_size,
+            geometry: config.geometry,
+        };
+        let port = VmPort::attach(vm, &session, None).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let pool = &config.pools[&port.vm.pool];
+        let metrics = Arc::new(PoolMetrics::new(
+            pool.name,
+            ("cpu", "cpu".to_owned()),
+            vec![Arc::clone(&port.metrics)],
+        ));
+        let mut dispatcher = Dispatcher::new(
+            pool,
+            vec![port],
+            Box::new(Recording(Arc::clone(&heard), gate)),
+            &config.mediator,
+            session,
+            false,
+            &Bell::local().unwrap(),
+            metrics,
+        )
+        .unwrap();
+        // Declared after the dispatcher, so a failed assertion lets the executor go before
+        // the dispatcher joins it.
+        let open_gate = open_gate;
+        dispatcher.quarantine(0, "test");
+        assert!(dispatcher.vms[0].is_quarantined());
+        // Not retried while the executor holds the old mapping (and so its host lock):
+        // never refused as "served by another mediator" (this one); retried once it is
+        // let go.
+        dispatcher.housekeeping(dispatcher.next_retry);
+        assert_eq!(dispatcher.vms[0].quarantine_reason(), Some("test"));
+        open_gate.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dispatcher.vms[0].is_quarantined() && Instant::now() < deadline {
+            dispatcher.housekeeping(dispatcher.next_retry);
+            std::thread::yield_now();
+        }
+        assert_eq!(dispatcher.vms[0].quarantine_reason(), None, "retried and attached again");
+        // The executor thread hears them in order; dropping the dispatcher joins it.
+        drop(dispatcher);
+        assert_eq!(*heard.lock().unwrap(), [("attach", 0), ("detach", 0), ("attach", 0)]);
     }
 }

@@ -106,6 +106,17 @@ pub trait Executor: Send {
     fn describe(&self) -> (&'static str, String) {
         ("cpu", "cpu".to_owned())
     }
+
+    /// `slot` was attached (at start, or again after a quarantine): prepare for its
+    /// jobs. The CUDA executor registers the slot's arena with the driver here, so that
+    /// the GPU copies operands and results straight from and to it. Called on the
+    /// executor's thread, before any job of that attach.
+    fn attach(&mut self, _slot: &Slot) {}
+
+    /// `slot` is let go (its VM was quarantined): undo [`attach`](Self::attach). Called
+    /// after every job of that slot handed to the executor before has finished. At
+    /// stop the executor is dropped instead.
+    fn detach(&mut self, _slot: &Slot) {}
 }
 
 /// What the executor thread (or the dispatcher, inline) did with a job.
@@ -120,10 +131,21 @@ pub(crate) struct Executed<T> {
     pub(crate) exec: Duration,
 }
 
+/// What the dispatcher hands its executor thread, in order.
+enum Work<T> {
+    /// Run a job on a slot; `T` comes back with the result.
+    Run(T, Job, Slot),
+    /// See [`Executor::attach`].
+    Attach(Slot),
+    /// See [`Executor::detach`].
+    Detach(Slot),
+}
+
 /// A pool's executor thread: runs one long job at a time with the pool's [`Executor`],
-/// on the slot it is handed, and reports each one back over a channel.
+/// on the slot it is handed, and reports each one back over a channel. Attaches and
+/// detaches of slots reach the executor on the same channel, so in order with the jobs.
 pub(crate) struct ExecutorThread<T> {
-    jobs: Option<Sender<(T, Job, Slot)>>,
+    jobs: Option<Sender<Work<T>>>,
     done: Receiver<Executed<T>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -131,11 +153,22 @@ pub(crate) struct ExecutorThread<T> {
 impl<T: Send + 'static> ExecutorThread<T> {
     /// Start the thread (`pool-<name>-exec`) running `executor`.
     pub(crate) fn spawn(pool: PoolId, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
-        let (jobs, job_rx) = channel::<(T, Job, Slot)>();
+        let (jobs, job_rx) = channel::<Work<T>>();
         let (done_tx, done) = channel();
         let thread =
             std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
-                for (item, job, slot) in job_rx {
+                for work in job_rx {
+                    let (item, job, slot) = match work {
+                        Work::Run(item, job, slot) => (item, job, slot),
+                        Work::Attach(slot) => {
+                            executor.attach(&slot);
+                            continue;
+                        }
+                        Work::Detach(slot) => {
+                            executor.detach(&slot);
+                            continue;
+                        }
+                    };
                     let started = Instant::now();
                     let result = executor.execute(&job, &slot);
                     let exec = started.elapsed();
@@ -153,8 +186,28 @@ impl<T: Send + 'static> ExecutorThread<T> {
     /// `item` back if the thread has died.
     pub(crate) fn submit(&self, item: T, job: Job, slot: Slot) -> Result<(), T> {
         match &self.jobs {
-            Some(tx) => tx.send((item, job, slot)).map_err(|e| e.0.0),
+            Some(tx) => tx.send(Work::Run(item, job, slot)).map_err(|e| match e.0 {
+                Work::Run(item, ..) => item,
+                Work::Attach(_) | Work::Detach(_) => unreachable!("sent a job"),
+            }),
             None => Err(item),
+        }
+    }
+
+    /// Tell the executor that `slot` was attached (see [`Executor::attach`]).
+    pub(crate) fn attach(&self, slot: Slot) {
+        self.send(Work::Attach(slot));
+    }
+
+    /// Tell the executor that `slot` is let go (see [`Executor::detach`]).
+    pub(crate) fn detach(&self, slot: Slot) {
+        self.send(Work::Detach(slot));
+    }
+
+    /// Hand `work` over; a dead thread has nothing left to prepare or undo.
+    fn send(&self, work: Work<T>) {
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(work);
         }
     }
 

@@ -12,8 +12,8 @@
 use crate::log_limit::{LogLimiter, Problem, suppressed_note};
 use crate::metrics::{VmMetrics, VmState};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use vgpu_config::VmConfig;
 use vgpu_doorbell::Bell;
@@ -126,6 +126,10 @@ pub(crate) struct VmPort {
     pub(crate) link: Option<Link>,
     /// Why the VM is quarantined (the last reason logged).
     quarantine: Option<String>,
+    /// The mapping of the link a quarantine dropped, while someone (the executor,
+    /// finishing with it) still holds it: its host lock is still taken, so the VM is
+    /// not retried before it is gone.
+    dropped: Weak<Region>,
     /// Changes whenever the link is replaced or reset: work of an older generation
     /// that comes back from the executor is dropped.
     pub(crate) generation: u64,
@@ -157,6 +161,7 @@ impl VmPort {
             vm,
             link: None,
             quarantine: None,
+            dropped: Weak::new(),
             generation: 0,
             in_flight: 0,
             log: LogLimiter::default(),
@@ -233,8 +238,12 @@ impl VmPort {
         self.bell.as_ref().map(|bell| bell.value)
     }
 
-    /// Retry a quarantined VM; logs only a change of reason.
+    /// Retry a quarantined VM (once the mapping it was quarantined with is let go);
+    /// logs only a change of reason.
     pub(crate) fn retry(&mut self, session: &Session) {
+        if self.dropped.strong_count() > 0 {
+            return;
+        }
         if let Err(e) = self.try_attach(session) {
             self.quarantine(&e.to_string());
         }
@@ -243,7 +252,9 @@ impl VmPort {
     /// Stop serving the VM until its region is usable again; its queued work is
     /// dropped by the caller (see [`generation`](Self::generation)).
     pub(crate) fn quarantine(&mut self, reason: &str) {
-        self.link = None;
+        if let Some(link) = self.link.take() {
+            self.dropped = Arc::downgrade(link.slot.region());
+        }
         self.generation += 1;
         self.set_in_flight(0);
         self.note_state();
