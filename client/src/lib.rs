@@ -621,12 +621,52 @@ impl Client {
     /// [`ClientError::RingFull`], [`ClientError::ArenaFull`], [`ClientError::Ring`],
     /// [`ClientError::RegionLost`].
     pub fn submit(&mut self, call: &Call<'_>) -> Result<Ticket, ClientError> {
-        self.submit_parts(call, &[call.input])
+        self.submit_parts(call, &[call.input], true)
+    }
+
+    /// [`submit`](Self::submit) without making the request visible to the host yet:
+    /// the requests staged since the last publication become visible together, with one
+    /// index store (and at most one doorbell), at the next [`flush`](Self::flush),
+    /// `submit`, wait or poll. For many small requests at once (the way io_uring
+    /// separates preparing entries from submitting them).
+    ///
+    /// ```no_run
+    /// # use vgpu_client::{Call, Client, ClientOptions};
+    /// # let mut client = Client::attach(&ClientOptions::default())?;
+    /// let call = Call::noop("batch");
+    /// let tickets: Vec<_> = (0..32).map(|_| client.stage(&call)).collect::<Result<_, _>>()?;
+    /// client.flush(); // all 32 visible at once (waiting would flush too)
+    /// for ticket in tickets {
+    ///     client.wait(ticket, std::time::Duration::from_secs(1))?;
+    /// }
+    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn stage(&mut self, call: &Call<'_>) -> Result<Ticket, ClientError> {
+        self.submit_parts(call, &[call.input], false)
+    }
+
+    /// Make the [`stage`](Self::stage)d requests visible to the host: one index store,
+    /// and the doorbell if the mediator asked for it. Nothing if none is staged.
+    pub fn flush(&mut self) {
+        if self.guest.requests.has_staged() {
+            self.guest.requests.publish();
+            self.ring_if_asked();
+        }
     }
 
     /// [`submit`](Self::submit) with the input given as consecutive parts (`call.input`
     /// is ignored): each is copied into the arena once, with no concatenated copy first.
-    fn submit_parts(&mut self, call: &Call<'_>, parts: &[&[u8]]) -> Result<Ticket, ClientError> {
+    /// Stage the request, and publish it (with any staged before it) if `visible`.
+    fn submit_parts(
+        &mut self,
+        call: &Call<'_>,
+        parts: &[&[u8]],
+        visible: bool,
+    ) -> Result<Ticket, ClientError> {
         self.check_mapping()?;
         let in_len = len_u32(parts.iter().map(|p| p.len()).sum())?;
         let input = self.alloc(in_len)?;
@@ -648,12 +688,12 @@ impl Client {
         }
         let input = Buffer { offset: input.0, len: in_len, allocated: input.1 };
         let output = Buffer { offset: output.0, len: call.output_len, allocated: output.1 };
-        self.publish(call.op as u16, call.label, call.args, input, output)
+        self.publish(call.op as u16, call.label, call.args, input, output, visible)
     }
 
-    /// Publish a request whose operands are in `input` (all of its `len` bytes) and
-    /// whose answer goes to `output`; the buffers belong to the request from now on
-    /// (freed here if it cannot be published).
+    /// Stage a request whose operands are in `input` (all of its `len` bytes) and
+    /// whose answer goes to `output`, and publish it if `visible`; the buffers belong to
+    /// the request from now on (freed here if it cannot be staged).
     fn publish(
         &mut self,
         opcode: u16,
@@ -661,6 +701,7 @@ impl Client {
         args: [u32; 3],
         input: Buffer,
         output: Buffer,
+        visible: bool,
     ) -> Result<Ticket, ClientError> {
         let tag = self.next_tag;
         let request = Request {
@@ -677,7 +718,12 @@ impl Client {
             args,
         };
         let position = self.guest.requests.position();
-        let refused = match self.guest.requests.push(request) {
+        let staged = if visible {
+            self.guest.requests.push(request)
+        } else {
+            self.guest.requests.stage(request)
+        };
+        let refused = match staged {
             Ok(()) => None,
             Err(PushError::Full(_)) => Some(ClientError::RingFull(self.in_flight.len())),
             Err(PushError::Poisoned(e)) => Some(self.ring_error(e)),
@@ -688,7 +734,9 @@ impl Client {
             return Err(e);
         }
         self.next_tag = self.next_tag.wrapping_add(1);
-        self.ring_if_asked();
+        if visible {
+            self.ring_if_asked();
+        }
         self.in_flight.insert(
             tag,
             tags::Entry {
@@ -796,7 +844,7 @@ impl Client {
             self.free_buffer(output);
             return Err(e);
         }
-        self.publish(opcode, label, args, input, output)
+        self.publish(opcode, label, args, input, output, true)
     }
 
     /// After a publication: ring the doorbell if the mediator is (about to be) asleep
@@ -904,6 +952,8 @@ impl Client {
     /// The answer to `ticket` if it has arrived: the response and the request's output
     /// range (offset, capacity), which stays reserved (retired) while it is read.
     fn take_answer(&mut self, ticket: Ticket) -> Result<Result<Answer, Ticket>, ClientError> {
+        // A staged request is never waited for unpublished.
+        self.flush();
         let response = match self.in_flight.take_answer(ticket.tag) {
             Some(response) => response,
             None => match self.poll_responses(ticket.tag)? {
@@ -1104,7 +1154,7 @@ impl Client {
     ) -> Result<usize, ClientError> {
         let output_len = len_u32(out.len() * 4)?;
         let call = Call { op, label: op.name(), args, input: &[], output_len };
-        let ticket = self.submit_parts(&call, &[first.as_bytes(), second.as_bytes()])?;
+        let ticket = self.submit_parts(&call, &[first.as_bytes(), second.as_bytes()], true)?;
         let answer = self.wait_answer(ticket, self.timeout)?;
         let written = answer.response.outcome().map_err(ClientError::Failed)?;
         // Straight from the arena into the result, with no byte vector in between.

@@ -329,3 +329,54 @@ fn pipelined_requests_complete_with_matching_tags() {
     assert_eq!(host.join().unwrap(), 1000);
     drop(r);
 }
+
+/// Staged requests stay invisible to the host (its producer index does not move) until
+/// a flush, which publishes them all with one store; waiting flushes by itself, and a
+/// staged batch may fill the ring to its last slot.
+#[test]
+fn staged_requests_are_published_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r");
+    let (r, stop) = live_region(
+        &path,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
+    let mut client = Client::attach(&options(&path)).unwrap();
+    let head = || r.slot(0).unwrap().ring_indices().req_head;
+    let staged: Vec<_> = (0..3).map(|_| client.stage(&Call::noop("S")).unwrap()).collect();
+    assert_eq!(head(), 0, "nothing visible before the flush");
+    client.flush();
+    assert_eq!(head(), 3, "all three with one flush");
+    client.flush();
+    assert_eq!(head(), 3, "a second flush publishes nothing");
+    // The host answers everything it finds; the next batch is published by the wait.
+    let host_region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
+    let host = std::thread::spawn(move || {
+        let mut host = host_region.slot(0).unwrap().host_endpoints().unwrap();
+        let mut answered = 0;
+        while answered < GEOMETRY.ring_entries + 3 {
+            while let Some(req) = host.requests.pop().unwrap() {
+                let response = Response { tag: req.tag, status: 1, ..Response::default() };
+                while host.responses.push(response).is_err() {
+                    std::thread::yield_now();
+                }
+                answered += 1;
+            }
+            host.requests.release();
+            std::thread::yield_now();
+        }
+        answered
+    });
+    for ticket in staged {
+        assert!(client.wait(ticket, Duration::from_secs(10)).unwrap().succeeded());
+    }
+    let batch: Vec<_> =
+        (0..GEOMETRY.ring_entries).map(|_| client.stage(&Call::noop("B")).unwrap()).collect();
+    assert!(matches!(client.stage(&Call::noop("B")), Err(ClientError::RingFull(_))));
+    for ticket in batch {
+        assert!(client.wait(ticket, Duration::from_secs(10)).unwrap().succeeded());
+    }
+    assert_eq!(host.join().unwrap(), GEOMETRY.ring_entries + 3);
+    assert_eq!(client.in_flight(), 0);
+    stop.store(true, Ordering::Relaxed);
+}

@@ -198,6 +198,19 @@ impl<B: RingBackend> Producer<B> {
         Ok(())
     }
 
+    /// Whether entries are staged and not yet published.
+    ///
+    /// ```
+    /// let (mut tx, _rx) = vgpu_ring::heap_ring::<u32>(4, 0);
+    /// tx.stage(1).unwrap();
+    /// assert!(tx.has_staged());
+    /// tx.publish();
+    /// assert!(!tx.has_staged());
+    /// ```
+    pub fn has_staged(&self) -> bool {
+        self.head != self.published
+    }
+
     /// Make every staged entry visible to the consumer with one index store.
     pub fn publish(&mut self) {
         if self.head != self.published && self.poisoned.is_none() {

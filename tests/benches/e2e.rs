@@ -20,6 +20,8 @@ use vgpu_tests::stats::{Summary, latency_histogram};
 use vgpu_tests::system::{Launcher, RegionSpec, System, Vm, vm};
 
 const MEDIATOR_FLAG: &str = "--run-mediator";
+/// Requests staged per flush in the batched throughput runs.
+const BATCH: usize = 16;
 const IOX_SERVER_FLAG: &str = "--run-iceoryx2-server";
 /// The iceoryx2 payload: 64 bytes, as a ring entry.
 type IoxMessage = [u64; 8];
@@ -119,20 +121,25 @@ fn noop_round_trips(client: &mut Client, counts: Counts) -> Result<Histogram<u64
     Ok(hist)
 }
 
-/// NOOPs per second from one client keeping up to `depth` in flight.
-fn pipelined(client: &mut Client, depth: usize, duration: Duration) -> Result<u64> {
+/// NOOPs per second from one client keeping up to `depth` in flight, refilled `batch` at
+/// a time: with `batch` 1 each request is submitted (published) on its own, otherwise
+/// `batch` requests are staged and published with one flush. The clock is read once per
+/// 1,024 answers, so that the harness does not measure itself.
+fn pipelined(client: &mut Client, depth: usize, batch: usize, duration: Duration) -> Result<u64> {
     let call = Call::noop("NOOP");
     let mut in_flight = VecDeque::with_capacity(depth);
     let start = Instant::now();
     let mut done = 0u64;
-    while start.elapsed() < duration {
-        while in_flight.len() < depth {
-            match client.submit(&call) {
+    while !done.is_multiple_of(1024) || start.elapsed() < duration {
+        while in_flight.len() + batch <= depth {
+            let submitted = if batch == 1 { client.submit(&call) } else { client.stage(&call) };
+            match submitted {
                 Ok(t) => in_flight.push_back(t),
                 Err(ClientError::RingFull(_)) => break,
                 Err(e) => return Err(e.into()),
             }
         }
+        client.flush();
         if let Some(t) = in_flight.pop_front() {
             client.wait(t, Duration::from_secs(10))?;
             done += 1;
@@ -283,7 +290,8 @@ fn main() -> Result<()> {
     );
 
     // 2. Throughput: one VM pipelined.
-    let one_vm = pipelined(&mut client, 128, p.throughput_for)?;
+    let one_vm = pipelined(&mut client, 128, 1, p.throughput_for)?;
+    let one_vm_batched = pipelined(&mut client, 128, BATCH, p.throughput_for)?;
 
     // 5. Work: VECTOR_ADD through the mediator against the same computation in-process.
     let mut work = Vec::new();
@@ -310,22 +318,27 @@ fn main() -> Result<()> {
     drop(client);
     system.stop()?;
 
-    // 2b. Eight VMs at once.
+    // 2b. Eight VMs at once, each request published on its own, then in batches.
     let vms: Vec<Vm> = (1..=8).map(|i| vm(i, 'A', 1)).collect();
-    let mut system = start(RegionSpec::SMALL, &vms)?;
-    let threads: Vec<_> = (1..=8)
-        .map(|i| {
-            let mut c = system.client(i, Wait::Spin)?;
-            let d = p.throughput_for;
-            Ok(std::thread::spawn(move || -> Result<u64> {
-                pin_to_core(CLIENT_CORE)?;
-                pipelined(&mut c, 32, d)
-            }))
-        })
-        .collect::<Result<_>>()?;
-    let eight_vms: u64 =
-        threads.into_iter().map(|t| t.join().expect("sender thread")).sum::<Result<u64>>()?;
-    system.stop()?;
+    let eight = |batch: usize| -> Result<u64> {
+        let mut system = start(RegionSpec::SMALL, &vms)?;
+        let threads: Vec<_> = (1..=8)
+            .map(|i| {
+                let mut c = system.client(i, Wait::Spin)?;
+                let d = p.throughput_for;
+                Ok(std::thread::spawn(move || -> Result<u64> {
+                    pin_to_core(CLIENT_CORE)?;
+                    pipelined(&mut c, 32, batch, d)
+                }))
+            })
+            .collect::<Result<_>>()?;
+        let total =
+            threads.into_iter().map(|t| t.join().expect("sender thread")).sum::<Result<u64>>()?;
+        system.stop()?;
+        Ok(total)
+    };
+    let eight_vms = eight(1)?;
+    let eight_vms_batched = eight(BATCH)?;
 
     // 3. Scale: 256 registered VMs, one active, against 1 VM (measured above on BIG;
     // measured again here on the same small geometry for a fair ratio).
@@ -419,6 +432,9 @@ fn main() -> Result<()> {
         "throughput, pipelined NOOPs: one VM {one_vm} req/s; 8 VMs at once {eight_vms} req/s"
     ));
     table.push(format!(
+        "throughput, pipelined NOOPs staged {BATCH} at a time (one flush each): one VM {one_vm_batched} req/s; 8 VMs at once {eight_vms_batched} req/s"
+    ));
+    table.push(format!(
         "scale: median round trip {} ns with 1 VM, {} ns with 256 VMs registered (one active): ratio {:.2}",
         scale_1.p50,
         scale_256.p50,
@@ -465,7 +481,12 @@ fn main() -> Result<()> {
             "iceoryx2": [iox.min, iox.p50, iox.p99, iox.p999],
             "file_protocol": [file.min, file.p50, file.p99, file.p999],
         },
-        "throughput_rps": { "one_vm": one_vm, "eight_vms": eight_vms },
+        "throughput_rps": {
+            "one_vm": one_vm,
+            "eight_vms": eight_vms,
+            "one_vm_batched": one_vm_batched,
+            "eight_vms_batched": eight_vms_batched,
+        },
         "scale_median_ns": { "one_vm": scale_1.p50, "vms_256": scale_256.p50 },
         "idle_cpu_fraction": idle_cpu,
         "first_after_idle_ns": after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
