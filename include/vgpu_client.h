@@ -244,6 +244,33 @@ int vgpu_submit(struct VgpuClient *client,
                 uint32_t *tag);
 
 /**
+ * Like `vgpu_submit`, without making the request visible to the host yet: the
+ * requests staged since the last publication become visible together (one index
+ * store, at most one doorbell) at the next `vgpu_flush`, `vgpu_submit`, `vgpu_wait`
+ * or `vgpu_poll`.
+ *
+ * # Safety
+ *
+ * As `vgpu_submit`.
+ */
+int vgpu_stage(struct VgpuClient *client,
+               uint16_t opcode,
+               const uint32_t *args,
+               const struct VgpuBuffer *input,
+               const struct VgpuBuffer *output,
+               const char *label,
+               uint32_t *tag);
+
+/**
+ * Publish the requests `vgpu_stage` staged (nothing if none is).
+ *
+ * # Safety
+ *
+ * `client` is an open client.
+ */
+int vgpu_flush(struct VgpuClient *client);
+
+/**
  * Wait up to `timeout_ms` (0: the client's default) for request `tag`; on success
  * `*out` (may be null) describes the answer and its output is in the request's output
  * buffer. Returns `VGPU_OK` when answered, whatever its status (see `out->status`).

@@ -408,6 +408,59 @@ pub unsafe extern "C" fn vgpu_submit(
     label: *const c_char,
     tag: *mut u32,
 ) -> c_int {
+    // SAFETY: the caller keeps `vgpu_submit`'s contract, which is this one's.
+    unsafe { request(client, opcode, args, [input, output], label, tag, true) }
+}
+
+/// Like `vgpu_submit`, without making the request visible to the host yet: the
+/// requests staged since the last publication become visible together (one index
+/// store, at most one doorbell) at the next `vgpu_flush`, `vgpu_submit`, `vgpu_wait`
+/// or `vgpu_poll`.
+///
+/// # Safety
+///
+/// As `vgpu_submit`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgpu_stage(
+    client: *mut VgpuClient,
+    opcode: u16,
+    args: *const u32,
+    input: *const VgpuBuffer,
+    output: *const VgpuBuffer,
+    label: *const c_char,
+    tag: *mut u32,
+) -> c_int {
+    // SAFETY: the caller keeps `vgpu_submit`'s contract, which is this one's.
+    unsafe { request(client, opcode, args, [input, output], label, tag, false) }
+}
+
+/// Publish the requests `vgpu_stage` staged (nothing if none is).
+///
+/// # Safety
+///
+/// `client` is an open client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgpu_flush(client: *mut VgpuClient) -> c_int {
+    with_client(client, |c| {
+        c.client.flush();
+        Ok(VGPU_OK)
+    })
+}
+
+/// `vgpu_submit` and `vgpu_stage`: the request is published if `visible`.
+///
+/// # Safety
+///
+/// As `vgpu_submit`.
+unsafe fn request(
+    client: *mut VgpuClient,
+    opcode: u16,
+    args: *const u32,
+    [input, output]: [*const VgpuBuffer; 2],
+    label: *const c_char,
+    tag: *mut u32,
+    visible: bool,
+) -> c_int {
     with_client(client, |c| {
         // SAFETY: null or valid (the contract).
         let tag = unsafe { tag.as_mut() }.ok_or_else(|| invalid("tag is null"))?;
@@ -446,7 +499,11 @@ pub unsafe extern "C" fn vgpu_submit(
             Some(output) => output,
             None => none(c)?,
         };
-        let ticket = c.client.submit_buffers(opcode, &label, args, input, output)?;
+        let ticket = if visible {
+            c.client.submit_buffers(opcode, &label, args, input, output)?
+        } else {
+            c.client.stage_buffers(opcode, &label, args, input, output)?
+        };
         *tag = ticket.tag();
         c.tickets.insert(ticket.tag(), ticket);
         Ok(VGPU_OK)

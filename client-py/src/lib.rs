@@ -259,20 +259,27 @@ impl Client {
         output_len: u32,
         label: Option<&str>,
     ) -> PyResult<u32> {
-        let op = Opcode::try_from(opcode).map_err(|code| {
-            pyo3::exceptions::PyValueError::new_err(format!("unknown opcode {code}"))
-        })?;
-        let call = vgpu_client::Call {
-            op,
-            label: label.unwrap_or(op.name()),
-            args: [args.0, args.1, args.2],
-            input: input.unwrap_or_default(),
-            output_len,
-        };
-        let ticket = self.run(py, |c| c.submit(&call))?;
-        let tag = ticket.tag();
-        self.tickets.insert(tag, ticket);
-        Ok(tag)
+        self.request(py, opcode, args, input, output_len, label, true)
+    }
+
+    /// Like submit, published only at the next flush, submit, wait or poll.
+    #[pyo3(signature = (opcode, args=(0, 0, 0), input=None, output_len=0, label=None))]
+    fn stage(
+        &mut self,
+        py: Python<'_>,
+        opcode: u16,
+        args: (u32, u32, u32),
+        input: Option<&[u8]>,
+        output_len: u32,
+        label: Option<&str>,
+    ) -> PyResult<u32> {
+        self.request(py, opcode, args, input, output_len, label, false)
+    }
+
+    /// Publish the staged requests together.
+    fn flush(&mut self) -> PyResult<()> {
+        self.client()?.flush();
+        Ok(())
     }
 
     /// Wait for request `tag` (timeout in seconds; None: the client's default).
@@ -314,6 +321,34 @@ impl Client {
 }
 
 impl Client {
+    /// `submit` and `stage`: the request is published if `visible`.
+    #[allow(clippy::too_many_arguments, reason = "submit's arguments and the flag")]
+    fn request(
+        &mut self,
+        py: Python<'_>,
+        opcode: u16,
+        args: (u32, u32, u32),
+        input: Option<&[u8]>,
+        output_len: u32,
+        label: Option<&str>,
+        visible: bool,
+    ) -> PyResult<u32> {
+        let op = Opcode::try_from(opcode).map_err(|code| {
+            pyo3::exceptions::PyValueError::new_err(format!("unknown opcode {code}"))
+        })?;
+        let call = vgpu_client::Call {
+            op,
+            label: label.unwrap_or(op.name()),
+            args: [args.0, args.1, args.2],
+            input: input.unwrap_or_default(),
+            output_len,
+        };
+        let ticket = self.run(py, |c| if visible { c.submit(&call) } else { c.stage(&call) })?;
+        let tag = ticket.tag();
+        self.tickets.insert(tag, ticket);
+        Ok(tag)
+    }
+
     fn take(&mut self, tag: u32) -> PyResult<Ticket> {
         self.tickets.remove(&tag).ok_or_else(|| {
             pyo3::exceptions::PyKeyError::new_err(format!("tag {tag} is not in flight"))

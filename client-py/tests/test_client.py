@@ -53,6 +53,18 @@ def test_pipelining_with_submit_wait_and_poll(region):
             gpu.wait(tag)
 
 
+def test_a_staged_batch_is_published_by_flush(region):
+    with vgpu.Client(region) as gpu:
+        tags = [gpu.stage(vgpu.Opcode.NOOP, label="BATCH") for _ in range(8)]
+        data = np.arange(16, dtype=np.uint8)
+        tags.append(gpu.stage(vgpu.Opcode.ECHO, input=data, output_len=16))
+        assert gpu.in_flight == 9
+        gpu.flush()
+        done = [gpu.wait(tag, timeout=5) for tag in tags]
+        assert all(c.ok for c in done)
+        assert done[-1].output == data.tobytes()
+
+
 def test_errors_are_exceptions_with_codes(region):
     with vgpu.Client(region) as gpu:
         tag = gpu.submit(vgpu.Opcode.VECTOR_ADD, args=(1000, 0, 0), input=b"\0" * 16, output_len=16)

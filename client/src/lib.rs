@@ -839,12 +839,41 @@ impl Client {
         input: Buffer,
         output: Buffer,
     ) -> Result<Ticket, ClientError> {
+        self.buffers_request(opcode, label, args, [input, output], true)
+    }
+
+    /// [`submit_buffers`](Self::submit_buffers) without publishing, as
+    /// [`stage`](Self::stage).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn stage_buffers(
+        &mut self,
+        opcode: u16,
+        label: &str,
+        args: [u32; 3],
+        input: Buffer,
+        output: Buffer,
+    ) -> Result<Ticket, ClientError> {
+        self.buffers_request(opcode, label, args, [input, output], false)
+    }
+
+    /// A request on buffers the caller filled, published if `visible`.
+    fn buffers_request(
+        &mut self,
+        opcode: u16,
+        label: &str,
+        args: [u32; 3],
+        [input, output]: [Buffer; 2],
+        visible: bool,
+    ) -> Result<Ticket, ClientError> {
         if let Err(e) = self.check_mapping() {
             self.free_buffer(input);
             self.free_buffer(output);
             return Err(e);
         }
-        self.publish(opcode, label, args, input, output, true)
+        self.publish(opcode, label, args, input, output, visible)
     }
 
     /// After a publication: ring the doorbell if the mediator is (about to be) asleep

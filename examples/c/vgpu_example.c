@@ -135,6 +135,15 @@ int main(int argc, char **argv) {
     }
     printf("pipelining: 8 requests in flight, all answered\n");
 
+    /* A batch: staged requests become visible together at vgpu_flush. */
+    for (int i = 0; i < 8; i++) CHECK(vgpu_stage(client, 1 /* NOOP */, NULL, NULL, NULL, "BATCH", &tags[i]));
+    CHECK(vgpu_flush(client));
+    for (int i = 0; i < 8; i++) {
+        CHECK(vgpu_wait(client, tags[i], 5000, &done));
+        if (done.tag != tags[i] || done.status != 1) { fprintf(stderr, "batched answer wrong\n"); return 1; }
+    }
+    printf("batch: 8 requests staged, one flush, all answered\n");
+
     /* Errors are codes, never crashes. */
     if (vgpu_vector_add(client, NULL, y, out, N) != VGPU_E_INVALID) return 1;
     printf("null pointer: %s (%s)\n", vgpu_strerror(VGPU_E_INVALID), vgpu_last_error(client));

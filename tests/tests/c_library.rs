@@ -74,6 +74,7 @@ fn the_c_example_runs_against_the_mediator() {
         "helpers: vector_add, saxpy, dot, matmul, echo, sleep_us, noop ok",
         "zero-copy: VECTOR_ADD of 256 floats in place",
         "pipelining: 8 requests in flight, all answered",
+        "batch: 8 requests staged, one flush, all answered",
         "null pointer: invalid argument (a: null pointer or too long)",
         "foreign buffer refused: buffer is not a buffer of this client (or was used)",
         "refused request: status 2, request failed: bad shape",

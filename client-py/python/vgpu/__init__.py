@@ -71,6 +71,16 @@ class ErrorCode(IntEnum):
     OVERLAPPING_RANGES = 9
 
 
+def _request(opcode, args, input, output_len):
+    """The native submit's leading arguments: ``input`` as bytes, ``args`` as ints."""
+    if isinstance(input, np.ndarray):
+        input = np.ascontiguousarray(input).tobytes()
+    elif input is not None:
+        input = bytes(input)
+    a0, a1, a2 = (int(v) for v in args)
+    return int(opcode), (a0, a1, a2), input, int(output_len)
+
+
 def _f32(a, name):
     array = np.ascontiguousarray(a, dtype=np.float32)
     if array.ndim != 1:
@@ -147,12 +157,20 @@ class Client:
         ``input`` is bytes-like or a NumPy array (its bytes); ``output_len`` the bytes
         of answer to make room for.
         """
-        if isinstance(input, np.ndarray):
-            input = np.ascontiguousarray(input).tobytes()
-        elif input is not None:
-            input = bytes(input)
-        a0, a1, a2 = (int(v) for v in args)
-        return self._native.submit(int(opcode), (a0, a1, a2), input, int(output_len), label)
+        return self._native.submit(*_request(opcode, args, input, output_len), label)
+
+    def stage(self, opcode, args=(0, 0, 0), input=None, output_len=0, label=None):
+        """Like :meth:`submit`, without making the request visible to the host yet.
+
+        The requests staged since the last publication go out together (one index
+        store, at most one doorbell) at the next :meth:`flush`, :meth:`submit`,
+        :meth:`wait` or :meth:`poll`.
+        """
+        return self._native.stage(*_request(opcode, args, input, output_len), label)
+
+    def flush(self):
+        """Publish the :meth:`stage`\ d requests (nothing if none is)."""
+        self._native.flush()
 
     def wait(self, tag, timeout=None):
         """The :class:`Completion` of request ``tag``, waiting up to ``timeout`` s."""
