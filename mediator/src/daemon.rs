@@ -9,9 +9,12 @@ use crate::port::{Session, VmPort};
 use crate::supervise::Supervisor;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use vgpu_config::{Backend, Config, PoolConfig};
 use vgpu_doorbell::Bell;
 use vgpu_ring::PoolId;
@@ -120,7 +123,7 @@ fn fetch_bells(config: &Config) -> BTreeMap<u32, Bell> {
         Ok(bells) => bells.into_iter().map(|bell| (bell.vm_id, bell)).collect(),
         Err(e) => {
             tracing::warn!(
-                "doorbells unavailable ({e}): VMs {wanted:?} are polled; start `ivshmem-setup serve` before the mediator"
+                "doorbells unavailable ({e}): VMs {wanted:?} are polled until `ivshmem-setup serve` answers (asked again every quarantine_retry_ms)"
             );
             return BTreeMap::new();
         }
@@ -138,6 +141,53 @@ fn fetch_bells(config: &Config) -> BTreeMap<u32, Bell> {
         config.doorbell_control.display()
     );
     bells
+}
+
+/// When some doorbell VMs have no doorbell (the holder was not running when the
+/// mediator started), ask the holder again every `retry` until it answers, and hand
+/// each doorbell it gives to its VM's dispatcher through `missing`. On a thread of its
+/// own, so that a slow holder delays no dispatcher; it ends after the holder's answer
+/// (a VM it has no doorbell for stays polled, logged once), or at shutdown (noticed
+/// within 50 ms, or after a hand-over in progress, bounded by its 5 s timeout).
+///
+/// # Errors
+///
+/// If the thread cannot be started.
+fn fetch_late_bells(
+    control: PathBuf,
+    mut missing: BTreeMap<u32, Sender<Bell>>,
+    retry: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Option<JoinHandle<()>>> {
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let thread = std::thread::Builder::new().name("doorbells".to_owned()).spawn(move || {
+        loop {
+            let due = Instant::now() + retry;
+            while Instant::now() < due {
+                if shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Not running yet: said once at the start, not again every retry.
+            let Ok(bells) = vgpu_doorbell::fetch_bells(&control) else { continue };
+            for bell in bells {
+                if let Some(dispatcher) = missing.remove(&bell.vm_id) {
+                    let _ = dispatcher.send(bell);
+                }
+            }
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "the doorbell holder has no doorbell for VMs {:?} (started with another config?): they are polled",
+                    missing.keys().collect::<Vec<_>>()
+                );
+            }
+            return;
+        }
+    });
+    Ok(Some(thread.context("start the doorbell thread")?))
 }
 
 /// Serve `config` until `shutdown` is set; returns each pool's counters.
@@ -176,9 +226,21 @@ pub fn serve(
     let stop_bell = Bell::local().context("create an eventfd")?;
     let mut threads = Vec::new();
     let mut pool_metrics = Vec::new();
+    // Doorbell VMs the holder gave no doorbell (it was not running): asked for again.
+    let mut late = BTreeMap::new();
     for (pool, executor) in executors {
         let name = &pool.name;
         let vms = by_pool.remove(name).unwrap_or_default();
+        let missing: Vec<u32> = vms
+            .iter()
+            .filter(|port| port.vm.doorbell.is_some() && port.bell.is_none())
+            .map(|port| port.vm.id)
+            .collect();
+        let late_bells = (!missing.is_empty()).then(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            late.extend(missing.into_iter().map(|id| (id, tx.clone())));
+            rx
+        });
         tracing::info!("Pool {name} Queue: Ready ({} VMs, {:?})", vms.len(), pool.policy);
         let metrics = Arc::new(PoolMetrics::new(
             *name,
@@ -194,6 +256,7 @@ pub fn serve(
             session,
             options.log_requests,
             &stop_bell,
+            late_bells,
             metrics,
         )?;
         let flag = Arc::clone(shutdown);
@@ -203,6 +266,12 @@ pub fn serve(
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
+    let fetcher = fetch_late_bells(
+        config.doorbell_control.clone(),
+        late,
+        config.mediator.quarantine_retry,
+        Arc::clone(shutdown),
+    )?;
     let mut supervisor = Supervisor::new(pool_metrics.clone(), &config.mediator);
     let metrics = Metrics { epoch: session.epoch, pools: pool_metrics };
     // A metrics endpoint is an aid, never a condition to serve: one that cannot be
@@ -240,6 +309,9 @@ pub fn serve(
             OnStop::Drain => "; answering queued requests with error 8 (shutting down)",
         }
     );
+    if let Some(fetcher) = fetcher {
+        let _ = fetcher.join();
+    }
     let mut stats = BTreeMap::new();
     for (name, thread) in threads {
         match thread.join() {

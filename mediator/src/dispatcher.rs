@@ -12,7 +12,7 @@ use crate::queue::PoolQueue;
 use crate::validate::validate;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::TryRecvError;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
 use vgpu_doorbell::{Bell, BellWaiter};
@@ -124,6 +124,9 @@ pub struct Dispatcher {
     scan: Vec<usize>,
     /// Present when any VM has a doorbell.
     bells: Option<Bells>,
+    /// Doorbells that reach this pool's VMs after the start (see
+    /// `daemon::fetch_late_bells`), while some are missing.
+    late_bells: Option<Receiver<Bell>>,
     vms: Vec<VmPort>,
     queue: PoolQueue<Pending>,
     inline: CpuExecutor,
@@ -185,11 +188,14 @@ impl Dispatcher {
         session: Session,
         log_requests: bool,
         stop_bell: &Bell,
+        late_bells: Option<Receiver<Bell>>,
         metrics: Arc<PoolMetrics>,
     ) -> std::io::Result<Self> {
         let now = Instant::now();
         let vms_len = vms.len();
-        let bells = if vms.iter().any(|port| port.bell.is_some()) {
+        // A waiter as soon as a VM is configured with a doorbell, even if it has none
+        // yet: a late one is watched from the moment it arrives.
+        let bells = if vms.iter().any(|port| port.vm.doorbell.is_some()) {
             let mut waiter = BellWaiter::new()?;
             waiter.watch(stop_bell, STOP_TOKEN)?;
             for (index, port) in vms.iter().enumerate() {
@@ -212,6 +218,7 @@ impl Dispatcher {
             watches: vms.iter().map(Watch::of).collect(),
             scan: Vec::with_capacity(vms.len()),
             bells,
+            late_bells,
             queue: PoolQueue::with_weights(pool.policy, vms.iter().map(|p| p.vm.weight)),
             offload_compute: executor.offloads_compute(),
             executor: ExecutorThread::spawn(pool.name, executor)?,
@@ -330,6 +337,11 @@ impl Dispatcher {
                 .watches
                 .iter()
                 .any(|w| w.head.as_ref().is_some_and(|h| h.reset_request() != w.reset_done));
+        }
+        if let Some(late) = &self.late_bells
+            && let Ok(bell) = late.try_recv()
+        {
+            self.add_bell(bell);
         }
         if now >= self.next_beat {
             self.next_beat = now + self.heartbeat;
@@ -477,6 +489,33 @@ impl Dispatcher {
                 self.quarantine(index, "the region file shrank under its mapping (SIGBUS caught)");
             }
         }
+    }
+
+    /// A VM's doorbell that arrived after the start: watch it, publish it in the VM's
+    /// slot, and the VM is slept on when idle from now on, as if it had it from the start.
+    fn add_bell(&mut self, bell: Bell) {
+        let Some(index) = self.vms.iter().position(|p| p.vm.id == bell.vm_id && p.bell.is_none())
+        else {
+            return;
+        };
+        let Some(bells) = &mut self.bells else { return };
+        if let Err(e) = bells.waiter.watch(&bell, index as u64) {
+            tracing::error!(
+                "Pool {}: vm{}: cannot watch its doorbell ({e}); it stays polled",
+                self.pool,
+                bell.vm_id
+            );
+            return;
+        }
+        if let Some(link) = &self.vms[index].link {
+            vgpu_ring::publish_doorbell(&link.slot, Some(bell.value));
+        }
+        tracing::info!(
+            "Pool {}: vm{} doorbell received from the holder: slept on when idle from now",
+            self.pool,
+            bell.vm_id
+        );
+        self.vms[index].bell = Some(bell);
     }
 
     /// Tell the executor that VM `index`'s slot was attached, if it was.
@@ -921,6 +960,7 @@ mod tests {
             session,
             false,
             &Bell::local().unwrap(),
+            None,
             metrics,
         )
         .unwrap();

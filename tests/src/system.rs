@@ -349,6 +349,22 @@ impl System {
         self.dir.path().join(format!("vgpu-vm{vm}"))
     }
 
+    /// Stop the system's doorbell holder (its sockets go; a running mediator keeps the
+    /// doorbells it has).
+    pub fn stop_holder(&mut self) {
+        self.holder = None;
+    }
+
+    /// Start the doorbell holder (again), as `ivshmem-setup serve` would.
+    ///
+    /// # Errors
+    ///
+    /// If its sockets cannot be bound.
+    pub fn start_holder(&mut self) -> Result<()> {
+        self.holder = Some(Holding::start(&self.config)?);
+        Ok(())
+    }
+
     /// VM `vm`'s doorbell socket (when the system has doorbells).
     #[must_use]
     pub fn doorbell_socket(&self, vm: u32) -> PathBuf {

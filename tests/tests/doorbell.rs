@@ -6,9 +6,11 @@
 //! client's 2 s timeout: the tests count answers, the latencies are printed, not
 //! asserted.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Wait};
-use vgpu_tests::system::{Binaries, Launcher, RegionSpec, System, vm};
+use vgpu_ring::{Access, Region};
+use vgpu_tests::system::{Binaries, Launcher, RegionSpec, System, vm, wait_for};
 
 const SLEEPY: &str = "heartbeat_interval_ms = 5000\nidle_spin_us = 100";
 
@@ -60,6 +62,48 @@ fn requests_300_ms_apart_wake_a_sleeping_mediator() {
     system.start_mediator(&[]).unwrap();
     let latencies = send_after_idle(&mut client, 2);
     eprintln!("after a mediator restart: {latencies:?}");
+    drop(client);
+    assert!(system.stop().unwrap().success());
+}
+
+/// A holder started after the mediator: the mediator asks it again (every
+/// `quarantine_retry_ms`), publishes the VM's doorbell and sleeps on it from then; the
+/// VM's requests wake it.
+#[test]
+fn a_holder_started_after_the_mediator_is_found() {
+    let mut system = System::start_with(
+        Launcher::Binaries(Binaries::locate()),
+        RegionSpec { doorbell: true, ..RegionSpec::SMALL },
+        &[('A', "")],
+        &[vm(1, 'A', 1)],
+        &format!("{SLEEPY}\nquarantine_retry_ms = 200"),
+    )
+    .unwrap();
+    assert!(system.stop().unwrap().success());
+    system.stop_holder();
+    system.start_mediator(&[]).unwrap();
+    assert!(system.log().contains("doorbells unavailable"), "{}", system.log());
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
+    let slot = region.slot(0).unwrap();
+    assert_eq!(vgpu_ring::wakeup_wanted(&slot), None, "polled: no doorbell published");
+    system.start_holder().unwrap();
+    wait_for("the late doorbell", Duration::from_secs(10), || {
+        system.log().contains("vm1 doorbell received from the holder")
+    })
+    .unwrap();
+    // Idle, the mediator now sleeps on the doorbell and asks the guest to ring it.
+    wait_for("the mediator asleep on the doorbell", Duration::from_secs(10), || {
+        vgpu_ring::wakeup_wanted(&slot).is_some()
+    })
+    .unwrap();
+    let mut client = system.client(1, Wait::default()).unwrap();
+    assert!(client.has_doorbell());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let ticket = client.submit(&Call::noop("LATE_BELL")).unwrap();
+        let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
+        assert!(done.succeeded(), "{}", done.text());
+    }
     drop(client);
     assert!(system.stop().unwrap().success());
 }
