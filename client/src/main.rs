@@ -47,6 +47,10 @@ struct Cli {
     /// throughput too.
     #[arg(long, default_value_t = 1)]
     depth: u32,
+    /// With --depth: stage this many requests and publish them together (one index
+    /// store, at most one doorbell) instead of each on its own.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
     /// With --count: send the requests this many milliseconds apart (one at a time),
     /// the way to measure what an idle mediator costs the first request.
     #[arg(long, value_name = "MS")]
@@ -250,8 +254,20 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn run(cli: &Cli) -> Result<bool> {
-    if !cli.timeout.is_finite() || cli.timeout <= 0.0 || cli.count == 0 || cli.depth == 0 {
-        bail!("--timeout, --count and --depth must be positive");
+    if !cli.timeout.is_finite()
+        || cli.timeout <= 0.0
+        || cli.count == 0
+        || cli.depth == 0
+        || cli.batch == 0
+    {
+        bail!("--timeout, --count, --depth and --batch must be positive");
+    }
+    if cli.batch > cli.depth {
+        bail!(
+            "--batch {} is more than --depth {}: a batch is in flight at once",
+            cli.batch,
+            cli.depth
+        );
     }
     let interval = match cli.interval_ms {
         Some(_) if cli.depth > 1 => {
@@ -329,19 +345,28 @@ fn run(cli: &Cli) -> Result<bool> {
     let began = Instant::now();
     // Up to --depth requests in flight, answers collected oldest first.
     while submitted < cli.count || !in_flight.is_empty() {
-        if submitted < cli.count && in_flight.len() < cli.depth as usize {
+        // Room for a whole batch (or for the last, shorter one).
+        let batch = cli.batch.min(cli.count - submitted) as usize;
+        if submitted < cli.count && in_flight.len() + batch <= cli.depth as usize {
             if let Some(interval) = interval {
                 // Request i leaves at i × interval (or at once if the previous was late).
                 let due = began + interval * submitted;
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
             let start = Instant::now();
-            in_flight.push_back((client.submit(&call)?, start));
+            if cli.batch == 1 {
+                in_flight.push_back((client.submit(&call)?, start));
+            } else {
+                for _ in 0..batch {
+                    in_flight.push_back((client.stage(&call)?, start));
+                }
+                client.flush();
+            }
             if !cli.json && submitted == 0 {
                 println!("Sent request: {pool}:{}:{}:{}", id.priority, id.vm_id, cli.command);
                 println!("Waiting for response...");
             }
-            submitted += 1;
+            submitted += batch as u32;
             continue;
         }
         let Some((ticket, start)) = in_flight.pop_front() else { break };
@@ -375,8 +400,10 @@ fn run(cli: &Cli) -> Result<bool> {
     }
     println!("Response: {}", done.text());
     if latencies.len() > 1 && cli.depth > 1 {
+        let batches =
+            if cli.batch > 1 { format!(" in batches of {}", cli.batch) } else { String::new() };
         println!(
-            "{} requests at depth {}: {:.0} requests/s",
+            "{} requests at depth {}{batches}: {:.0} requests/s",
             latencies.len(),
             cli.depth,
             latencies.len() as f64 / elapsed.as_secs_f64()

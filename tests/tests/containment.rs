@@ -214,6 +214,8 @@ fn client_arguments_at_their_limits_fail_cleanly() {
         (&["ECHO", "--bytes", "4294967295"], "bytes of arena"),
         (&["SLEEP", "--us", "4294967295"], "bad shape"),
         (&["NOOP", "--count", "0"], "must be positive"),
+        (&["NOOP", "--count", "8", "--batch", "0"], "must be positive"),
+        (&["NOOP", "--count", "8", "--depth", "4", "--batch", "8"], "is more than --depth"),
         (&["NOOP", "--timeout", "0"], "must be positive"),
     ];
     for (args, expected) in cases {

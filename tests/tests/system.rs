@@ -267,6 +267,15 @@ fn every_operation_through_the_cli() {
     // A request the mediator refuses exits 1 with the error shown.
     let out = system.run_client(1, &["VECTOR_ADD", "--n", "200000"]).unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    // Pipelined, one at a time and in batches (the last one shorter): every request is
+    // answered and checked.
+    for batch in ["1", "8"] {
+        let args = ["VECTOR_ADD", "--n", "64", "--count", "100", "--depth", "32", "--batch", batch];
+        let out = system.run_client(1, &args).unwrap();
+        let text = stdout(&out);
+        assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("100 requests at depth 32"), "{text}");
+    }
 }
 
 /// Killing a client mid-request leaves the mediator serving, and a new client on the
