@@ -122,7 +122,7 @@ pub struct Dispatcher {
     watches: Vec<Watch>,
     /// Indices of the watches a pass scans: attached VMs that are not asleep.
     scan: Vec<usize>,
-    /// Present when any VM has a doorbell.
+    /// Present when any VM is configured with a doorbell (it may have none yet).
     bells: Option<Bells>,
     /// Doorbells that reach this pool's VMs after the start (see
     /// `daemon::fetch_late_bells`), while some are missing.

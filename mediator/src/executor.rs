@@ -186,10 +186,11 @@ impl<T: Send + 'static> ExecutorThread<T> {
     /// `item` back if the thread has died.
     pub(crate) fn submit(&self, item: T, job: Job, slot: Slot) -> Result<(), T> {
         match &self.jobs {
-            Some(tx) => tx.send(Work::Run(item, job, slot)).map_err(|e| match e.0 {
-                Work::Run(item, ..) => item,
-                Work::Attach(_) | Work::Detach(_) => unreachable!("sent a job"),
-            }),
+            Some(tx) => match tx.send(Work::Run(item, job, slot)) {
+                Err(std::sync::mpsc::SendError(Work::Run(item, ..))) => Err(item),
+                // Sent; a refused send gives back what was sent, a `Run`.
+                _ => Ok(()),
+            },
             None => Err(item),
         }
     }
