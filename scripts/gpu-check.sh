@@ -2,8 +2,13 @@
 # Check the CUDA executor on a GPU machine, with binaries built elsewhere:
 #
 #   cargo build --release --workspace --features vgpu-mediator/cuda   # on any machine
+#   cp "$(cargo test --release -p vgpu-mediator --features cuda --lib --no-run 2>&1 |
+#         sed -n 's/.*(\(.*vgpu_mediator-[^)]*\)).*/\1/p')" target/release/cuda-tests
 #   scripts/gpu-check.sh target/release                               # on the GPU machine
 #
+# With `cuda-tests` (the mediator's unit tests, copied as above) in BIN_DIR it first runs
+# the GPU tests: every operation equal to the CPU executor's, on a registered (DMA) and a
+# staged arena.
 # Builds nothing. Creates regions for a CUDA pool (G) and a CPU pool (C), starts the
 # mediator, runs every GPU operation at several sizes through vgpu-client on both pools
 # (the client checks each result against its own CPU computation, so both pools must
@@ -19,6 +24,9 @@ for b in ivshmem-setup vgpu-mediator vgpu-client vgpu-cuda-bench; do
     [ -x "$bin/$b" ] || { echo "gpu-check: $bin/$b missing (build with --features vgpu-mediator/cuda)" >&2; exit 2; }
 done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/GPU: /'
+if [ -x "$bin/cuda-tests" ]; then
+    "$bin/cuda-tests" --ignored --test-threads 1 cuda::tests:: || { echo "gpu-check: the GPU tests failed"; exit 1; }
+fi
 
 work=$(mktemp -d)
 mediator_pid=
