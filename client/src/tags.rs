@@ -227,4 +227,89 @@ mod tests {
         assert_eq!(table.next_tag(), None);
         assert!(table.insert(entry()).is_none());
     }
+
+    /// Which state a request is in, for the model.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Model {
+        Waiting,
+        Answered,
+        Abandoned,
+    }
+
+    proptest::proptest! {
+        /// The slab behaves as a map from tag to state would (the table it replaced),
+        /// for any sequence of operations, also on tags it handed out long ago (stale)
+        /// and on tags it never handed out; a tag is never handed out twice.
+        #[test]
+        fn the_slab_behaves_as_a_map(
+            ops in proptest::collection::vec((0u8..6, proptest::prelude::any::<u16>()), 1..400)
+        ) {
+            use std::collections::{HashMap, HashSet};
+            let mut table = TagTable::new(0xbeef);
+            let mut model: HashMap<u32, Model> = HashMap::new();
+            let mut handed: Vec<u32> = Vec::new();
+            let mut seen = HashSet::new();
+            for (op, pick) in ops {
+                // A tag handed out before (live or not), or one never handed out.
+                let tag = if handed.is_empty() || pick % 8 == 0 {
+                    u32::from(pick) | 0x5555_0000
+                } else {
+                    handed[usize::from(pick) % handed.len()]
+                };
+                match op {
+                    0 => {
+                        let tag = table.insert(entry()).unwrap();
+                        proptest::prop_assert!(seen.insert(tag), "tag {tag:#x} handed out twice");
+                        handed.push(tag);
+                        model.insert(tag, Model::Waiting);
+                    }
+                    1 => {
+                        let got = table.deliver(Response { tag, ..Response::default() });
+                        let want = match model.get(&tag).copied() {
+                            Some(Model::Waiting) => {
+                                model.insert(tag, Model::Answered);
+                                "kept"
+                            }
+                            Some(Model::Abandoned) => {
+                                model.remove(&tag);
+                                "abandoned"
+                            }
+                            Some(Model::Answered) | None => "dropped",
+                        };
+                        let got = match got {
+                            Delivery::Kept => "kept",
+                            Delivery::Abandoned(_) => "abandoned",
+                            Delivery::Dropped => "dropped",
+                        };
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    2 => {
+                        let got = table.take_answer(tag).map(|r| r.tag);
+                        let want = (model.get(&tag) == Some(&Model::Answered)).then(|| {
+                            model.insert(tag, Model::Waiting);
+                            tag
+                        });
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    3 => {
+                        table.abandon(tag);
+                        if let Some(state) = model.get_mut(&tag) {
+                            *state = Model::Abandoned;
+                        }
+                    }
+                    4 => {
+                        let got = table.remove(tag).is_some();
+                        proptest::prop_assert_eq!(got, model.remove(&tag).is_some());
+                    }
+                    _ => {
+                        if pick % 16 == 0 {
+                            table.clear();
+                            model.clear();
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(table.len(), model.len());
+            }
+        }
+    }
 }
