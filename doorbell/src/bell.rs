@@ -115,6 +115,27 @@ impl BellWaiter {
         Ok(())
     }
 
+    /// Stop watching `bell` (replaced by a new holder's).
+    ///
+    /// ```
+    /// use vgpu_doorbell::{Bell, BellWaiter};
+    /// let bell = Bell::local()?;
+    /// let mut waiter = BellWaiter::new()?;
+    /// waiter.watch(&bell, 7)?;
+    /// waiter.unwatch(&bell)?;
+    /// bell.ring()?;
+    /// assert!(waiter.wait(Some(std::time::Duration::ZERO))?.is_empty(), "no longer watched");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// If the bell was not watched.
+    pub fn unwatch(&mut self, bell: &Bell) -> std::io::Result<()> {
+        epoll::delete(&self.epoll, &bell.fd)?;
+        Ok(())
+    }
+
     /// Wait up to `timeout` (`None`: forever; zero: just look) for rings; returns the
     /// tokens of the bells that rang (empty at the timeout). The bells stay rung until
     /// [`Bell::drain`]ed. Allocates nothing.

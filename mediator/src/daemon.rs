@@ -9,7 +9,7 @@ use crate::port::{Session, VmPort};
 use crate::supervise::Supervisor;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -87,10 +87,13 @@ fn new_epoch() -> u64 {
 /// # Errors
 ///
 /// If another live mediator serves one of the regions, or no VM at all can be served.
-fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<PoolId, Vec<VmPort>>> {
+fn attach_all(
+    config: &Config,
+    session: &Session,
+    mut bells: BTreeMap<u32, Bell>,
+) -> Result<BTreeMap<PoolId, Vec<VmPort>>> {
     let mut by_pool: BTreeMap<PoolId, Vec<VmPort>> = BTreeMap::new();
     let mut reasons = Vec::new();
-    let mut bells = fetch_bells(config);
     for vm in &config.vms {
         let bell = if vm.doorbell.is_some() { bells.remove(&vm.id) } else { None };
         let port = VmPort::attach(vm.clone(), session, bell)
@@ -109,59 +112,62 @@ fn attach_all(config: &Config, session: &Session) -> Result<BTreeMap<PoolId, Vec
     Ok(by_pool)
 }
 
-/// The host ends of the doorbells of the configured doorbell VMs, from the holder
-/// (`ivshmem-setup serve`). Without the holder those VMs are polled (logged once): a
-/// doorbell is an optimisation of idle latency, never a condition to serve.
-fn fetch_bells(config: &Config) -> BTreeMap<u32, Bell> {
-    let wanted: Vec<u32> =
-        config.vms.iter().filter(|vm| vm.doorbell.is_some()).map(|vm| vm.id).collect();
-    if wanted.is_empty() {
-        return BTreeMap::new();
-    }
-    let mut bells: BTreeMap<u32, Bell> = match vgpu_doorbell::fetch_bells(&config.doorbell_control)
-    {
-        Ok(bells) => bells.into_iter().map(|bell| (bell.vm_id, bell)).collect(),
-        Err(e) => {
-            tracing::warn!(
-                "doorbells unavailable ({e}): VMs {wanted:?} are polled until `ivshmem-setup serve` answers (asked again every quarantine_retry_ms)"
-            );
-            return BTreeMap::new();
-        }
-    };
-    bells.retain(|id, _| wanted.contains(id));
+/// Which holder listens on a control socket: the socket file's device, inode and
+/// change time (a restarted holder binds a new file).
+type HolderId = (u64, u64, i64, i64);
+
+/// The identity of the holder on `control`, if its socket exists.
+fn holder_id(control: &Path) -> Option<HolderId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(control).ok()?;
+    Some((meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()))
+}
+
+/// The host ends of the doorbells of the VMs `wanted`, from the holder on `control`
+/// (`ivshmem-setup serve`); a VM it has none for is logged (it is polled).
+///
+/// # Errors
+///
+/// If the holder does not answer (not running).
+fn hand_over(control: &Path, wanted: &[u32]) -> std::io::Result<BTreeMap<u32, Bell>> {
+    let bells: BTreeMap<u32, Bell> = vgpu_doorbell::fetch_bells(control)?
+        .into_iter()
+        .filter(|bell| wanted.contains(&bell.vm_id))
+        .map(|bell| (bell.vm_id, bell))
+        .collect();
     let missing: Vec<u32> = wanted.iter().copied().filter(|id| !bells.contains_key(id)).collect();
     if !missing.is_empty() {
         tracing::warn!(
             "the doorbell holder has no doorbell for VMs {missing:?} (started with another config?): they are polled"
         );
     }
-    tracing::info!(
-        "doorbells of {} VMs received from {}",
-        bells.len(),
-        config.doorbell_control.display()
-    );
-    bells
+    tracing::info!("doorbells of {} VMs received from {}", bells.len(), control.display());
+    Ok(bells)
 }
 
-/// When some doorbell VMs have no doorbell (the holder was not running when the
-/// mediator started), ask the holder again every `retry` until it answers, and hand
-/// each doorbell it gives to its VM's dispatcher through `missing`. On a thread of its
-/// own, so that a slow holder delays no dispatcher; it ends after the holder's answer
-/// (a VM it has no doorbell for stays polled, logged once), or at shutdown (noticed
-/// within 50 ms, or after a hand-over in progress, bounded by its 5 s timeout).
+/// Watch the doorbell holder for as long as the mediator runs: when a holder that did
+/// not answer before does (it was not running at the start), or a new one replaces it
+/// (restarted, with its QEMUs: their doorbells are new eventfds), hand each doorbell it
+/// gives to its VM's dispatcher through `dispatchers`, which watches it from then on.
+/// `known` is the holder whose doorbells the dispatchers have. Looks every `retry`, on
+/// a thread of its own, so that a slow holder delays no dispatcher; ends at shutdown
+/// (noticed within 50 ms, or after a hand-over in progress, bounded by its 5 s
+/// timeout).
 ///
 /// # Errors
 ///
 /// If the thread cannot be started.
-fn fetch_late_bells(
+fn watch_holder(
     control: PathBuf,
-    mut missing: BTreeMap<u32, Sender<Bell>>,
+    dispatchers: BTreeMap<u32, Sender<Bell>>,
+    mut known: Option<HolderId>,
     retry: Duration,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Option<JoinHandle<()>>> {
-    if missing.is_empty() {
+    if dispatchers.is_empty() {
         return Ok(None);
     }
+    let wanted: Vec<u32> = dispatchers.keys().copied().collect();
     let thread = std::thread::Builder::new().name("doorbells".to_owned()).spawn(move || {
         loop {
             let due = Instant::now() + retry;
@@ -171,20 +177,18 @@ fn fetch_late_bells(
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            // Not running yet: said once at the start, not again every retry.
-            let Ok(bells) = vgpu_doorbell::fetch_bells(&control) else { continue };
-            for bell in bells {
-                if let Some(dispatcher) = missing.remove(&bell.vm_id) {
+            let now = holder_id(&control);
+            if now.is_none() || now == known {
+                continue;
+            }
+            // Not answering (yet): said once at the start, not again every retry.
+            let Ok(bells) = hand_over(&control, &wanted) else { continue };
+            known = now;
+            for (vm, bell) in bells {
+                if let Some(dispatcher) = dispatchers.get(&vm) {
                     let _ = dispatcher.send(bell);
                 }
             }
-            if !missing.is_empty() {
-                tracing::warn!(
-                    "the doorbell holder has no doorbell for VMs {:?} (started with another config?): they are polled",
-                    missing.keys().collect::<Vec<_>>()
-                );
-            }
-            return;
         }
     });
     Ok(Some(thread.context("start the doorbell thread")?))
@@ -215,7 +219,25 @@ pub fn serve(
         region_size: config.region_size,
         geometry: config.geometry,
     };
-    let mut by_pool = attach_all(config, &session)?;
+    // Doorbells first: a VM attaches with its doorbell published in its slot.
+    let control = &config.doorbell_control;
+    let wanted: Vec<u32> =
+        config.vms.iter().filter(|vm| vm.doorbell.is_some()).map(|vm| vm.id).collect();
+    let holder = holder_id(control);
+    let (bells, holder) = if wanted.is_empty() {
+        (BTreeMap::new(), holder)
+    } else {
+        match hand_over(control, &wanted) {
+            Ok(bells) => (bells, holder),
+            Err(e) => {
+                tracing::warn!(
+                    "doorbells unavailable ({e}): VMs {wanted:?} are polled until `ivshmem-setup serve` answers (asked again every quarantine_retry_ms)"
+                );
+                (BTreeMap::new(), None)
+            }
+        }
+    };
+    let mut by_pool = attach_all(config, &session, bells)?;
     let quarantined = by_pool.values().flatten().filter(|port| port.is_quarantined()).count();
     tracing::info!(
         "=== GPU Mediation Daemon Started === (epoch {:#x}, {} VMs, {quarantined} quarantined)",
@@ -226,19 +248,16 @@ pub fn serve(
     let stop_bell = Bell::local().context("create an eventfd")?;
     let mut threads = Vec::new();
     let mut pool_metrics = Vec::new();
-    // Doorbell VMs the holder gave no doorbell (it was not running): asked for again.
-    let mut late = BTreeMap::new();
+    // Where doorbells handed over later go: each doorbell VM's dispatcher.
+    let mut dispatchers = BTreeMap::new();
     for (pool, executor) in executors {
         let name = &pool.name;
         let vms = by_pool.remove(name).unwrap_or_default();
-        let missing: Vec<u32> = vms
-            .iter()
-            .filter(|port| port.vm.doorbell.is_some() && port.bell.is_none())
-            .map(|port| port.vm.id)
-            .collect();
-        let late_bells = (!missing.is_empty()).then(|| {
+        let doorbell_vms: Vec<u32> =
+            vms.iter().filter(|port| port.vm.doorbell.is_some()).map(|port| port.vm.id).collect();
+        let new_bells = (!doorbell_vms.is_empty()).then(|| {
             let (tx, rx) = std::sync::mpsc::channel();
-            late.extend(missing.into_iter().map(|id| (id, tx.clone())));
+            dispatchers.extend(doorbell_vms.into_iter().map(|id| (id, tx.clone())));
             rx
         });
         tracing::info!("Pool {name} Queue: Ready ({} VMs, {:?})", vms.len(), pool.policy);
@@ -256,7 +275,7 @@ pub fn serve(
             session,
             options.log_requests,
             &stop_bell,
-            late_bells,
+            new_bells,
             metrics,
         )?;
         let flag = Arc::clone(shutdown);
@@ -266,9 +285,10 @@ pub fn serve(
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
-    let fetcher = fetch_late_bells(
-        config.doorbell_control.clone(),
-        late,
+    let fetcher = watch_holder(
+        control.clone(),
+        dispatchers,
+        holder,
         config.mediator.quarantine_retry,
         Arc::clone(shutdown),
     )?;

@@ -124,9 +124,9 @@ pub struct Dispatcher {
     scan: Vec<usize>,
     /// Present when any VM is configured with a doorbell (it may have none yet).
     bells: Option<Bells>,
-    /// Doorbells that reach this pool's VMs after the start (see
-    /// `daemon::fetch_late_bells`), while some are missing.
-    late_bells: Option<Receiver<Bell>>,
+    /// Doorbells handed over after the start (see `daemon::watch_holder`): for a VM
+    /// that had none (the holder was late) or in place of its old one (a new holder).
+    new_bells: Option<Receiver<Bell>>,
     vms: Vec<VmPort>,
     queue: PoolQueue<Pending>,
     inline: CpuExecutor,
@@ -188,7 +188,7 @@ impl Dispatcher {
         session: Session,
         log_requests: bool,
         stop_bell: &Bell,
-        late_bells: Option<Receiver<Bell>>,
+        new_bells: Option<Receiver<Bell>>,
         metrics: Arc<PoolMetrics>,
     ) -> std::io::Result<Self> {
         let now = Instant::now();
@@ -218,7 +218,7 @@ impl Dispatcher {
             watches: vms.iter().map(Watch::of).collect(),
             scan: Vec::with_capacity(vms.len()),
             bells,
-            late_bells,
+            new_bells,
             queue: PoolQueue::with_weights(pool.policy, vms.iter().map(|p| p.vm.weight)),
             offload_compute: executor.offloads_compute(),
             executor: ExecutorThread::spawn(pool.name, executor)?,
@@ -338,8 +338,8 @@ impl Dispatcher {
                 .iter()
                 .any(|w| w.head.as_ref().is_some_and(|h| h.reset_request() != w.reset_done));
         }
-        if let Some(late) = &self.late_bells
-            && let Ok(bell) = late.try_recv()
+        if let Some(new_bells) = &self.new_bells
+            && let Ok(bell) = new_bells.try_recv()
         {
             self.add_bell(bell);
         }
@@ -458,21 +458,12 @@ impl Dispatcher {
             }
         }
         let mut woke = false;
-        for &index in &bells.rung {
-            let port = &self.vms[index];
-            if let Some(bell) = &port.bell {
+        for i in 0..bells.rung.len() {
+            let index = bells.rung[i];
+            if let Some(bell) = &self.vms[index].bell {
                 let _ = bell.drain();
             }
-            let watch = &mut self.watches[index];
-            if watch.asleep {
-                watch.asleep = false;
-                watch.recent = true;
-                bells.sleeping -= 1;
-                woke = true;
-                if let Some(link) = &port.link {
-                    vgpu_ring::cancel_wakeup(&link.slot);
-                }
-            }
+            woke |= wake(&mut self.watches[index], bells, &self.vms[index]);
         }
         if woke {
             self.rebuild_scan();
@@ -491,30 +482,42 @@ impl Dispatcher {
         }
     }
 
-    /// A VM's doorbell that arrived after the start: watch it, publish it in the VM's
-    /// slot, and the VM is slept on when idle from now on, as if it had it from the start.
+    /// A VM's doorbell handed over after the start: watch it (in place of the VM's old
+    /// one, if a new holder replaced it) and publish it in the VM's slot; the VM is
+    /// slept on when idle from now on, as if it had it from the start. Taken at the
+    /// dispatcher's next housekeeping: while every VM sleeps, at its next heartbeat.
     fn add_bell(&mut self, bell: Bell) {
-        let Some(index) = self.vms.iter().position(|p| p.vm.id == bell.vm_id && p.bell.is_none())
-        else {
-            return;
-        };
+        let Some(index) = self.vms.iter().position(|p| p.vm.id == bell.vm_id) else { return };
         let Some(bells) = &mut self.bells else { return };
+        if let Some(old) = &self.vms[index].bell {
+            // Watched since it was handed over; a failure leaves only a stale watch.
+            let _ = bells.waiter.unwatch(old);
+        }
         if let Err(e) = bells.waiter.watch(&bell, index as u64) {
             tracing::error!(
-                "Pool {}: vm{}: cannot watch its doorbell ({e}); it stays polled",
+                "Pool {}: vm{}: cannot watch its doorbell ({e}); it is polled",
                 self.pool,
                 bell.vm_id
             );
+            // Polled from now: no doorbell for the guest to ring, and awake.
+            self.vms[index].bell = None;
+            if let Some(link) = &self.vms[index].link {
+                vgpu_ring::publish_doorbell(&link.slot, None);
+            }
+            if wake(&mut self.watches[index], bells, &self.vms[index]) {
+                self.rebuild_scan();
+            }
             return;
         }
         if let Some(link) = &self.vms[index].link {
             vgpu_ring::publish_doorbell(&link.slot, Some(bell.value));
         }
-        tracing::info!(
-            "Pool {}: vm{} doorbell received from the holder: slept on when idle from now",
-            self.pool,
-            bell.vm_id
-        );
+        let how = if self.vms[index].bell.is_some() {
+            "replaced by the new holder's"
+        } else {
+            "received from the holder"
+        };
+        tracing::info!("Pool {}: vm{} doorbell {how}: slept on when idle", self.pool, bell.vm_id);
         self.vms[index].bell = Some(bell);
     }
 
@@ -875,6 +878,21 @@ impl Dispatcher {
         let answered = |failed| self.metrics.vms.iter().map(|vm| vm.answered_with(failed)).sum();
         DispatcherStats { succeeded: answered(false), failed: answered(true) }
     }
+}
+
+/// Wake VM `port` if it sleeps on its doorbell: scanned again (after the caller rebuilds
+/// the scan, which it must when this returns true), its wake-up flag cleared.
+fn wake(watch: &mut Watch, bells: &mut Bells, port: &VmPort) -> bool {
+    if !watch.asleep {
+        return false;
+    }
+    watch.asleep = false;
+    watch.recent = true;
+    bells.sleeping -= 1;
+    if let Some(link) = &port.link {
+        vgpu_ring::cancel_wakeup(&link.slot);
+    }
+    true
 }
 
 /// Whether `job` goes to the executor thread rather than running inline: long jobs,

@@ -108,6 +108,43 @@ fn a_holder_started_after_the_mediator_is_found() {
     assert!(system.stop().unwrap().success());
 }
 
+/// A holder restarted while the mediator runs (its QEMUs restart with it: their
+/// doorbells are new eventfds): the mediator notices the new holder, watches the VM's
+/// new doorbell in place of the old one, and a request from the new QEMU wakes it.
+#[test]
+fn a_restarted_holder_is_noticed() {
+    let mut system = System::start_with(
+        Launcher::Binaries(Binaries::locate()),
+        RegionSpec { doorbell: true, ..RegionSpec::SMALL },
+        &[('A', "")],
+        &[vm(1, 'A', 1)],
+        &format!("{SLEEPY}\nquarantine_retry_ms = 200"),
+    )
+    .unwrap();
+    let mut old_qemu = system.client(1, Wait::default()).unwrap();
+    let ticket = old_qemu.submit(&Call::noop("OLD_HOLDER")).unwrap();
+    assert!(old_qemu.wait(ticket, Duration::from_secs(2)).unwrap().succeeded());
+    drop(old_qemu);
+    system.stop_holder();
+    system.start_holder().unwrap();
+    wait_for("the new holder's doorbell", Duration::from_secs(10), || {
+        system.log().contains("vm1 doorbell replaced by the new holder's")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", system.log()));
+    let mut client = system.client(1, Wait::default()).unwrap();
+    assert!(client.has_doorbell());
+    // Each request finds the mediator asleep (5 s heartbeat): only the new doorbell
+    // wakes it within the 2 s timeout.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let ticket = client.submit(&Call::noop("NEW_HOLDER")).unwrap();
+        let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
+        assert!(done.succeeded(), "{}", done.text());
+    }
+    drop(client);
+    assert!(system.stop().unwrap().success());
+}
+
 /// `vgpu-client --interval-ms` on the doorbell socket: every request answered, the
 /// percentiles printed.
 #[test]
