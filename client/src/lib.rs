@@ -651,6 +651,14 @@ impl Client {
 
     /// Make the [`stage`](Self::stage)d requests visible to the host: one index store,
     /// and the doorbell if the mediator asked for it. Nothing if none is staged.
+    ///
+    /// ```no_run
+    /// # use vgpu_client::{Call, Client, ClientOptions};
+    /// let mut client = Client::attach(&ClientOptions::default())?;
+    /// let ticket = client.stage(&Call::noop("LATER"))?;
+    /// client.flush(); // the host sees it from now on
+    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// ```
     pub fn flush(&mut self) {
         if self.guest.requests.has_staged() {
             self.guest.requests.publish();
@@ -660,7 +668,7 @@ impl Client {
 
     /// [`submit`](Self::submit) with the input given as consecutive parts (`call.input`
     /// is ignored): each is copied into the arena once, with no concatenated copy first.
-    /// Stage the request, and publish it (with any staged before it) if `visible`.
+    /// The request is published (with any staged before it) if `visible`.
     fn submit_parts(
         &mut self,
         call: &Call<'_>,
@@ -845,6 +853,17 @@ impl Client {
 
     /// [`submit_buffers`](Self::submit_buffers) without publishing, as
     /// [`stage`](Self::stage).
+    ///
+    /// ```no_run
+    /// use vgpu_client::{Client, ClientOptions};
+    /// use vgpu_ring::Opcode;
+    /// let mut client = Client::attach(&ClientOptions::default())?;
+    /// let (input, output) = (client.alloc_buffer(0)?, client.alloc_buffer(0)?);
+    /// let ticket = client.stage_buffers(Opcode::Noop as u16, "NOOP", [0; 3], input, output)?;
+    /// client.flush();
+    /// client.wait(ticket, std::time::Duration::from_secs(1))?;
+    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// ```
     ///
     /// # Errors
     ///

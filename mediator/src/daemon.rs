@@ -285,7 +285,7 @@ pub fn serve(
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
-    let fetcher = watch_holder(
+    let holder_watch = watch_holder(
         control.clone(),
         dispatchers,
         holder,
@@ -329,8 +329,8 @@ pub fn serve(
             OnStop::Drain => "; answering queued requests with error 8 (shutting down)",
         }
     );
-    if let Some(fetcher) = fetcher {
-        let _ = fetcher.join();
+    if let Some(holder_watch) = holder_watch {
+        let _ = holder_watch.join();
     }
     let mut stats = BTreeMap::new();
     for (name, thread) in threads {
