@@ -660,7 +660,7 @@ impl Client {
     /// # Ok::<(), vgpu_client::ClientError>(())
     /// ```
     pub fn flush(&mut self) {
-        if self.guest.requests.has_staged() {
+        if self.guest.requests.staged() != 0 {
             self.guest.requests.publish();
             self.ring_if_asked();
         }

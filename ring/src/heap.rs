@@ -122,6 +122,79 @@ mod tests {
         assert_eq!((rx.pop(), rx.pop()), (Ok(Some(2)), Ok(Some(3))));
     }
 
+    /// A heap ring that records the slots its consumer prefetches.
+    struct Prefetching {
+        ring: HeapRing<u64>,
+        prefetched: std::cell::RefCell<Vec<u32>>,
+    }
+
+    // SAFETY: every method is the heap ring's, which keeps the contract.
+    unsafe impl RingBackend for Prefetching {
+        type Entry = u64;
+
+        fn capacity(&self) -> u32 {
+            self.ring.capacity()
+        }
+
+        fn load_head(&self, order: Ordering) -> u32 {
+            self.ring.load_head(order)
+        }
+
+        fn store_head(&self, value: u32, order: Ordering) {
+            self.ring.store_head(value, order);
+        }
+
+        fn load_tail(&self, order: Ordering) -> u32 {
+            self.ring.load_tail(order)
+        }
+
+        fn store_tail(&self, value: u32, order: Ordering) {
+            self.ring.store_tail(value, order);
+        }
+
+        unsafe fn write(&self, slot: u32, entry: &u64) {
+            // SAFETY: the caller's contract is the heap ring's.
+            unsafe { self.ring.write(slot, entry) }
+        }
+
+        unsafe fn read(&self, slot: u32) -> u64 {
+            // SAFETY: as in `write`.
+            unsafe { self.ring.read(slot) }
+        }
+
+        fn prefetch_read(&self, slot: u32) {
+            self.prefetched.borrow_mut().push(slot);
+        }
+    }
+
+    /// A consumer prefetches 8 entries past the one it takes, and only an entry the
+    /// producer has published and the consumer not taken yet (its line is the
+    /// consumer's to read), across the wrap.
+    #[test]
+    fn only_published_entries_are_prefetched() {
+        let (mut tx, rx) = heap_ring::<u64>(16, 0);
+        let backend = Prefetching { ring: rx.into_backend(), prefetched: Default::default() };
+        let mut rx = crate::ring::Consumer::new(backend);
+        let mut want = Vec::new();
+        let mut head = 0u32;
+        for batch in [12u32, 3, 16, 9, 12] {
+            for v in 0..batch {
+                tx.stage(u64::from(v)).unwrap();
+            }
+            tx.publish();
+            head += batch;
+            while rx.take().unwrap().is_some() {
+                let next = rx.position() + 8;
+                if next < head {
+                    want.push(next % 16);
+                }
+            }
+            rx.release();
+        }
+        assert_eq!(*rx.backend().prefetched.borrow(), want);
+        assert!(!want.is_empty());
+    }
+
     #[test]
     fn staged_entries_are_invisible_until_published() {
         let (mut tx, mut rx) = heap_ring::<u64>(4, 0);

@@ -122,6 +122,23 @@ unsafe impl<E: FromBytes + IntoBytes + Immutable + Copy> RingBackend for MappedR
         }
     }
 
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    fn prefetch_read(&self, slot: u32) {
+        if slot < self.capacity {
+            let line = self.entries.wrapping_add(slot as usize * size_of::<E>());
+            // SAFETY: PREFETCHT0 (SSE, on every x86-64 CPU) is a hint that neither faults
+            // nor changes memory nor orders anything, whatever the address (this one is
+            // inside the entry array).
+            unsafe {
+                core::arch::asm!(
+                    "prefetcht0 [{0}]",
+                    in(reg) line,
+                    options(nostack, readonly, preserves_flags)
+                );
+            }
+        }
+    }
+
     unsafe fn read(&self, slot: u32) -> E {
         debug_assert!(slot < self.capacity);
         let mut entry = E::new_zeroed();

@@ -58,7 +58,15 @@ pub unsafe trait RingBackend {
     /// `slot < capacity()`, and by the ring protocol the caller (the consumer) owns the
     /// slot: the producer has published it and does not write it concurrently.
     unsafe fn read(&self, slot: u32) -> Self::Entry;
+
+    /// Hint that the consumer will soon read slot `slot`, which the producer has
+    /// published: start fetching its line. A hint only: no effect on contents or
+    /// ordering. By default nothing.
+    fn prefetch_read(&self, _slot: u32) {}
 }
+
+/// How many published entries ahead of the one it reads a consumer prefetches.
+const PREFETCH_AHEAD: u32 = 8;
 
 /// A ring endpoint found the peer's index corrupt and stopped using the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -198,19 +206,6 @@ impl<B: RingBackend> Producer<B> {
         Ok(())
     }
 
-    /// Whether entries are staged and not yet published.
-    ///
-    /// ```
-    /// let (mut tx, _rx) = vgpu_ring::heap_ring::<u32>(4, 0);
-    /// tx.stage(1).unwrap();
-    /// assert!(tx.has_staged());
-    /// tx.publish();
-    /// assert!(!tx.has_staged());
-    /// ```
-    pub fn has_staged(&self) -> bool {
-        self.head != self.published
-    }
-
     /// Make every staged entry visible to the consumer with one index store.
     pub fn publish(&mut self) {
         if self.head != self.published && self.poisoned.is_none() {
@@ -337,6 +332,12 @@ impl<B: RingBackend> Consumer<B> {
         // until we release it.
         let entry = unsafe { self.backend.read(self.tail & (self.capacity() - 1)) };
         self.tail = self.tail.wrapping_add(1);
+        let ahead = self.tail.wrapping_add(PREFETCH_AHEAD);
+        if self.cached_head.wrapping_sub(ahead).wrapping_sub(1) < self.capacity() {
+            // Published (before cached_head) and not taken yet: the producer does not
+            // write it, so fetching its line takes nothing from the producer.
+            self.backend.prefetch_read(ahead & (self.capacity() - 1));
+        }
         Ok(Some(entry))
     }
 
