@@ -256,6 +256,11 @@ impl CudaExecutor {
             self.stream.synchronize()?;
             Ok(())
         })();
+        if result.is_err() {
+            // No copy may still touch the caller's memory (or a reused buffer) once this
+            // returns: wait for what was queued, as far as the driver still can.
+            let _ = self.stream.synchronize();
+        }
         self.buffers = [Some(da), Some(db), Some(out)];
         result
     }
