@@ -408,6 +408,7 @@ pub struct Client {
     last_beat: u64,
     beat_changed: Instant,
     arena: ArenaAllocator,
+    next_tag: u32,
     in_flight: TagTable,
     retired: Vec<Retired>,
     notice: Option<Box<dyn FnMut(Notice) + Send>>,
@@ -500,13 +501,12 @@ impl Client {
             epoch,
             last_beat,
             beat_changed: Instant::now(),
-            // Tags carry a per-process generation, so responses a crashed predecessor
-            // left behind are not mistaken for ours.
-            in_flight: TagTable::new(
-                std::process::id().rotate_left(7)
-                    ^ nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                        .map_or(0, |t| t.tv_nsec() as u32),
-            ),
+            // Tags start at a per-process value, so responses a crashed predecessor left
+            // behind are not mistaken for ours.
+            next_tag: std::process::id().rotate_left(20)
+                ^ nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map_or(0, |t| t.tv_nsec() as u32),
+            in_flight: TagTable::default(),
             retired: Vec::new(),
             notice: None,
             rings_were_reset: false,
@@ -711,11 +711,7 @@ impl Client {
         output: Buffer,
         visible: bool,
     ) -> Result<Ticket, ClientError> {
-        let Some(tag) = self.in_flight.next_tag() else {
-            self.free_buffer(input);
-            self.free_buffer(output);
-            return Err(ClientError::RingFull(self.in_flight.len()));
-        };
+        let tag = self.next_tag;
         let request = Request {
             tag,
             opcode,
@@ -745,16 +741,19 @@ impl Client {
             self.free_buffer(output);
             return Err(e);
         }
+        self.next_tag = self.next_tag.wrapping_add(1);
         if visible {
             self.ring_if_asked();
         }
-        // The tag `next_tag` gave: nothing came between.
-        self.in_flight.insert(tags::Entry {
-            position,
-            input: (input.offset, input.allocated),
-            output: (output.offset, output.len),
-            state: tags::State::Waiting,
-        });
+        self.in_flight.insert(
+            tag,
+            tags::Entry {
+                position,
+                input: (input.offset, input.allocated),
+                output: (output.offset, output.len),
+                state: tags::State::Waiting,
+            },
+        );
         Ok(Ticket { tag })
     }
 
