@@ -15,14 +15,36 @@ use vgpu_tests::system::{Binaries, Launcher, RegionSpec, System, vm, wait_for};
 const SLEEPY: &str = "heartbeat_interval_ms = 5000\nidle_spin_us = 100";
 
 fn doorbell_system(vms: &[vgpu_tests::system::Vm]) -> System {
+    doorbell_system_with(vms, "")
+}
+
+/// A doorbell system whose mediator settings add `extra` to [`SLEEPY`].
+fn doorbell_system_with(vms: &[vgpu_tests::system::Vm], extra: &str) -> System {
     System::start_with(
         Launcher::Binaries(Binaries::locate()),
         RegionSpec { doorbell: true, ..RegionSpec::SMALL },
         &[('A', "")],
         vms,
-        SLEEPY,
+        &format!("{SLEEPY}\n{extra}"),
     )
     .unwrap()
+}
+
+/// `n` requests, each sent once the mediator sleeps on VM 1's doorbell (its wake-up
+/// request is in the slot): each must be answered within 2 s, which only a doorbell
+/// the mediator watches can do against the 5 s heartbeat.
+fn answered_while_asleep(system: &System, client: &mut vgpu_client::Client, n: usize) {
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
+    let slot = region.slot(0).unwrap();
+    for _ in 0..n {
+        wait_for("the mediator asleep on the doorbell", Duration::from_secs(10), || {
+            vgpu_ring::wakeup_wanted(&slot).is_some()
+        })
+        .unwrap();
+        let ticket = client.submit(&Call::noop("ASLEEP")).unwrap();
+        let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
+        assert!(done.succeeded(), "{}", done.text());
+    }
 }
 
 fn rounds() -> usize {
@@ -71,14 +93,7 @@ fn requests_300_ms_apart_wake_a_sleeping_mediator() {
 /// VM's requests wake it.
 #[test]
 fn a_holder_started_after_the_mediator_is_found() {
-    let mut system = System::start_with(
-        Launcher::Binaries(Binaries::locate()),
-        RegionSpec { doorbell: true, ..RegionSpec::SMALL },
-        &[('A', "")],
-        &[vm(1, 'A', 1)],
-        &format!("{SLEEPY}\nquarantine_retry_ms = 200"),
-    )
-    .unwrap();
+    let mut system = doorbell_system_with(&[vm(1, 'A', 1)], "quarantine_retry_ms = 200");
     assert!(system.stop().unwrap().success());
     system.stop_holder();
     system.start_mediator(&[]).unwrap();
@@ -91,19 +106,9 @@ fn a_holder_started_after_the_mediator_is_found() {
         system.log().contains("vm1 doorbell received from the holder")
     })
     .unwrap();
-    // Idle, the mediator now sleeps on the doorbell and asks the guest to ring it.
-    wait_for("the mediator asleep on the doorbell", Duration::from_secs(10), || {
-        vgpu_ring::wakeup_wanted(&slot).is_some()
-    })
-    .unwrap();
     let mut client = system.client(1, Wait::default()).unwrap();
     assert!(client.has_doorbell());
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(300));
-        let ticket = client.submit(&Call::noop("LATE_BELL")).unwrap();
-        let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
-        assert!(done.succeeded(), "{}", done.text());
-    }
+    answered_while_asleep(&system, &mut client, 3);
     drop(client);
     assert!(system.stop().unwrap().success());
 }
@@ -113,14 +118,7 @@ fn a_holder_started_after_the_mediator_is_found() {
 /// new doorbell in place of the old one, and a request from the new QEMU wakes it.
 #[test]
 fn a_restarted_holder_is_noticed() {
-    let mut system = System::start_with(
-        Launcher::Binaries(Binaries::locate()),
-        RegionSpec { doorbell: true, ..RegionSpec::SMALL },
-        &[('A', "")],
-        &[vm(1, 'A', 1)],
-        &format!("{SLEEPY}\nquarantine_retry_ms = 200"),
-    )
-    .unwrap();
+    let mut system = doorbell_system_with(&[vm(1, 'A', 1)], "quarantine_retry_ms = 200");
     let mut old_qemu = system.client(1, Wait::default()).unwrap();
     let ticket = old_qemu.submit(&Call::noop("OLD_HOLDER")).unwrap();
     assert!(old_qemu.wait(ticket, Duration::from_secs(2)).unwrap().succeeded());
@@ -133,14 +131,7 @@ fn a_restarted_holder_is_noticed() {
     .unwrap_or_else(|e| panic!("{e}: {}", system.log()));
     let mut client = system.client(1, Wait::default()).unwrap();
     assert!(client.has_doorbell());
-    // Each request finds the mediator asleep (5 s heartbeat): only the new doorbell
-    // wakes it within the 2 s timeout.
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(300));
-        let ticket = client.submit(&Call::noop("NEW_HOLDER")).unwrap();
-        let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
-        assert!(done.succeeded(), "{}", done.text());
-    }
+    answered_while_asleep(&system, &mut client, 3);
     drop(client);
     assert!(system.stop().unwrap().success());
 }
