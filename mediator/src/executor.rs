@@ -46,23 +46,11 @@ impl Job {
     }
 }
 
-/// Copy a range of `slot`'s arena out, once.
-///
-/// # Errors
-///
-/// [`ErrorCode::BadRange`] if the range is outside the arena.
-pub fn read_bytes(slot: &Slot, (offset, len): (u32, u32)) -> Result<Vec<u8>, ErrorCode> {
-    let mut bytes = vec![0; len as usize];
-    slot.arena_read(u64::from(offset), &mut bytes).map_err(|_| ErrorCode::BadRange)?;
-    Ok(bytes)
-}
-
-/// Read a range of `slot`'s arena as little-endian f32s (`len / 4` of them), copied once.
-///
-/// # Errors
-///
-/// As [`read_bytes`].
-pub fn read_f32s(slot: &Slot, (offset, len): (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
+/// Read a range of `slot`'s arena as little-endian f32s (`len / 4` of them), copied once
+/// into a new vector (the tests' check of what an executor wrote; executors stream
+/// through reused buffers instead).
+#[cfg(test)]
+pub(crate) fn read_f32s(slot: &Slot, (offset, len): (u32, u32)) -> Result<Vec<f32>, ErrorCode> {
     let mut values = vec![0f32; len as usize / 4];
     slot.arena_read(u64::from(offset), values.as_mut_bytes()).map_err(|_| ErrorCode::BadRange)?;
     Ok(values)
