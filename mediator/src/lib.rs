@@ -10,7 +10,8 @@
 //! - [`metrics`]: values the dispatchers keep, served in the Prometheus format.
 //! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
 //! - [`cli`]: the command line.
-// Only the CUDA executor (feature `cuda`) allows `unsafe`, for kernel launches.
+// Only the CUDA executor (feature `cuda`) allows `unsafe`: kernel launches, and driver
+// calls that register arenas and copy them by DMA.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
