@@ -942,18 +942,20 @@ impl Client {
         });
     }
 
-    /// Collect every response that has arrived; the one for `wanted` is returned
-    /// rather than stored, so the common case (one request awaited) costs no map
-    /// operation beyond the in-flight entry itself. A response whose tag is not in
-    /// flight (a duplicate from a restarted mediator, or an answer to a previous
+    /// Collect the responses that have arrived, up to the one for `wanted`, which is
+    /// returned rather than stored; those after it stay in the ring for later polls.
+    /// So requests awaited in the order they were sent (one at a time, or pipelined)
+    /// cost no map operation beyond the in-flight entry itself. A response whose tag is
+    /// not in flight (a duplicate from a restarted mediator, or an answer to a previous
     /// client of the slot) is dropped.
     fn poll_responses(&mut self, wanted: u32) -> Result<Option<Response>, ClientError> {
         let mut found = None;
         while let Some(response) = self.guest.responses.take().map_err(|e| self.ring_error(e))? {
-            let tag = response.tag;
-            if tag == wanted {
+            if response.tag == wanted {
                 found = Some(response);
-            } else if let Delivery::Abandoned(entry) = self.in_flight.deliver(response) {
+                break;
+            }
+            if let Delivery::Abandoned(entry) = self.in_flight.deliver(response) {
                 self.retire(&entry);
             }
         }

@@ -258,6 +258,41 @@ fn dead_mediator_restart_and_timeout_are_detected() {
     stop.store(true, Ordering::Relaxed);
 }
 
+/// Waiting for the oldest of several answered requests takes its answer only: the later
+/// answers stay in the response ring, each for its own wait, and an answer awaited out
+/// of order takes those before it along (kept for their waits).
+#[test]
+fn a_wait_takes_answers_only_up_to_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r");
+    let (r, stop) = live_region(
+        &path,
+        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
+    );
+    let mut client = Client::attach(&ClientOptions { wait: Wait::Spin, ..options(&path) }).unwrap();
+    let tickets: Vec<_> = (0..4).map(|_| client.submit(&Call::noop("W")).unwrap()).collect();
+    let host_region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
+    let mut host = host_region.slot(0).unwrap().host_endpoints().unwrap();
+    while let Some(req) = host.requests.pop().unwrap() {
+        host.responses.push(Response { tag: req.tag, status: 1, ..Response::default() }).unwrap();
+    }
+    let taken = || r.slot(0).unwrap().ring_indices().resp_tail;
+    let mut tickets: Vec<_> = tickets.into_iter().map(Some).collect();
+    let mut wait = |client: &mut Client, i: usize| {
+        let ticket = tickets[i].take().unwrap();
+        let tag = ticket.tag();
+        assert_eq!(client.wait(ticket, Duration::from_secs(10)).unwrap().response.tag, tag);
+    };
+    wait(&mut client, 0);
+    assert_eq!(taken(), 1, "only the awaited answer left the ring");
+    wait(&mut client, 3);
+    assert_eq!(taken(), 4, "the answers before it came along");
+    wait(&mut client, 1);
+    wait(&mut client, 2);
+    assert_eq!(client.in_flight(), 0);
+    stop.store(true, Ordering::Relaxed);
+}
+
 /// 1,000 requests pipelined against a bare host loop that answers in reverse batches:
 /// every completion matches its ticket.
 #[test]
