@@ -702,6 +702,7 @@ impl Client {
     /// Stage a request whose operands are in `input` (all of its `len` bytes) and
     /// whose answer goes to `output`, and publish it if `visible`; the buffers belong to
     /// the request from now on (freed here if it cannot be staged).
+    #[inline]
     fn publish(
         &mut self,
         opcode: u16,
@@ -948,6 +949,7 @@ impl Client {
     /// cost no map operation beyond the in-flight entry itself. A response whose tag is
     /// not in flight (a duplicate from a restarted mediator, or an answer to a previous
     /// client of the slot) is dropped.
+    #[inline]
     fn poll_responses(&mut self, wanted: u32) -> Result<Option<Response>, ClientError> {
         let mut found = None;
         while let Some(response) = self.guest.responses.take().map_err(|e| self.ring_error(e))? {
@@ -964,6 +966,7 @@ impl Client {
     }
 
     /// Take `tag` out of flight; its arena ranges are retired (see [`Retired`]).
+    #[inline]
     fn finish(&mut self, tag: u32) -> Option<tags::Entry> {
         let entry = self.in_flight.remove(tag)?;
         self.retire(&entry);
@@ -1001,6 +1004,7 @@ impl Client {
 
     /// The answer to `ticket` if it has arrived: the response and the request's output
     /// range (offset, capacity), which stays reserved (retired) while it is read.
+    #[inline]
     fn take_answer(&mut self, ticket: Ticket) -> Result<Result<Answer, Ticket>, ClientError> {
         // A staged request is never waited for unpublished.
         self.flush();

@@ -112,6 +112,7 @@ unsafe impl<E: FromBytes + IntoBytes + Immutable + Copy> RingBackend for MappedR
         self.tail().store(value, order);
     }
 
+    #[inline]
     unsafe fn write(&self, slot: u32, entry: &E) {
         debug_assert!(slot < self.capacity);
         // SAFETY: slot < capacity (caller), so the destination lies in the checked
@@ -139,6 +140,7 @@ unsafe impl<E: FromBytes + IntoBytes + Immutable + Copy> RingBackend for MappedR
         }
     }
 
+    #[inline]
     unsafe fn read(&self, slot: u32) -> E {
         debug_assert!(slot < self.capacity);
         let mut entry = E::new_zeroed();

@@ -187,6 +187,7 @@ impl<B: RingBackend> Producer<B> {
     ///
     /// [`PushError::Full`] (the entry given back) if no slot is free,
     /// [`PushError::Poisoned`] if the endpoint is poisoned.
+    #[inline]
     pub fn stage(&mut self, entry: B::Entry) -> Result<(), PushError<B::Entry>> {
         if let Some(e) = self.poisoned {
             return Err(PushError::Poisoned(e));
@@ -207,6 +208,7 @@ impl<B: RingBackend> Producer<B> {
     }
 
     /// Make every staged entry visible to the consumer with one index store.
+    #[inline]
     pub fn publish(&mut self) {
         if self.head != self.published && self.poisoned.is_none() {
             // SYNC: Release pairs with the consumer's Acquire load of head
@@ -221,6 +223,7 @@ impl<B: RingBackend> Producer<B> {
     /// # Errors
     ///
     /// As [`stage`](Self::stage).
+    #[inline]
     pub fn push(&mut self, entry: B::Entry) -> Result<(), PushError<B::Entry>> {
         self.stage(entry)?;
         self.publish();
@@ -317,6 +320,7 @@ impl<B: RingBackend> Consumer<B> {
     /// # Errors
     ///
     /// [`RingError`] if the endpoint is or becomes poisoned.
+    #[inline]
     pub fn take(&mut self) -> Result<Option<B::Entry>, RingError> {
         if let Some(e) = self.poisoned {
             return Err(e);
@@ -342,6 +346,7 @@ impl<B: RingBackend> Consumer<B> {
     }
 
     /// Hand every taken slot back to the producer with one index store.
+    #[inline]
     pub fn release(&mut self) {
         self.release_up_to(self.tail);
     }
@@ -372,6 +377,7 @@ impl<B: RingBackend> Consumer<B> {
     /// rx.release_up_to(first + 1); // only entry 0 is done with
     /// assert_eq!(tx.free_slots().unwrap(), 2);
     /// ```
+    #[inline]
     pub fn release_up_to(&mut self, upto: u32) {
         let step = upto.wrapping_sub(self.released);
         if step == 0 || step > self.tail.wrapping_sub(self.released) || self.poisoned.is_some() {
@@ -394,6 +400,7 @@ impl<B: RingBackend> Consumer<B> {
     /// # Errors
     ///
     /// As [`take`](Self::take).
+    #[inline]
     pub fn pop(&mut self) -> Result<Option<B::Entry>, RingError> {
         let entry = self.take()?;
         self.release();
