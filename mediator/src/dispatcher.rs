@@ -793,7 +793,8 @@ impl Dispatcher {
         }
         port.set_in_flight(port.in_flight.saturating_sub(1));
         let mut response = port.answer(&p.echoed(), f.result);
-        let queued = f.started.saturating_duration_since(p.arrived);
+        // A fast-path job starts when it arrived: no clock arithmetic for a zero wait.
+        let queued = if f.started > p.arrived { f.started - p.arrived } else { Duration::ZERO };
         self.metrics.executed(p.opcode, queued, f.exec);
         response.queued_ns = queued.as_nanos() as u64;
         response.exec_ns = f.exec.as_nanos() as u64;
