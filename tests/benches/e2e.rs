@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, ClientError, Wait};
 use vgpu_tests::baseline::{
-    Counts, Peer, file_protocol_round_trips, ring_round_trips, uds_round_trips,
+    Counts, Peer, file_protocol_round_trips, ring_pipelined, ring_round_trips, uds_round_trips,
+    vector_add_round_trips,
 };
 use vgpu_tests::pin_to_core;
 use vgpu_tests::stats::{Summary, latency_histogram};
@@ -292,15 +293,19 @@ fn main() -> Result<()> {
     // 2. Throughput: one VM pipelined.
     let one_vm = pipelined(&mut client, 128, 1, p.throughput_for)?;
     let one_vm_batched = pipelined(&mut client, 128, BATCH, p.throughput_for)?;
+    // Its floor: the bare rings, the same depth, each request published on its own.
+    let ring_floor = ring_pipelined(dir.path(), &peer, 128, 50 * p.counts.measured)?;
 
-    // 5. Work: VECTOR_ADD through the mediator against the same computation in-process.
+    // 5. Work: VECTOR_ADD through the mediator (the answer in a new vector) against the
+    // same computation in-process (also into a new vector); then into a reused vector
+    // against the same bytes moved over the bare ring and arena (its floor).
     let mut work = Vec::new();
     for n in [1_024usize, 1 << 20] {
         let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let b: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
         let runs = if n > 1024 { p.big_runs } else { p.big_runs * 100 };
-        let mut via = Vec::new();
-        let mut direct = Vec::new();
+        let (mut via, mut direct, mut into) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reused = vec![0f32; n];
         for _ in 0..runs {
             let start = Instant::now();
             let sum = client.vector_add(&a, &b)?;
@@ -308,9 +313,13 @@ fn main() -> Result<()> {
             let start = Instant::now();
             let local = vgpu_mediator::executor::vector_add(&a, &b);
             direct.push(start.elapsed());
-            anyhow::ensure!(sum == local, "VECTOR_ADD result differs");
+            let start = Instant::now();
+            client.vector_add_into(&a, &b, &mut reused)?;
+            into.push(start.elapsed());
+            anyhow::ensure!(sum == local && reused == local, "VECTOR_ADD result differs");
         }
-        work.push((n, median(via), median(direct)));
+        let bare = vector_add_round_trips(dir.path(), &peer, n, runs)?;
+        work.push((n, median(via), median(direct), median(into), median(bare)));
     }
 
     // 4. Idle cost and the first request after idle.
@@ -429,7 +438,8 @@ fn main() -> Result<()> {
         ratio(ours.p99, uds.p99)
     ));
     table.push(format!(
-        "throughput, pipelined NOOPs: one VM {one_vm} req/s; 8 VMs at once {eight_vms} req/s"
+        "throughput, pipelined NOOPs: one VM {one_vm} req/s; 8 VMs at once {eight_vms} req/s; the bare ring {ring_floor} req/s (one VM {:.2}x that floor)",
+        ratio(one_vm, ring_floor)
     ));
     table.push(format!(
         "throughput, pipelined NOOPs staged {BATCH} at a time (one flush each): one VM {one_vm_batched} req/s; 8 VMs at once {eight_vms_batched} req/s"
@@ -465,10 +475,12 @@ fn main() -> Result<()> {
         metrics_on.p99,
         metrics_off.p99
     ));
-    for (n, via, direct) in &work {
+    for (n, via, direct, into, bare) in &work {
         table.push(format!(
-            "VECTOR_ADD of {n} floats: {via:?} through the mediator, {direct:?} computed in-process (transport and copies: {:?})",
-            via.saturating_sub(*direct)
+            "VECTOR_ADD of {n} floats: {via:?} through the mediator, {direct:?} computed in-process ({:.2}x; transport and copies: {:?}); into a reused vector {into:?}, {bare:?} over the bare ring and arena ({:.2}x that floor)",
+            via.as_secs_f64() / direct.as_secs_f64(),
+            via.saturating_sub(*direct),
+            into.as_secs_f64() / bare.as_secs_f64()
         ));
     }
     println!("{}", table.join("\n"));
@@ -486,6 +498,7 @@ fn main() -> Result<()> {
             "eight_vms": eight_vms,
             "one_vm_batched": one_vm_batched,
             "eight_vms_batched": eight_vms_batched,
+            "bare_ring": ring_floor,
         },
         "scale_median_ns": { "one_vm": scale_1.p50, "vms_256": scale_256.p50 },
         "idle_cpu_fraction": idle_cpu,
@@ -497,7 +510,7 @@ fn main() -> Result<()> {
             "vms_256_median_ns": bell_256.p50,
         },
         "metrics_median_ns": { "on": metrics_on.p50, "off": metrics_off.p50 },
-        "vector_add_ns": work.iter().map(|(n, v, d)| serde_json::json!({"n": n, "mediator": v.as_nanos() as u64, "in_process": d.as_nanos() as u64})).collect::<Vec<_>>(),
+        "vector_add_ns": work.iter().map(|(n, v, d, i, b)| serde_json::json!({"n": n, "mediator": v.as_nanos() as u64, "in_process": d.as_nanos() as u64, "mediator_reused_output": i.as_nanos() as u64, "bare_ring": b.as_nanos() as u64})).collect::<Vec<_>>(),
     });
     if bench {
         // The workspace's results folder, wherever cargo runs the benchmark from.

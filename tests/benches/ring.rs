@@ -33,7 +33,7 @@ struct Params {
 
 /// Messages per second for one run of `count` messages, batched publish.
 fn throughput_run(dir: &Path, count: u64) -> Result<f64> {
-    let region = bench_region(dir, "throughput-region")?;
+    let region = bench_region(dir, "throughput-region", 4096)?;
     let child = peer().spawn("consume", region.path(), count)?;
     let mut guest = region.slot(0)?.guest_endpoints()?;
     // Let the child map and pin before the clock starts.

@@ -14,6 +14,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vgpu_ring::{Geometry, Region, Request, SlotIdentity, spin_hint};
+use zerocopy::IntoBytes;
 
 /// The peer process: the `ring-peer` binary and the core it is pinned to.
 #[derive(Debug, Clone)]
@@ -65,18 +66,19 @@ pub fn finish(mut child: Child) -> Result<()> {
     Ok(())
 }
 
-/// A fresh one-slot region for a benchmark at `dir/name`.
+/// A fresh one-slot region for a benchmark at `dir/name`, with an arena of
+/// `arena_size` bytes (a multiple of 64).
 ///
 /// # Errors
 ///
 /// If it cannot be created.
-pub fn bench_region(dir: &Path, name: &str) -> Result<Arc<Region>> {
-    let geometry = Geometry { slot_count: 1, ring_entries: 256, arena_size: 4096 };
+pub fn bench_region(dir: &Path, name: &str, arena_size: u32) -> Result<Arc<Region>> {
+    let geometry = Geometry { slot_count: 1, ring_entries: 256, arena_size };
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     Ok(Arc::new(Region::create(
         &path,
-        1 << 16,
+        geometry.min_region_size() as u64,
         geometry,
         &[SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW)],
         false,
@@ -90,7 +92,7 @@ pub fn bench_region(dir: &Path, name: &str) -> Result<Arc<Region>> {
 ///
 /// If the peer fails or answers out of order.
 pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histogram<u64>> {
-    let region = bench_region(dir, "floor-region")?;
+    let region = bench_region(dir, "floor-region", 4096)?;
     let total = counts.warmup + counts.measured;
     let child = peer.spawn("echo", region.path(), total)?;
     let mut guest = region.slot(0)?.guest_endpoints()?;
@@ -116,6 +118,108 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histo
     }
     finish(child)?;
     Ok(hist)
+}
+
+/// Pipelined requests over the bare rings, with no mediator: up to `depth` in flight,
+/// each published on its own, answered by a peer that answers everything it finds with
+/// one publication per pass (`ring-peer echo-batched`). The floor under the mediator's
+/// pipelined throughput. Returns requests per second over `count` requests.
+///
+/// # Errors
+///
+/// If the peer fails or answers out of order.
+pub fn ring_pipelined(dir: &Path, peer: &Peer, depth: u64, count: u64) -> Result<u64> {
+    let region = bench_region(dir, "pipelined-region", 4096)?;
+    let child = peer.spawn("echo-batched", region.path(), count)?;
+    let mut guest = region.slot(0)?.guest_endpoints()?;
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let start = Instant::now();
+    while answered < count {
+        while sent < count && sent - answered < depth {
+            match guest.requests.push(Request { tag: sent as u32, ..Request::default() }) {
+                Ok(()) => sent += 1,
+                Err(vgpu_ring::PushError::Full(_)) => break,
+                Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
+            }
+        }
+        let response = loop {
+            if let Some(r) = guest.responses.pop()? {
+                break r;
+            }
+            spin_hint();
+        };
+        if response.tag != answered as u32 {
+            bail!("response {} for request {answered}", response.tag);
+        }
+        answered += 1;
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    finish(child)?;
+    Ok(rate as u64)
+}
+
+/// VECTOR_ADD of `n` floats with no mediator: the guest writes both operands into the
+/// arena, pushes one request, waits for the answer and reads the sums back, against a
+/// bare peer that copies the operands out, adds and writes the sums (`ring-peer
+/// vector-add`). The same bytes cross between the cores as through the mediator, so this
+/// is the floor under its VECTOR_ADD. Returns each of `runs` round trips, after as many
+/// again discarded.
+///
+/// # Errors
+///
+/// If the peer fails, answers out of order or adds wrong.
+pub fn vector_add_round_trips(
+    dir: &Path,
+    peer: &Peer,
+    n: usize,
+    runs: usize,
+) -> Result<Vec<Duration>> {
+    let bytes = u32::try_from(4 * n).context("vector too long")?;
+    let region = bench_region(dir, "vector-add-region", 3 * bytes.next_multiple_of(64))?;
+    let child = peer.spawn("vector-add", region.path(), 2 * runs as u64)?;
+    let slot = region.slot(0)?;
+    let mut guest = slot.guest_endpoints()?;
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut sums = vec![0f32; n];
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..2 * runs {
+        let start = Instant::now();
+        slot.arena_write(0, a.as_bytes())?;
+        slot.arena_write(u64::from(bytes), b.as_bytes())?;
+        let request = Request {
+            tag: i as u32,
+            opcode: vgpu_ring::Opcode::VectorAdd as u16,
+            in_offset: 0,
+            in_len: 2 * bytes,
+            out_offset: 2 * bytes,
+            out_len: bytes,
+            args: [n as u32, 0, 0],
+            ..Request::default()
+        };
+        if guest.requests.push(request).is_err() {
+            bail!("request ring unexpectedly full");
+        }
+        let response = loop {
+            if let Some(r) = guest.responses.pop()? {
+                break r;
+            }
+            spin_hint();
+        };
+        slot.arena_read(u64::from(2 * bytes), sums.as_mut_bytes())?;
+        let elapsed = start.elapsed();
+        if response.tag != i as u32 {
+            bail!("response {} for request {i}", response.tag);
+        }
+        if i == 0 && sums.iter().zip(a.iter().zip(&b)).any(|(s, (x, y))| *s != x + y) {
+            bail!("the bare peer added wrong");
+        }
+        if i >= runs {
+            times.push(elapsed);
+        }
+    }
+    finish(child)?;
+    Ok(times)
 }
 
 /// Ping-pong of [`MESSAGE_SIZE`]-byte messages over a Unix domain stream socket.

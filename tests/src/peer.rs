@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use vgpu_ring::{Access, Region, Request, Response, spin_hint};
+use zerocopy::IntoBytes;
 
 /// Size of one message on every transport of the benchmark (one ring entry).
 pub const MESSAGE_SIZE: usize = 64;
@@ -121,6 +122,80 @@ pub fn echo(region: &Path, count: u64) -> Result<()> {
             }
             None => spin_hint(),
         }
+    }
+    Ok(())
+}
+
+/// Answer `count` requests from slot 0 the way a host keeps up with a pipelining guest:
+/// take every request published, stage an answer carrying its tag for each, then
+/// publish the answers with one index store and release the requests with another, as
+/// the mediator does once per pass.
+///
+/// # Errors
+///
+/// On a poisoned ring.
+pub fn echo_batched(region: &Path, count: u64) -> Result<()> {
+    let mut host = open_host(region)?;
+    let mut answered = 0;
+    while answered < count {
+        let mut taken = 0;
+        while let Some(req) = host.requests.take()? {
+            let mut response = Response { tag: req.tag, status: 1, ..Response::default() };
+            loop {
+                match host.responses.stage(response) {
+                    Ok(()) => break,
+                    Err(vgpu_ring::PushError::Full(back)) => {
+                        response = back;
+                        host.responses.publish();
+                        spin_hint();
+                    }
+                    Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
+                }
+            }
+            taken += 1;
+        }
+        if taken == 0 {
+            spin_hint();
+            continue;
+        }
+        host.responses.publish();
+        host.requests.release();
+        answered += taken;
+    }
+    Ok(())
+}
+
+/// Answer each of `count` VECTOR_ADD requests from slot 0 the plainest way the bytes
+/// can move: read its two operands (`args[0]` floats each, the input being a ‖ b) out of
+/// the arena into reused buffers, add them, write the sums to its output range, answer.
+/// The host half of [`vector_add_round_trips`](crate::baseline::vector_add_round_trips).
+///
+/// # Errors
+///
+/// On a range outside the arena or a poisoned ring.
+pub fn vector_add(region: &Path, count: u64) -> Result<()> {
+    let slot = Arc::new(Region::open(region, Access::ReadWrite)?).slot(0)?;
+    let mut host = slot.host_endpoints()?;
+    let (mut a, mut b) = (Vec::<f32>::new(), Vec::<f32>::new());
+    let mut answered = 0;
+    while answered < count {
+        let Some(req) = host.requests.pop()? else {
+            spin_hint();
+            continue;
+        };
+        let n = req.args[0] as usize;
+        a.resize(n, 0.0);
+        b.resize(n, 0.0);
+        slot.arena_read(u64::from(req.in_offset), a.as_mut_bytes())?;
+        slot.arena_read(u64::from(req.in_offset) + 4 * n as u64, b.as_mut_bytes())?;
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        slot.arena_write(u64::from(req.out_offset), a.as_bytes())?;
+        let out_len = req.out_len;
+        push_response(
+            &mut host,
+            Response { tag: req.tag, status: 1, out_len, ..Response::default() },
+        )?;
+        answered += 1;
     }
     Ok(())
 }

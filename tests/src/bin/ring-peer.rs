@@ -1,5 +1,5 @@
 //! Child process for the cross-process tests and benchmarks:
-//! `ring-peer consume|echo REGION COUNT [CORE]` or `ring-peer uds-echo SOCKET COUNT [CORE]`.
+//! `ring-peer consume|echo|echo-batched|vector-add REGION COUNT [CORE]` or `ring-peer uds-echo SOCKET COUNT [CORE]`.
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ fn main() -> Result<()> {
     });
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [role, path, count, rest @ ..] = args.as_slice() else {
-        bail!("usage: ring-peer consume|echo|uds-echo PATH COUNT [CORE]");
+        bail!("usage: ring-peer consume|echo|echo-batched|vector-add|uds-echo PATH COUNT [CORE]");
     };
     let path = PathBuf::from(path);
     let count: u64 = count.parse().context("COUNT")?;
@@ -27,6 +27,8 @@ fn main() -> Result<()> {
     match role.as_str() {
         "consume" => peer::consume(&path, count),
         "echo" => peer::echo(&path, count),
+        "echo-batched" => peer::echo_batched(&path, count),
+        "vector-add" => peer::vector_add(&path, count),
         "uds-echo" => peer::uds_echo(&path, count),
         other => bail!("unknown role {other}"),
     }
