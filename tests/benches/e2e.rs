@@ -327,17 +327,18 @@ fn main() -> Result<()> {
     drop(client);
     system.stop()?;
 
-    // 2b. Eight VMs at once, each request published on its own, then in batches.
+    // 2b. Eight VMs at once, each request published on its own, then in batches; each
+    // VM pipelines as the one VM above does (128 in flight on a 256-entry ring).
     let vms: Vec<Vm> = (1..=8).map(|i| vm(i, 'A', 1)).collect();
     let eight = |batch: usize| -> Result<u64> {
-        let mut system = start(RegionSpec::SMALL, &vms)?;
+        let mut system = start(RegionSpec { ring_entries: 256, ..RegionSpec::SMALL }, &vms)?;
         let threads: Vec<_> = (1..=8)
             .map(|i| {
                 let mut c = system.client(i, Wait::Spin)?;
                 let d = p.throughput_for;
                 Ok(std::thread::spawn(move || -> Result<u64> {
                     pin_to_core(CLIENT_CORE)?;
-                    pipelined(&mut c, 32, batch, d)
+                    pipelined(&mut c, 128, batch, d)
                 }))
             })
             .collect::<Result<_>>()?;
