@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgpu_client::{Call, Client, ClientError, Wait};
 use vgpu_tests::baseline::{
-    Counts, Peer, file_protocol_round_trips, ring_pipelined, ring_round_trips, uds_round_trips,
-    vector_add_round_trips,
+    Counts, Peer, bare_guest_pipelined, client_against_bare_peer, file_protocol_round_trips,
+    ring_pipelined, ring_round_trips, uds_round_trips, vector_add_round_trips,
 };
 use vgpu_tests::pin_to_core;
 use vgpu_tests::stats::{Summary, latency_histogram};
@@ -293,8 +293,12 @@ fn main() -> Result<()> {
     // 2. Throughput: one VM pipelined.
     let one_vm = pipelined(&mut client, 128, 1, p.throughput_for)?;
     let one_vm_batched = pipelined(&mut client, 128, BATCH, p.throughput_for)?;
-    // Its floor: the bare rings, the same depth, each request published on its own.
+    // Its floor: the bare rings, the same depth, each request published on its own; and
+    // where the gap lies: our client against the bare peer, a bare guest against our
+    // mediator (after the client below is gone).
     let ring_floor = ring_pipelined(dir.path(), &peer, 128, 50 * p.counts.measured)?;
+    let client_vs_peer =
+        client_against_bare_peer(dir.path(), &peer, |c| pipelined(c, 128, 1, p.throughput_for))?;
 
     // 5. Work: VECTOR_ADD through the mediator (the answer in a new vector) against the
     // same computation in-process (also into a new vector); then into a reused vector
@@ -325,6 +329,10 @@ fn main() -> Result<()> {
     // 4. Idle cost and the first request after idle.
     let (idle_cpu, after_idle) = idle_cost(&system, &mut client, p.idle_for)?;
     drop(client);
+    let region =
+        Arc::new(vgpu_ring::Region::open(&system.region(1), vgpu_ring::Access::ReadWrite)?);
+    let guest_vs_mediator = bare_guest_pipelined(&region.slot(0)?, 128, 50 * p.counts.measured)?;
+    drop(region);
     system.stop()?;
 
     // 2b. Eight VMs at once, each request published on its own, then in batches; each
@@ -439,7 +447,7 @@ fn main() -> Result<()> {
         ratio(ours.p99, uds.p99)
     ));
     table.push(format!(
-        "throughput, pipelined NOOPs: one VM {one_vm} req/s; 8 VMs at once {eight_vms} req/s; the bare ring {ring_floor} req/s (one VM {:.2}x that floor)",
+        "throughput, pipelined NOOPs: one VM {one_vm} req/s; 8 VMs at once {eight_vms} req/s; the bare ring {ring_floor} req/s (one VM {:.2}x that floor; our client against the bare peer {client_vs_peer} req/s, a bare guest against our mediator {guest_vs_mediator} req/s)",
         ratio(one_vm, ring_floor)
     ));
     table.push(format!(
@@ -500,6 +508,8 @@ fn main() -> Result<()> {
             "one_vm_batched": one_vm_batched,
             "eight_vms_batched": eight_vms_batched,
             "bare_ring": ring_floor,
+            "client_vs_bare_peer": client_vs_peer,
+            "bare_guest_vs_mediator": guest_vs_mediator,
         },
         "scale_median_ns": { "one_vm": scale_1.p50, "vms_256": scale_256.p50 },
         "idle_cpu_fraction": idle_cpu,

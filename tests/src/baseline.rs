@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vgpu_ring::{Geometry, Region, Request, SlotIdentity, spin_hint};
+use vgpu_client::{Client, ClientOptions, Wait};
+use vgpu_ring::{Geometry, Region, Request, Slot, SlotIdentity, spin_hint};
 use zerocopy::IntoBytes;
 
 /// The peer process: the `ring-peer` binary and the core it is pinned to.
@@ -131,12 +132,35 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histo
 pub fn ring_pipelined(dir: &Path, peer: &Peer, depth: u64, count: u64) -> Result<u64> {
     let region = bench_region(dir, "pipelined-region", 4096)?;
     let child = peer.spawn("echo-batched", region.path(), count)?;
-    let mut guest = region.slot(0)?.guest_endpoints()?;
+    let rate = bare_guest_pipelined(&region.slot(0)?, depth, count)?;
+    finish(child)?;
+    Ok(rate)
+}
+
+/// A bare guest (the rings, no client library) pipelining `count` NOOPs on `slot`, up
+/// to `depth` in flight, each published on its own and claiming the slot's identity;
+/// whatever answers them (a bare peer or a mediator) must answer each, in order, with
+/// success. Returns requests per second.
+///
+/// # Errors
+///
+/// If an answer is out of order or not a success.
+pub fn bare_guest_pipelined(slot: &Slot, depth: u64, count: u64) -> Result<u64> {
+    let id = slot.identity();
+    let mut guest = slot.guest_endpoints()?;
     let (mut sent, mut answered) = (0u64, 0u64);
     let start = Instant::now();
     while answered < count {
         while sent < count && sent - answered < depth {
-            match guest.requests.push(Request { tag: sent as u32, ..Request::default() }) {
+            let request = Request {
+                tag: sent as u32,
+                opcode: vgpu_ring::Opcode::Noop as u16,
+                pool: id.pool as u8,
+                priority: id.priority as u8,
+                vm_id: id.vm_id,
+                ..Request::default()
+            };
+            match guest.requests.push(request) {
                 Ok(()) => sent += 1,
                 Err(vgpu_ring::PushError::Full(_)) => break,
                 Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
@@ -148,14 +172,40 @@ pub fn ring_pipelined(dir: &Path, peer: &Peer, depth: u64, count: u64) -> Result
             }
             spin_hint();
         };
-        if response.tag != answered as u32 {
-            bail!("response {} for request {answered}", response.tag);
+        if response.tag != answered as u32 || response.status != 1 {
+            bail!("answer {response:?} for request {answered}");
         }
         answered += 1;
     }
-    let rate = count as f64 / start.elapsed().as_secs_f64();
-    finish(child)?;
-    Ok(rate as u64)
+    Ok((count as f64 / start.elapsed().as_secs_f64()) as u64)
+}
+
+/// Our client library against the bare peer of [`ring_pipelined`] (which answers
+/// until it is stopped): `run` drives the client; returns what it returns. With
+/// [`ring_pipelined`] and [`bare_guest_pipelined`] against a mediator, it tells which
+/// side costs what.
+///
+/// # Errors
+///
+/// If the client cannot attach, or `run` fails.
+pub fn client_against_bare_peer(
+    dir: &Path,
+    peer: &Peer,
+    run: impl FnOnce(&mut Client) -> Result<u64>,
+) -> Result<u64> {
+    let region = bench_region(dir, "client-region", 4096)?;
+    // A session the client accepts (the peer writes no heartbeat; the run is short).
+    region.begin_session(1, std::process::id(), 1000)?;
+    let mut child = peer.spawn("echo-batched", region.path(), u64::MAX)?;
+    let options = ClientOptions {
+        region: Some(region.path().into()),
+        wait: Wait::Spin,
+        ..Default::default()
+    };
+    let rate = Client::attach(&options).map_err(anyhow::Error::from).and_then(|mut c| run(&mut c));
+    child.kill()?;
+    child.wait()?;
+    rate
 }
 
 /// VECTOR_ADD of `n` floats with no mediator: the guest writes both operands into the
