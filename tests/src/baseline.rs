@@ -14,7 +14,9 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vgpu_client::{Client, ClientOptions, Wait};
-use vgpu_ring::{Geometry, Region, Request, Slot, SlotIdentity, spin_hint};
+use vgpu_ring::{
+    Geometry, Region, Request, Response, ResponseConsumer, Slot, SlotIdentity, spin_hint,
+};
 use zerocopy::IntoBytes;
 
 /// The peer process: the `ring-peer` binary and the core it is pinned to.
@@ -67,6 +69,16 @@ pub fn finish(mut child: Child) -> Result<()> {
     Ok(())
 }
 
+/// The next response, spinning until it comes.
+fn next_response(responses: &mut ResponseConsumer) -> Result<Response> {
+    loop {
+        if let Some(r) = responses.pop()? {
+            return Ok(r);
+        }
+        spin_hint();
+    }
+}
+
 /// A fresh one-slot region for a benchmark at `dir/name`, with an arena of
 /// `arena_size` bytes (a multiple of 64).
 ///
@@ -103,12 +115,7 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histo
         if guest.requests.push(Request { tag: i as u32, ..message(i) }).is_err() {
             bail!("request ring unexpectedly full");
         }
-        let response = loop {
-            if let Some(r) = guest.responses.pop()? {
-                break r;
-            }
-            spin_hint();
-        };
+        let response = next_response(&mut guest.responses)?;
         let ns = start.elapsed().as_nanos() as u64;
         if response.tag != i as u32 {
             bail!("response {} for request {i}", response.tag);
@@ -166,12 +173,7 @@ pub fn bare_guest_pipelined(slot: &Slot, depth: u64, count: u64) -> Result<u64> 
                 Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
             }
         }
-        let response = loop {
-            if let Some(r) = guest.responses.pop()? {
-                break r;
-            }
-            spin_hint();
-        };
+        let response = next_response(&mut guest.responses)?;
         if response.tag != answered as u32 || response.status != 1 {
             bail!("answer {response:?} for request {answered}");
         }
@@ -250,12 +252,7 @@ pub fn vector_add_round_trips(
         if guest.requests.push(request).is_err() {
             bail!("request ring unexpectedly full");
         }
-        let response = loop {
-            if let Some(r) = guest.responses.pop()? {
-                break r;
-            }
-            spin_hint();
-        };
+        let response = next_response(&mut guest.responses)?;
         slot.arena_read(u64::from(2 * bytes), sums.as_mut_bytes())?;
         let elapsed = start.elapsed();
         if response.tag != i as u32 {

@@ -140,17 +140,15 @@ pub fn echo_batched(region: &Path, count: u64) -> Result<()> {
     while answered < count {
         let mut taken = 0;
         while let Some(req) = host.requests.take()? {
-            let mut response = Response { tag: req.tag, status: 1, ..Response::default() };
-            loop {
-                match host.responses.stage(response) {
-                    Ok(()) => break,
-                    Err(vgpu_ring::PushError::Full(back)) => {
-                        response = back;
-                        host.responses.publish();
-                        spin_hint();
-                    }
-                    Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
+            match host.responses.stage(Response { tag: req.tag, status: 1, ..Response::default() })
+            {
+                Ok(()) => {}
+                // No room: publish what is staged, then wait for room as `echo` does.
+                Err(vgpu_ring::PushError::Full(back)) => {
+                    host.responses.publish();
+                    push_response(&mut host, back)?;
                 }
+                Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
             }
             taken += 1;
         }
