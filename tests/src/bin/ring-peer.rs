@@ -1,5 +1,6 @@
 //! Child process for the cross-process tests and benchmarks:
-//! `ring-peer consume|echo|echo-batched|vector-add REGION COUNT [CORE]` or `ring-peer uds-echo SOCKET COUNT [CORE]`.
+//! `ring-peer consume|echo|echo-batched|vector-add REGION COUNT [CORE]` or
+//! `ring-peer uds-echo SOCKET COUNT [CORE]`.
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
