@@ -30,10 +30,13 @@ fn doorbell_system_with(vms: &[vgpu_tests::system::Vm], extra: &str) -> System {
     .unwrap()
 }
 
-/// `n` requests, each sent once the mediator sleeps on VM 1's doorbell (its wake-up
-/// request is in the slot): each must be answered within 2 s, which only a doorbell
-/// the mediator watches can do against the 5 s heartbeat.
-fn answered_while_asleep(system: &System, client: &mut vgpu_client::Client, n: usize) {
+/// A client of VM 1 on its doorbell sends `n` requests, each once the mediator sleeps
+/// on that doorbell (its wake-up request is in the slot): each must be answered within
+/// 2 s, which only a doorbell the mediator watches can do against the 5 s heartbeat.
+/// Then the system stops cleanly.
+fn answered_while_asleep(mut system: System, n: usize) {
+    let mut client = system.client(1, Wait::default()).unwrap();
+    assert!(client.has_doorbell());
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
     let slot = region.slot(0).unwrap();
     for _ in 0..n {
@@ -45,6 +48,8 @@ fn answered_while_asleep(system: &System, client: &mut vgpu_client::Client, n: u
         let done = client.wait(ticket, Duration::from_secs(2)).expect("woken, not timed out");
         assert!(done.succeeded(), "{}", done.text());
     }
+    drop(client);
+    assert!(system.stop().unwrap().success());
 }
 
 fn rounds() -> usize {
@@ -106,11 +111,7 @@ fn a_holder_started_after_the_mediator_is_found() {
         system.log().contains("vm1 doorbell received from the holder")
     })
     .unwrap();
-    let mut client = system.client(1, Wait::default()).unwrap();
-    assert!(client.has_doorbell());
-    answered_while_asleep(&system, &mut client, 3);
-    drop(client);
-    assert!(system.stop().unwrap().success());
+    answered_while_asleep(system, 3);
 }
 
 /// A holder restarted while the mediator runs (its QEMUs restart with it: their
@@ -129,11 +130,7 @@ fn a_restarted_holder_is_noticed() {
         system.log().contains("vm1 doorbell replaced by the new holder's")
     })
     .unwrap_or_else(|e| panic!("{e}: {}", system.log()));
-    let mut client = system.client(1, Wait::default()).unwrap();
-    assert!(client.has_doorbell());
-    answered_while_asleep(&system, &mut client, 3);
-    drop(client);
-    assert!(system.stop().unwrap().success());
+    answered_while_asleep(system, 3);
 }
 
 /// `vgpu-client --interval-ms` on the doorbell socket: every request answered, the
