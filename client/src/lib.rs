@@ -408,7 +408,6 @@ pub struct Client {
     last_beat: u64,
     beat_changed: Instant,
     arena: ArenaAllocator,
-    next_tag: u32,
     in_flight: TagTable,
     retired: Vec<Retired>,
     notice: Option<Box<dyn FnMut(Notice) + Send>>,
@@ -503,10 +502,11 @@ impl Client {
             beat_changed: Instant::now(),
             // Tags start at a per-process value, so responses a crashed predecessor left
             // behind are not mistaken for ours.
-            next_tag: std::process::id().rotate_left(20)
-                ^ nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                    .map_or(0, |t| t.tv_nsec() as u32),
-            in_flight: TagTable::default(),
+            in_flight: TagTable::new(
+                std::process::id().rotate_left(20)
+                    ^ nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                        .map_or(0, |t| t.tv_nsec() as u32),
+            ),
             retired: Vec::new(),
             notice: None,
             rings_were_reset: false,
@@ -712,7 +712,7 @@ impl Client {
         output: Buffer,
         visible: bool,
     ) -> Result<Ticket, ClientError> {
-        let tag = self.next_tag;
+        let tag = self.in_flight.next_tag();
         let request = Request {
             tag,
             opcode,
@@ -742,19 +742,16 @@ impl Client {
             self.free_buffer(output);
             return Err(e);
         }
-        self.next_tag = self.next_tag.wrapping_add(1);
         if visible {
             self.ring_if_asked();
         }
-        self.in_flight.insert(
+        self.in_flight.insert(tags::Entry {
             tag,
-            tags::Entry {
-                position,
-                input: (input.offset, input.allocated),
-                output: (output.offset, output.len),
-                state: tags::State::Waiting,
-            },
-        );
+            position,
+            input: (input.offset, input.allocated),
+            output: (output.offset, output.len),
+            state: tags::State::Waiting,
+        });
         Ok(Ticket { tag })
     }
 
@@ -996,27 +993,27 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Completion, Ticket>, ClientError> {
-        Ok(match self.take_answer(ticket)? {
-            Ok(answer) => Ok(self.completion(answer)?),
-            Err(ticket) => Err(ticket),
+        Ok(match self.take_answer(ticket.tag)? {
+            Some(answer) => Ok(self.completion(answer)?),
+            None => Err(ticket),
         })
     }
 
     /// The answer to `ticket` if it has arrived: the response and the request's output
     /// range (offset, capacity), which stays reserved (retired) while it is read.
     #[inline]
-    fn take_answer(&mut self, ticket: Ticket) -> Result<Result<Answer, Ticket>, ClientError> {
+    fn take_answer(&mut self, tag: u32) -> Result<Option<Answer>, ClientError> {
         // A staged request is never waited for unpublished.
         self.flush();
-        let response = match self.in_flight.take_answer(ticket.tag) {
+        let response = match self.in_flight.take_answer(tag) {
             Some(response) => response,
-            None => match self.poll_responses(ticket.tag)? {
+            None => match self.poll_responses(tag)? {
                 Some(response) => response,
-                None => return Ok(Err(ticket)),
+                None => return Ok(None),
             },
         };
-        let output = self.finish(ticket.tag).map_or((0, 0), |e| e.output);
-        Ok(Ok(Answer { response, output }))
+        let output = self.finish(tag).map_or((0, 0), |e| e.output);
+        Ok(Some(Answer { response, output }))
     }
 
     /// The answer with its output bytes copied out of the arena.
@@ -1066,22 +1063,20 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Response, Ticket>, ClientError> {
-        Ok(self.take_answer(ticket)?.map(|answer| answer.response))
+        Ok(self.take_answer(ticket.tag)?.map(|answer| answer.response).ok_or(ticket))
     }
 
     /// [`wait`](Self::wait), leaving the output in the arena.
     fn wait_answer(&mut self, ticket: Ticket, timeout: Duration) -> Result<Answer, ClientError> {
-        let mut ticket = ticket;
         // The clock is read lazily (about 60 ns in a VM): an answer that arrives within
         // the first polls costs no clock read at all.
         let mut start = None;
         let mut sleep = Duration::from_micros(1);
         let mut polls: u32 = 0;
         loop {
-            ticket = match self.take_answer(ticket)? {
-                Ok(answer) => return Ok(answer),
-                Err(t) => t,
-            };
+            if let Some(answer) = self.take_answer(ticket.tag)? {
+                return Ok(answer);
+            }
             polls = polls.wrapping_add(1);
             // Deadline, slot state, liveness and back-off every 64 polls (about a
             // microsecond).

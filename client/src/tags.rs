@@ -1,29 +1,13 @@
-//! The client's requests in flight, by tag: one table, each entry in one state.
+//! The client's requests in flight: a slab indexed by tag, each entry in one state.
+//!
+//! Tags are the client's to choose. Each new request takes the next tag whose slot
+//! (`tag & mask`) is free, so a request kept in flight far longer than the rest only
+//! makes the counter skip its slot, and an entry is found by one index and checked by
+//! its whole 32-bit tag: an answer whose tag is not in flight (a duplicate from a
+//! restarted mediator, an answer to a previous client of the slot) finds no entry, as
+//! with a map. The slab doubles only when every slot is in flight.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use vgpu_ring::Response;
-
-/// Hashes a tag as itself: tags are sequential, so they spread over the table without
-/// the cost of SipHash on the request path.
-#[derive(Default)]
-struct TagHasher(u64);
-
-impl std::hash::Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u32(&mut self, tag: u32) {
-        self.0 = u64::from(tag);
-    }
-}
 
 /// Where a request in flight stands.
 #[derive(Debug)]
@@ -39,6 +23,8 @@ pub(crate) enum State {
 /// A request in flight.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// Its tag (the slab's index is only the tag's low bits).
+    pub(crate) tag: u32,
     /// The request's position in the request ring.
     pub(crate) position: u32,
     /// Its input range in the arena (offset, allocated length).
@@ -59,31 +45,100 @@ pub(crate) enum Delivery {
 }
 
 /// The requests in flight.
-#[derive(Default)]
 pub(crate) struct TagTable {
-    entries: HashMap<u32, Entry, BuildHasherDefault<TagHasher>>,
+    /// A power of two long; the entry of tag `t`, if in flight, is at `t & mask`.
+    slots: Vec<Option<Entry>>,
+    /// The tag the next request takes, unless its slot is taken.
+    next: u32,
+    len: usize,
     /// Entries in [`State::Answered`]: while 0, looking an answer up costs nothing.
     answered: usize,
 }
 
 impl TagTable {
+    /// Slots to begin with: enough for a pipelined client's usual depth.
+    const INITIAL: usize = 64;
+
+    /// An empty table whose first tag is `first`.
+    pub(crate) fn new(first: u32) -> Self {
+        Self {
+            slots: std::iter::repeat_with(|| None).take(Self::INITIAL).collect(),
+            next: first,
+            len: 0,
+            answered: 0,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
-    pub(crate) fn insert(&mut self, tag: u32, entry: Entry) {
-        self.entries.insert(tag, entry);
+    #[inline]
+    fn mask(&self) -> u32 {
+        // The length is a power of two and at most 2^32 (as many as there are tags).
+        (self.slots.len() - 1) as u32
     }
 
-    /// Forget everything (after a ring reset).
+    /// The tag the next [`insert`](Self::insert) takes: the next one whose slot is free.
+    #[inline]
+    pub(crate) fn next_tag(&mut self) -> u32 {
+        if self.len == self.slots.len() {
+            self.grow();
+        }
+        while self.slots[(self.next & self.mask()) as usize].is_some() {
+            self.next = self.next.wrapping_add(1);
+        }
+        self.next
+    }
+
+    /// Twice the slots; each entry moves to its tag's index in the larger table (two
+    /// entries apart in the old one stay apart: their tags differ in the low bits).
+    #[cold]
+    fn grow(&mut self) {
+        let larger = self.slots.len() * 2;
+        let old = std::mem::replace(
+            &mut self.slots,
+            std::iter::repeat_with(|| None).take(larger).collect(),
+        );
+        let mask = self.mask();
+        for entry in old.into_iter().flatten() {
+            let i = (entry.tag & mask) as usize;
+            self.slots[i] = Some(entry);
+        }
+    }
+
+    /// Put `entry` in flight under its tag, which [`next_tag`](Self::next_tag) returned.
+    #[inline]
+    pub(crate) fn insert(&mut self, entry: Entry) {
+        let i = (entry.tag & self.mask()) as usize;
+        debug_assert!(entry.tag == self.next && self.slots[i].is_none());
+        self.next = entry.tag.wrapping_add(1);
+        self.slots[i] = Some(entry);
+        self.len += 1;
+    }
+
+    /// Forget everything (after a ring reset). The tags go on from where they were, so
+    /// the old ring's answers cannot be mistaken for new ones.
     pub(crate) fn clear(&mut self) {
-        self.entries.clear();
+        self.slots.iter_mut().for_each(|slot| *slot = None);
+        self.len = 0;
         self.answered = 0;
+    }
+
+    /// The entry of `tag`, if it is in flight (a function of the slots alone, so the
+    /// counters stay free to update while it is held).
+    #[inline]
+    fn get_mut(slots: &mut [Option<Entry>], tag: u32) -> Option<&mut Entry> {
+        // The length is a power of two.
+        let i = tag as usize & (slots.len() - 1);
+        slots[i].as_mut().filter(|entry| entry.tag == tag)
     }
 
     /// A response for some tag other than the one awaited.
     pub(crate) fn deliver(&mut self, response: Response) -> Delivery {
-        let Some(entry) = self.entries.get_mut(&response.tag) else { return Delivery::Dropped };
+        let Some(entry) = Self::get_mut(&mut self.slots, response.tag) else {
+            return Delivery::Dropped;
+        };
         match entry.state {
             State::Waiting => {
                 entry.state = State::Answered(response);
@@ -99,11 +154,12 @@ impl TagTable {
     }
 
     /// The kept answer of `tag`, if it arrived earlier.
+    #[inline]
     pub(crate) fn take_answer(&mut self, tag: u32) -> Option<Response> {
         if self.answered == 0 {
             return None;
         }
-        let entry = self.entries.get_mut(&tag)?;
+        let entry = Self::get_mut(&mut self.slots, tag)?;
         match std::mem::replace(&mut entry.state, State::Waiting) {
             State::Answered(response) => {
                 self.answered -= 1;
@@ -118,7 +174,7 @@ impl TagTable {
 
     /// Its caller gave up on `tag`.
     pub(crate) fn abandon(&mut self, tag: u32) {
-        if let Some(entry) = self.entries.get_mut(&tag) {
+        if let Some(entry) = Self::get_mut(&mut self.slots, tag) {
             if matches!(entry.state, State::Answered(_)) {
                 self.answered -= 1;
             }
@@ -127,8 +183,11 @@ impl TagTable {
     }
 
     /// Take `tag` out of the table.
+    #[inline]
     pub(crate) fn remove(&mut self, tag: u32) -> Option<Entry> {
-        let entry = self.entries.remove(&tag)?;
+        let i = (tag & self.mask()) as usize;
+        let entry = self.slots[i].take_if(|entry| entry.tag == tag)?;
+        self.len -= 1;
         if matches!(entry.state, State::Answered(_)) {
             self.answered -= 1;
         }
@@ -139,26 +198,135 @@ impl TagTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
 
-    fn entry() -> Entry {
-        Entry { position: 0, input: (0, 0), output: (0, 0), state: State::Waiting }
+    fn entry(tag: u32) -> Entry {
+        Entry { tag, position: 0, input: (0, 0), output: (0, 0), state: State::Waiting }
+    }
+
+    fn answer(tag: u32) -> Response {
+        Response { tag, ..Response::default() }
     }
 
     #[test]
     fn each_answer_is_kept_once_and_strays_are_dropped() {
-        let mut table = TagTable::default();
-        table.insert(1, entry());
-        table.insert(2, entry());
-        let answer = |tag| Response { tag, ..Response::default() };
+        let mut table = TagTable::new(1);
+        for expected in [1, 2] {
+            let tag = table.next_tag();
+            assert_eq!(tag, expected);
+            table.insert(entry(tag));
+        }
         assert!(matches!(table.deliver(answer(1)), Delivery::Kept));
         assert!(matches!(table.deliver(answer(1)), Delivery::Dropped), "a duplicate");
         assert!(matches!(table.deliver(answer(9)), Delivery::Dropped), "nobody waits");
+        let alias = 1 + TagTable::INITIAL as u32;
+        assert!(matches!(table.deliver(answer(alias)), Delivery::Dropped), "same slot, not ours");
         assert_eq!(table.take_answer(1).map(|r| r.tag), Some(1));
         assert_eq!(table.take_answer(1), None);
         table.abandon(2);
         assert!(matches!(table.deliver(answer(2)), Delivery::Abandoned(_)));
         assert_eq!(table.len(), 1);
+        assert!(table.remove(alias).is_none(), "same slot, not ours");
         assert!(table.remove(1).is_some());
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn a_request_kept_long_makes_later_tags_skip_its_slot() {
+        let mut table = TagTable::new(u32::MAX - 2);
+        let kept = table.next_tag();
+        table.insert(entry(kept));
+        // Many requests come and go past the one kept; none lands in its slot.
+        for _ in 0..5 * TagTable::INITIAL {
+            let tag = table.next_tag();
+            assert_ne!(tag & table.mask(), kept & table.mask());
+            table.insert(entry(tag));
+            assert!(table.remove(tag).is_some());
+        }
+        assert_eq!(table.slots.len(), TagTable::INITIAL, "no growth for one long request");
+        assert!(table.remove(kept).is_some());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Submit,
+        /// Complete the in-flight request at this index (modulo their number).
+        Complete(usize),
+        Deliver(usize),
+        Abandon(usize),
+        Stray(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Submit),
+            3 => any::<usize>().prop_map(Op::Complete),
+            2 => any::<usize>().prop_map(Op::Deliver),
+            1 => any::<usize>().prop_map(Op::Abandon),
+            1 => any::<u32>().prop_map(Op::Stray),
+        ]
+    }
+
+    proptest! {
+        /// The slab answers every question as a map from tag to state would: tags
+        /// unique while in flight, answers kept once, strays and aliases dropped.
+        #[test]
+        fn behaves_as_a_map(first in any::<u32>(), ops in proptest::collection::vec(op(), 1..400)) {
+            let mut table = TagTable::new(first);
+            // The model: tag -> (answered, abandoned).
+            let mut model: HashMap<u32, (bool, bool)> = HashMap::new();
+            let mut tags: Vec<u32> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Submit => {
+                        let tag = table.next_tag();
+                        prop_assert!(!model.contains_key(&tag), "tag {tag} reused in flight");
+                        table.insert(entry(tag));
+                        model.insert(tag, (false, false));
+                        tags.push(tag);
+                    }
+                    Op::Complete(i) | Op::Deliver(i) | Op::Abandon(i) if tags.is_empty() => {
+                        let _ = i;
+                    }
+                    Op::Complete(i) => {
+                        let tag = tags.swap_remove(i % tags.len());
+                        let (answered, abandoned) = model.remove(&tag).unwrap();
+                        prop_assert_eq!(table.take_answer(tag).is_some(), answered && !abandoned);
+                        prop_assert!(table.remove(tag).is_some());
+                    }
+                    Op::Deliver(i) => {
+                        let tag = tags[i % tags.len()];
+                        let (answered, abandoned) = model[&tag];
+                        let delivery = table.deliver(answer(tag));
+                        match delivery {
+                            Delivery::Kept => prop_assert!(!answered && !abandoned),
+                            Delivery::Dropped => prop_assert!(answered && !abandoned),
+                            Delivery::Abandoned(e) => {
+                                prop_assert!(abandoned);
+                                prop_assert_eq!(e.tag, tag);
+                                model.remove(&tag);
+                                tags.retain(|&t| t != tag);
+                            }
+                        }
+                        if let Some(state) = model.get_mut(&tag) {
+                            state.0 = true;
+                        }
+                    }
+                    Op::Abandon(i) => {
+                        let tag = tags[i % tags.len()];
+                        table.abandon(tag);
+                        model.get_mut(&tag).unwrap().1 = true;
+                    }
+                    Op::Stray(tag) => {
+                        if !model.contains_key(&tag) {
+                            prop_assert!(matches!(table.deliver(answer(tag)), Delivery::Dropped));
+                            prop_assert!(table.take_answer(tag).is_none());
+                        }
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+            }
+        }
     }
 }
