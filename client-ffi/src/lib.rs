@@ -413,8 +413,8 @@ pub unsafe extern "C" fn vgpu_submit(
 }
 
 /// Like `vgpu_submit`, without making the request visible to the host yet: the
-/// requests staged since the last publication become visible together (one index
-/// store, at most one doorbell) at the next `vgpu_flush`, `vgpu_submit`, `vgpu_wait`
+/// requests staged since the last publication are published together (at most one
+/// doorbell) at the next `vgpu_flush`, `vgpu_submit`, `vgpu_wait`
 /// or `vgpu_poll`.
 ///
 /// # Safety

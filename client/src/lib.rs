@@ -526,9 +526,7 @@ impl Client {
 
     /// Whether the host or this client found the slot's rings corrupt.
     fn rings_poisoned(&self) -> bool {
-        self.slot.host_status() != 0
-            || self.guest.requests.poisoned().is_some()
-            || self.guest.responses.poisoned().is_some()
+        self.slot.host_status() != 0 || self.guest.requests.poisoned().is_some()
     }
 
     /// Ask the mediator to start the slot's rings afresh (the reset handshake of
@@ -625,8 +623,9 @@ impl Client {
     }
 
     /// [`submit`](Self::submit) without making the request visible to the host yet:
-    /// the requests staged since the last publication become visible together, with one
-    /// index store (and at most one doorbell), at the next [`flush`](Self::flush),
+    /// the requests staged since the last publication are published together (each
+    /// one's word, in order, then the index; at most one doorbell) at the next
+    /// [`flush`](Self::flush),
     /// `submit`, wait or poll. For many small requests at once (the way io_uring
     /// separates preparing entries from submitting them).
     ///
@@ -649,8 +648,9 @@ impl Client {
         self.submit_parts(call, &[call.input], false)
     }
 
-    /// Make the [`stage`](Self::stage)d requests visible to the host: one index store,
-    /// and the doorbell if the mediator asked for it. Nothing if none is staged.
+    /// Make the [`stage`](Self::stage)d requests visible to the host (their publication
+    /// words, in order, and the producer index), and ring the doorbell if the mediator
+    /// asked for it. Nothing if none is staged.
     ///
     /// ```no_run
     /// # use vgpu_client::{Call, Client, ClientOptions};
@@ -725,6 +725,8 @@ impl Client {
             out_offset: output.offset,
             out_len: output.len,
             args,
+            // The ring stores it when it publishes.
+            ready: 0,
         };
         let position = self.guest.requests.position();
         let staged = if visible {
@@ -947,9 +949,9 @@ impl Client {
     /// not in flight (a duplicate from a restarted mediator, or an answer to a previous
     /// client of the slot) is dropped.
     #[inline]
-    fn poll_responses(&mut self, wanted: u32) -> Result<Option<Response>, ClientError> {
+    fn poll_responses(&mut self, wanted: u32) -> Option<Response> {
         let mut found = None;
-        while let Some(response) = self.guest.responses.take().map_err(|e| self.ring_error(e))? {
+        while let Some(response) = self.guest.responses.take() {
             if response.tag == wanted {
                 found = Some(response);
                 break;
@@ -959,7 +961,7 @@ impl Client {
             }
         }
         self.guest.responses.release();
-        Ok(found)
+        found
     }
 
     /// Take `tag` out of flight; its arena ranges are retired (see [`Retired`]).
@@ -988,7 +990,7 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`ClientError::Ring`] if the response ring is corrupt.
+    /// [`ClientError::RegionLost`] if the region file shrank under the mapping.
     pub fn try_complete(
         &mut self,
         ticket: Ticket,
@@ -1007,9 +1009,13 @@ impl Client {
         self.flush();
         let response = match self.in_flight.take_answer(tag) {
             Some(response) => response,
-            None => match self.poll_responses(tag)? {
+            None => match self.poll_responses(tag) {
                 Some(response) => response,
-                None => return Ok(None),
+                None => {
+                    // Nothing yet: say so unless the mapping is gone.
+                    self.check_mapping()?;
+                    return Ok(None);
+                }
             },
         };
         let output = self.finish(tag).map_or((0, 0), |e| e.output);

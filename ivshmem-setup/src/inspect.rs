@@ -48,6 +48,8 @@ struct SlotReport {
     pool: String,
     priority: u32,
     client_pid: u32,
+    /// The host isolated the slot's response ring (its consumer index was impossible).
+    poisoned: bool,
     request_ring: RingReport,
     response_ring: RingReport,
 }
@@ -57,7 +59,6 @@ struct RingReport {
     head: u32,
     tail: u32,
     used: u32,
-    poisoned: bool,
 }
 
 /// The region's mediator heartbeat as seen from here (host `CLOCK_MONOTONIC`).
@@ -109,17 +110,16 @@ fn report(region: &Arc<Region>) -> Result<Report> {
             pool,
             priority: identity.priority,
             client_pid: slot.client_pid(),
+            poisoned: status & SlotControl::RESPONSE_POISONED != 0,
             request_ring: RingReport {
                 head: indices.req_head,
                 tail: indices.req_tail,
                 used: indices.req_head.wrapping_sub(indices.req_tail),
-                poisoned: status & SlotControl::REQUEST_POISONED != 0,
             },
             response_ring: RingReport {
                 head: indices.resp_head,
                 tail: indices.resp_tail,
                 used: indices.resp_head.wrapping_sub(indices.resp_tail),
-                poisoned: status & SlotControl::RESPONSE_POISONED != 0,
             },
         });
     }
@@ -161,23 +161,18 @@ fn render(r: &Report) -> String {
             continue;
         }
         let ring = |name: &str, g: &RingReport| {
-            format!(
-                "{name} head {} tail {} used {}{}",
-                g.head,
-                g.tail,
-                g.used,
-                if g.poisoned { " POISONED" } else { "" }
-            )
+            format!("{name} head {} tail {} used {}", g.head, g.tail, g.used)
         };
         let _ = writeln!(
             out,
-            "slot {}: vm {} pool {} priority {} ({}), client pid {}\n  {}\n  {}",
+            "slot {}: vm {} pool {} priority {} ({}), client pid {}{}\n  {}\n  {}",
             s.slot,
             s.vm_id,
             s.pool,
             s.priority,
             Priority::try_from(s.priority).map_or("invalid", Priority::name),
             s.client_pid,
+            if s.poisoned { ", POISONED (responses)" } else { "" },
             ring("requests: ", &s.request_ring),
             ring("responses:", &s.response_ring)
         );

@@ -42,8 +42,7 @@ fn look(region: &std::path::Path) -> RegionView {
         return RegionView { state: "unusable", in_flight: 0, answered: 0 };
     };
     let rings = slot.ring_indices();
-    let poisoned =
-        slot.host_status() & (SlotControl::REQUEST_POISONED | SlotControl::RESPONSE_POISONED) != 0;
+    let poisoned = slot.host_status() & SlotControl::RESPONSE_POISONED != 0;
     let state = if region.epoch() == 0 {
         "not served"
     } else if crate::inspect::heartbeat(&region).stale {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use vgpu_config::{MediatorConfig, PoolConfig};
 use vgpu_doorbell::{Bell, BellWaiter};
 use vgpu_ring::{
-    ErrorCode, HeadWatch, Opcode, PoolId, Priority, Request, decode_label, layout::LABEL_LEN,
+    ErrorCode, Opcode, PoolId, Priority, Request, RequestWatch, decode_label, layout::LABEL_LEN,
 };
 
 /// A request waiting in the pool's queue or executing.
@@ -65,12 +65,12 @@ pub enum OnStop {
     Drain,
 }
 
-/// A VM's entry in the compact array a pass reads: the producer index and reset word
-/// of an attached VM, and what the last pass saw.
+/// A VM's entry in the compact array a pass reads: a watch on an attached VM's request
+/// ring, and where the last pass left it.
 struct Watch {
-    head: Option<HeadWatch>,
-    /// The producer index up to which the ring was drained.
-    seen: u32,
+    ring: Option<RequestWatch>,
+    /// The position up to which the ring was drained: the next request's.
+    next: u32,
     /// The last reset request carried out (so an idle pass touches no port state).
     reset_done: u32,
     /// Asleep: not scanned by passes; its `need_wakeup` flag is set and its doorbell
@@ -82,12 +82,9 @@ struct Watch {
 
 impl Watch {
     fn of(port: &VmPort) -> Self {
-        let head = port.watch();
-        // Differs from the index now, so the first pass drains the VM.
-        let seen = head.as_ref().map_or(0, |h| !h.load());
         Self {
-            head,
-            seen,
+            ring: port.watch(),
+            next: port.link.as_ref().map_or(0, |l| l.requests.position()),
             reset_done: port.link.as_ref().map_or(0, |l| l.reset_done),
             asleep: false,
             recent: true,
@@ -137,15 +134,15 @@ pub struct Dispatcher {
     offload_compute: bool,
     /// Set when a response may have been parked; cleared by a flush that emptied all.
     maybe_parked: bool,
-    /// The VMs with new requests in this pass and their producer index (reused).
-    ready: Vec<(usize, u32)>,
+    /// The VMs with new requests in this pass (reused).
+    ready: Vec<usize>,
     /// Short jobs may skip the queue (not in fair pools; see `accept`).
     fast_path: bool,
     /// Stands for the time of a fast-path NOOP in a pass that read no clock (its wait
     /// and execution are zero whatever the instant).
     timeless: Instant,
-    /// VMs with answers staged in this pass, published at its end (one index store per
-    /// VM per pass, however many answers).
+    /// VMs with answers staged in this pass, published at its end (one publication
+    /// and one release per VM per pass, however many answers).
     unflushed: Vec<usize>,
     /// Set when a VM asked for a reset that could not be carried out yet.
     resets_pending: bool,
@@ -336,7 +333,7 @@ impl Dispatcher {
             self.resets_pending |= self
                 .watches
                 .iter()
-                .any(|w| w.head.as_ref().is_some_and(|h| h.reset_request() != w.reset_done));
+                .any(|w| w.ring.as_ref().is_some_and(|r| r.reset_request() != w.reset_done));
         }
         if let Some(new_bells) = &self.new_bells
             && let Ok(bell) = new_bells.try_recv()
@@ -379,7 +376,7 @@ impl Dispatcher {
         self.scan.clear();
         self.scan.extend(
             (0..self.watches.len())
-                .filter(|&i| self.watches[i].head.is_some() && !self.watches[i].asleep),
+                .filter(|&i| self.watches[i].ring.is_some() && !self.watches[i].asleep),
         );
     }
 
@@ -431,7 +428,7 @@ impl Dispatcher {
         vgpu_ring::fence_before_rescan();
         for &index in &bells.rung {
             let watch = &mut self.watches[index];
-            if watch.head.as_ref().is_some_and(|head| head.load() == watch.seen) {
+            if watch.ring.as_ref().is_some_and(|ring| !ring.published(watch.next)) {
                 watch.asleep = true;
                 bells.sleeping += 1;
             } else if let Some(link) = &self.vms[index].link {
@@ -547,57 +544,43 @@ impl Dispatcher {
         self.renew_watch(index);
     }
 
-    /// Drain every VM's request ring whose producer index moved since the last pass;
-    /// returns the number of requests taken. An idle VM costs one load of its producer
-    /// index's line, read through a compact array.
+    /// Drain every VM's request ring whose next request is published (its word, read
+    /// through a compact array of watches); returns the number of requests taken. An
+    /// idle VM costs one load of the line the dispatcher reads next anyway.
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
         // First the VMs with new requests, then their requests: a pass in which only one
         // VM published may take the fast path (see `accept`).
         self.ready.clear();
         for &index in &self.scan {
-            let Watch { head: Some(watch), seen, .. } = &self.watches[index] else { continue };
-            let head = watch.load();
-            if head != *seen {
-                self.ready.push((index, head));
+            let Watch { ring: Some(ring), next, .. } = &self.watches[index] else { continue };
+            if ring.published(*next) {
+                self.ready.push(index);
             }
         }
         let alone = self.ready.len() == 1;
         let mut taken = 0;
         for k in 0..self.ready.len() {
-            let (index, head) = self.ready[k];
+            let index = self.ready[k];
             self.watches[index].recent = true;
-            let mut emptied = false;
             loop {
                 let port = &mut self.vms[index];
                 let parked = port.parked();
                 let Some(link) = &mut port.link else { break };
                 // A guest that does not read its responses gets no more requests
                 // taken: its own request ring fills up, nobody else waits.
-                if link.request_poisoned || parked >= link.requests.capacity() as usize {
-                    emptied = link.request_poisoned;
+                if parked >= link.requests.capacity() as usize {
                     break;
                 }
                 let position = link.requests.position();
-                match link.requests.take() {
-                    Ok(Some(req)) => {
-                        taken += 1;
-                        self.accept(index, position, &req, alone, now);
-                    }
-                    Ok(None) => {
-                        emptied = true;
-                        break;
-                    }
-                    Err(e) => {
-                        emptied = true;
-                        port.isolate_requests(&e, *now.get_or_insert_with(Instant::now));
-                        break;
-                    }
-                }
+                let Some(req) = link.requests.take() else { break };
+                taken += 1;
+                self.accept(index, position, &req, alone, now);
             }
-            self.maybe_parked |= self.vms[index].parked() > 0;
-            if emptied {
-                // Everything up to `head` is taken; a later publish changes the index.
-                self.watches[index].seen = head;
+            let port = &self.vms[index];
+            self.maybe_parked |= port.parked() > 0;
+            if let Some(link) = &port.link {
+                // The next pass looks at the next request's word.
+                self.watches[index].next = link.requests.position();
             }
         }
         taken
@@ -818,7 +801,7 @@ impl Dispatcher {
         self.maybe_parked |= port.parked() > 0;
     }
 
-    /// Publish the answers staged in this pass, one index store per VM.
+    /// Publish the answers staged in this pass, one publication per VM.
     fn flush_responses(&mut self) {
         for &index in &self.unflushed {
             self.vms[index].flush();

@@ -18,8 +18,8 @@ use std::time::Instant;
 use vgpu_config::VmConfig;
 use vgpu_doorbell::Bell;
 use vgpu_ring::{
-    ControlBlock, ControlWord, ErrorCode, Geometry, HeadWatch, PushError, Region, RegionError,
-    Request, RequestConsumer, Response, ResponseProducer, Slot, SlotControl, VmIdentity,
+    ControlBlock, ControlWord, ErrorCode, Geometry, PushError, Region, RegionError, Request,
+    RequestConsumer, RequestWatch, Response, ResponseProducer, Slot, SlotControl, VmIdentity,
 };
 
 /// What every region of one mediator session shares.
@@ -51,7 +51,6 @@ pub(crate) struct Link {
     staged: bool,
     /// The last reset request carried out (host-owned, cached).
     pub(crate) reset_done: u32,
-    pub(crate) request_poisoned: bool,
     response_poisoned: bool,
 }
 
@@ -62,10 +61,8 @@ impl Link {
     /// wake-up flag clear.
     fn new(slot: Slot, doorbell: Option<u32>) -> Result<Self, RegionError> {
         let host = slot.host_endpoints()?;
-        let request_poisoned = host.requests.poisoned().is_some();
         let response_poisoned = host.responses.poisoned().is_some();
-        let status = if request_poisoned { SlotControl::REQUEST_POISONED } else { 0 }
-            | if response_poisoned { SlotControl::RESPONSE_POISONED } else { 0 };
+        let status = if response_poisoned { SlotControl::RESPONSE_POISONED } else { 0 };
         slot.set_host_status(status)?;
         vgpu_ring::cancel_wakeup(&slot);
         vgpu_ring::publish_doorbell(&slot, doorbell);
@@ -78,7 +75,6 @@ impl Link {
             parked: VecDeque::new(),
             staged: false,
             reset_done,
-            request_poisoned,
             response_poisoned,
             slot,
         })
@@ -94,9 +90,9 @@ impl Link {
         Ok(())
     }
 
-    /// Publish the staged responses with one index store, then release the answered
-    /// prefix of the request ring with one more: a request leaves the journal only once
-    /// its answer is visible.
+    /// Publish the staged responses (their words, then the index), then release the
+    /// answered prefix of the request ring with one index store: a request leaves the
+    /// journal only once its answer is visible.
     fn flush(&mut self) {
         if !self.staged {
             return;
@@ -188,7 +184,7 @@ impl VmPort {
         region.store_heartbeat(crate::daemon::monotonic_ns())?;
         region.begin_session(session.epoch, std::process::id(), session.heartbeat_interval_ms)?;
         let link = Link::new(region.slot(0)?, self.doorbell())?;
-        if link.request_poisoned || link.response_poisoned {
+        if link.response_poisoned {
             tracing::warn!(
                 "Pool {}: vm{} rings hold impossible indices; isolated until the guest resets them",
                 self.vm.pool,
@@ -216,7 +212,7 @@ impl VmPort {
     fn note_state(&self) {
         let state = match &self.link {
             None => VmState::Quarantined,
-            Some(link) if link.request_poisoned || link.response_poisoned => VmState::Poisoned,
+            Some(link) if link.response_poisoned => VmState::Poisoned,
             Some(_) => VmState::Attached,
         };
         self.metrics.set_state(state);
@@ -278,9 +274,9 @@ impl VmPort {
         self.link.is_none().then_some(self.quarantine.as_deref().unwrap_or("not attached"))
     }
 
-    /// A watch on the request ring's producer index, if attached.
-    pub(crate) fn watch(&self) -> Option<HeadWatch> {
-        self.link.as_ref().map(|l| l.requests.backend().head_watch())
+    /// A watch on the request ring, if attached.
+    pub(crate) fn watch(&self) -> Option<RequestWatch> {
+        self.link.as_ref().map(|l| l.requests.backend().watch())
     }
 
     /// The answer to `request` with `result`, carrying the slot's configured identity.
@@ -348,22 +344,6 @@ impl VmPort {
     /// Responses waiting for room in the response ring.
     pub(crate) fn parked(&self) -> usize {
         self.link.as_ref().map_or(0, |l| l.parked.len())
-    }
-
-    /// The request ring was found corrupt: stop reading it (logged within budget).
-    pub(crate) fn isolate_requests(&mut self, e: &vgpu_ring::RingError, now: Instant) {
-        let Some(link) = &mut self.link else { return };
-        link.request_poisoned = true;
-        link.set_status_bit(SlotControl::REQUEST_POISONED);
-        self.note_state();
-        if let Some(n) = self.admit_log(Problem::Poisoned, now) {
-            tracing::warn!(
-                "Pool {}: vm{} request ring isolated: {e}{}",
-                self.vm.pool,
-                self.vm.id,
-                suppressed_note(n)
-            );
-        }
     }
 
     fn isolate_responses(&mut self, e: &vgpu_ring::RingError) {

@@ -9,6 +9,9 @@ struct Shared<E> {
     head: CachePadded<AtomicU32>,
     tail: CachePadded<AtomicU32>,
     slots: Box<[UnsafeCell<E>]>,
+    /// The slots' publication words (a wire entry carries its own; a heap entry may be
+    /// any `Copy` value, so they live beside the slots).
+    ready: Box<[AtomicU32]>,
 }
 
 /// A [`RingBackend`] over heap memory, shared by its two endpoints.
@@ -32,7 +35,7 @@ unsafe impl<E: Send> Send for HeapRing<E> {}
 /// ```
 /// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u64>(4, 0);
 /// tx.push(7).unwrap();
-/// assert_eq!(rx.pop().unwrap(), Some(7));
+/// assert_eq!(rx.pop(), Some(7));
 /// ```
 ///
 /// # Panics
@@ -47,6 +50,9 @@ pub fn heap_ring<E: Copy + Default>(
         head: CachePadded::new(AtomicU32::new(start)),
         tail: CachePadded::new(AtomicU32::new(start)),
         slots: (0..capacity).map(|_| UnsafeCell::new(E::default())).collect(),
+        // `start` is no position's awaited word in the first lap (those are start + 1
+        // to start + capacity), as zero is none in a fresh region's.
+        ready: (0..capacity).map(|_| AtomicU32::new(start)).collect(),
     });
     let producer = Producer::new(HeapRing { shared: Arc::clone(&shared) });
     let consumer = Consumer::new(HeapRing { shared });
@@ -79,6 +85,14 @@ unsafe impl<E: Copy> RingBackend for HeapRing<E> {
         self.shared.tail.store(value, order);
     }
 
+    fn load_ready(&self, slot: u32, order: Ordering) -> u32 {
+        self.shared.ready[slot as usize].load(order)
+    }
+
+    fn store_ready(&self, slot: u32, value: u32, order: Ordering) {
+        self.shared.ready[slot as usize].store(value, order);
+    }
+
     unsafe fn write(&self, slot: u32, entry: &E) {
         // SAFETY: the caller owns the slot (trait contract), so no other access to this
         // cell happens concurrently; the pointer comes from a live cell.
@@ -107,8 +121,8 @@ mod tests {
         for v in 0..3 {
             tx.push(v).unwrap();
         }
-        assert_eq!([rx.pop(), rx.pop(), rx.pop()].map(Result::unwrap), [Some(0), Some(1), Some(2)]);
-        assert_eq!(rx.pop(), Ok(None));
+        assert_eq!([rx.pop(), rx.pop(), rx.pop()], [Some(0), Some(1), Some(2)]);
+        assert_eq!(rx.pop(), None);
     }
 
     #[test]
@@ -117,82 +131,9 @@ mod tests {
         tx.push(1).unwrap();
         tx.push(2).unwrap();
         assert_eq!(tx.push(3), Err(PushError::Full(3)));
-        assert_eq!(rx.pop(), Ok(Some(1)));
+        assert_eq!(rx.pop(), Some(1));
         tx.push(3).unwrap();
-        assert_eq!((rx.pop(), rx.pop()), (Ok(Some(2)), Ok(Some(3))));
-    }
-
-    /// A heap ring that records the slots its consumer prefetches.
-    struct Prefetching {
-        ring: HeapRing<u64>,
-        prefetched: std::cell::RefCell<Vec<u32>>,
-    }
-
-    // SAFETY: every method is the heap ring's, which keeps the contract.
-    unsafe impl RingBackend for Prefetching {
-        type Entry = u64;
-
-        fn capacity(&self) -> u32 {
-            self.ring.capacity()
-        }
-
-        fn load_head(&self, order: Ordering) -> u32 {
-            self.ring.load_head(order)
-        }
-
-        fn store_head(&self, value: u32, order: Ordering) {
-            self.ring.store_head(value, order);
-        }
-
-        fn load_tail(&self, order: Ordering) -> u32 {
-            self.ring.load_tail(order)
-        }
-
-        fn store_tail(&self, value: u32, order: Ordering) {
-            self.ring.store_tail(value, order);
-        }
-
-        unsafe fn write(&self, slot: u32, entry: &u64) {
-            // SAFETY: the caller's contract is the heap ring's.
-            unsafe { self.ring.write(slot, entry) }
-        }
-
-        unsafe fn read(&self, slot: u32) -> u64 {
-            // SAFETY: as in `write`.
-            unsafe { self.ring.read(slot) }
-        }
-
-        fn prefetch_read(&self, slot: u32) {
-            self.prefetched.borrow_mut().push(slot);
-        }
-    }
-
-    /// A consumer prefetches 8 entries past the one it takes, and only an entry the
-    /// producer has published and the consumer not taken yet (its line is the
-    /// consumer's to read), across the wrap.
-    #[test]
-    fn only_published_entries_are_prefetched() {
-        let (mut tx, rx) = heap_ring::<u64>(16, 0);
-        let backend = Prefetching { ring: rx.into_backend(), prefetched: Default::default() };
-        let mut rx = crate::ring::Consumer::new(backend);
-        let mut want = Vec::new();
-        let mut head = 0u32;
-        for batch in [12u32, 3, 16, 9, 12] {
-            for v in 0..batch {
-                tx.stage(u64::from(v)).unwrap();
-            }
-            tx.publish();
-            head += batch;
-            while rx.take().unwrap().is_some() {
-                let next = rx.position() + 8;
-                if next < head {
-                    want.push(next % 16);
-                }
-            }
-            rx.release();
-        }
-        assert_eq!(*rx.backend().prefetched.borrow(), want);
-        assert!(!want.is_empty());
+        assert_eq!((rx.pop(), rx.pop()), (Some(2), Some(3)));
     }
 
     #[test]
@@ -200,9 +141,9 @@ mod tests {
         let (mut tx, mut rx) = heap_ring::<u64>(4, 0);
         tx.stage(1).unwrap();
         tx.stage(2).unwrap();
-        assert_eq!((tx.staged(), rx.available()), (2, Ok(0)));
+        assert_eq!((tx.staged(), rx.take()), (2, None));
         tx.publish();
-        assert_eq!(rx.available(), Ok(2));
+        assert_eq!((tx.staged(), rx.take(), rx.take()), (0, Some(1), Some(2)));
     }
 
     #[test]
@@ -210,7 +151,7 @@ mod tests {
         let (mut tx, mut rx) = heap_ring::<u64>(2, 0);
         tx.push(1).unwrap();
         tx.push(2).unwrap();
-        assert_eq!(rx.take(), Ok(Some(1)));
+        assert_eq!(rx.take(), Some(1));
         assert_eq!(tx.free_slots(), Ok(0));
         rx.release();
         assert_eq!(tx.free_slots(), Ok(1));
@@ -224,7 +165,7 @@ mod tests {
         }
         let first = rx.position();
         for _ in 0..3 {
-            rx.take().unwrap();
+            rx.take();
         }
         rx.release_up_to(first.wrapping_add(2));
         assert_eq!((rx.released(), tx.free_slots()), (2, Ok(2)));
@@ -239,30 +180,42 @@ mod tests {
         let (mut tx, mut rx) = heap_ring::<u64>(4, u32::MAX - 2);
         for v in 0..N {
             tx.push(v).unwrap();
-            assert_eq!(rx.pop(), Ok(Some(v)));
+            assert_eq!(rx.pop(), Some(v));
         }
         assert!(rx.position() < 1 << 20, "wrapped");
     }
 
     #[test]
-    fn an_impossible_producer_index_poisons_the_consumer_for_good() {
-        let (_tx, mut rx) = heap_ring::<u64>(4, 0);
-        rx.backend().shared.head.store(5, Ordering::Relaxed);
-        let e = rx.pop().unwrap_err();
-        assert_eq!((e.peer, e.capacity), (5, 4));
-        rx.backend().shared.head.store(0, Ordering::Relaxed);
-        assert_eq!(rx.pop(), Err(e), "stays poisoned");
-        assert_eq!(rx.poisoned(), Some(e));
+    fn only_the_awaited_word_publishes_an_entry() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, 0);
+        let shared = Arc::clone(&tx.backend().shared);
+        let word = |slot: usize| &shared.ready[slot];
+        // The producer's index is a record only: moving it publishes nothing.
+        tx.backend().shared.head.store(3, Ordering::Relaxed);
+        assert_eq!(rx.take(), None);
+        // Any word but position + 1 (here: a stale lap's, or a future one) is "not yet".
+        for stale in [0, 4, 5, u32::MAX] {
+            word(0).store(stale, Ordering::Relaxed);
+            assert_eq!(rx.take(), None, "word {stale}");
+        }
+        tx.backend().shared.head.store(0, Ordering::Relaxed);
+        tx.push(7).unwrap();
+        assert_eq!(rx.take(), Some(7));
     }
 
     #[test]
-    fn a_producer_index_moving_backwards_poisons() {
-        let (mut tx, mut rx) = heap_ring::<u64>(4, 10);
-        tx.push(1).unwrap();
-        tx.push(2).unwrap();
-        assert_eq!(rx.available(), Ok(2));
-        rx.backend().shared.head.store(11, Ordering::Relaxed);
-        assert!(rx.available().is_err());
+    fn words_cannot_hand_over_more_than_a_ring_before_a_release() {
+        let (tx, mut rx) = heap_ring::<u64>(2, 0);
+        // A hostile producer marks positions 0, 1 and 2 published (slots 0, 1, 0).
+        let word =
+            |slot: usize, value| tx.backend().shared.ready[slot].store(value, Ordering::Relaxed);
+        word(0, 1);
+        word(1, 2);
+        assert!(rx.take().is_some() && rx.take().is_some());
+        word(0, 3);
+        assert_eq!(rx.take(), None, "two taken, none released: the ring's worth");
+        rx.release();
+        assert!(rx.take().is_some());
     }
 
     #[test]
@@ -277,11 +230,26 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_attached_to_inconsistent_indices_start_poisoned() {
-        let (tx, rx) = heap_ring::<u64>(4, 0);
+    fn a_producer_attached_to_inconsistent_indices_starts_poisoned() {
+        let (tx, _rx) = heap_ring::<u64>(4, 0);
         tx.backend().shared.head.store(9, Ordering::Relaxed);
-        assert!(Consumer::new(rx.into_backend()).poisoned().is_some());
         assert!(Producer::new(tx.into_backend()).poisoned().is_some());
+    }
+
+    /// A producer that died between publishing entries (their words) and storing its
+    /// index: its successor resumes after them, not over them.
+    #[test]
+    fn a_producer_resumes_after_entries_its_index_missed() {
+        let (mut tx, mut rx) = heap_ring::<u64>(4, 5);
+        for v in [1, 2, 3] {
+            tx.push(v).unwrap();
+        }
+        assert_eq!(rx.pop(), Some(1));
+        tx.backend().shared.head.store(6, Ordering::Relaxed);
+        let mut tx = Producer::new(tx.into_backend());
+        assert_eq!(tx.position(), 8, "positions 6 and 7 are published");
+        tx.push(4).unwrap();
+        assert_eq!([rx.pop(), rx.pop(), rx.pop(), rx.pop()], [Some(2), Some(3), Some(4), None]);
     }
 
     #[test]
@@ -298,7 +266,7 @@ mod tests {
         });
         let mut next = 0;
         while next < N {
-            match rx.pop().unwrap() {
+            match rx.pop() {
                 Some(v) => {
                     assert_eq!(v, next);
                     next += 1;
@@ -325,12 +293,13 @@ mod tests {
             out_offset: 128,
             out_len: 16,
             args: [4, 0, 0],
+            ready: 0,
         };
         tx.push(request).unwrap();
-        assert_eq!(rx.pop(), Ok(Some(request)));
+        assert_eq!(rx.pop(), Some(request));
         let (mut tx, mut rx) = heap_ring::<Response>(2, 0);
         let response = Response { tag: 7, status: 1, exec_ns: u64::MAX, ..Response::default() };
         tx.push(response).unwrap();
-        assert_eq!(rx.pop(), Ok(Some(response)));
+        assert_eq!(rx.pop(), Some(response));
     }
 }

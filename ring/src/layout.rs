@@ -1,4 +1,4 @@
-//! Region layout v1: the byte-exact contract across the VM boundary.
+//! Region layout v2: the byte-exact contract across the VM boundary.
 //!
 //! Every struct here is `#[repr(C)]` with explicit padding, derives zerocopy's traits
 //! (the `IntoBytes` derive rejects hidden padding) and has its size and every field
@@ -15,9 +15,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// `magic` of a formatted region: the ASCII bytes `VGPURING`, read as a little-endian u64.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"VGPURING");
 /// Major layout version: a guest or host must refuse a region with another major.
-pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MAJOR: u16 = 2;
 /// Minor layout version: additions that older readers may ignore.
-pub const VERSION_MINOR: u16 = 2;
+pub const VERSION_MINOR: u16 = 0;
 /// Value of the header's `init` word once formatting is complete (ASCII `REDY`).
 pub const INIT_READY: u32 = u32::from_le_bytes(*b"REDY");
 /// Size of the header page and of each slot's control block.
@@ -31,7 +31,7 @@ pub const MIN_RING_ENTRIES: u32 = 2;
 /// Most entries a ring may have.
 pub const MAX_RING_ENTRIES: u32 = 1 << 16;
 /// Length of the ASCII label carried by requests and responses.
-pub const LABEL_LEN: usize = 24;
+pub const LABEL_LEN: usize = 20;
 /// Byte offset of the request ring's producer index inside a slot control block.
 pub const REQ_HEAD_OFFSET: usize = 128;
 /// Byte offset of the request ring's consumer index inside a slot control block.
@@ -196,8 +196,7 @@ const_assert_eq!(offset_of!(SlotIdentity, flags), 12);
 pub struct SlotControl {
     /// Host-written identity.
     pub identity: SlotIdentity,
-    /// Host-written status bits: [`SlotControl::REQUEST_POISONED`],
-    /// [`SlotControl::RESPONSE_POISONED`].
+    /// Host-written status bits: [`SlotControl::RESPONSE_POISONED`].
     pub host_status: u32,
     /// Process id of the attached client (informational, written by the client).
     pub client_pid: u32,
@@ -238,10 +237,9 @@ pub struct SlotControl {
 }
 
 impl SlotControl {
-    /// `host_status` bit: the host found the request ring's indices corrupt and stopped
-    /// reading it.
-    pub const REQUEST_POISONED: u32 = 1;
     /// `host_status` bit: the host found the response ring's consumer index corrupt.
+    /// (Bit 0 is reserved: layout 1 used it for a request ring whose indices the host
+    /// found corrupt; a layout-2 consumer never reads the producer's index to be misled.)
     pub const RESPONSE_POISONED: u32 = 2;
     /// `doorbell` bit: the host listens on a doorbell for this VM.
     pub const DOORBELL_PRESENT: u32 = 1 << 31;
@@ -290,6 +288,10 @@ pub struct Request {
     pub out_len: u32,
     /// Operation arguments (see the opcode's documentation).
     pub args: [u32; 3],
+    /// Publication word (layout 2): the producer stores the entry's ring position + 1
+    /// here after the rest of the entry (Release); the consumer reads the entry only
+    /// once this word equals its position + 1 (Acquire). See the ring module.
+    pub ready: u32,
 }
 
 const_assert_eq!(size_of::<Request>(), ENTRY_SIZE);
@@ -299,11 +301,12 @@ const_assert_eq!(offset_of!(Request, pool), 6);
 const_assert_eq!(offset_of!(Request, priority), 7);
 const_assert_eq!(offset_of!(Request, vm_id), 8);
 const_assert_eq!(offset_of!(Request, label), 12);
-const_assert_eq!(offset_of!(Request, in_offset), 36);
-const_assert_eq!(offset_of!(Request, in_len), 40);
-const_assert_eq!(offset_of!(Request, out_offset), 44);
-const_assert_eq!(offset_of!(Request, out_len), 48);
-const_assert_eq!(offset_of!(Request, args), 52);
+const_assert_eq!(offset_of!(Request, in_offset), 32);
+const_assert_eq!(offset_of!(Request, in_len), 36);
+const_assert_eq!(offset_of!(Request, out_offset), 40);
+const_assert_eq!(offset_of!(Request, out_len), 44);
+const_assert_eq!(offset_of!(Request, args), 48);
+const_assert_eq!(offset_of!(Request, ready), 60);
 
 /// One response: host to guest, one cache line.
 #[derive(
@@ -329,6 +332,8 @@ pub struct Response {
     pub opcode: u16,
     /// The request's label.
     pub label: [u8; LABEL_LEN],
+    /// Publication word (layout 2), as [`Request::ready`].
+    pub ready: u32,
     /// Nanoseconds the request waited in the pool's queue.
     pub queued_ns: u64,
     /// Nanoseconds the operation took to execute.
@@ -345,8 +350,23 @@ const_assert_eq!(offset_of!(Response, pool), 20);
 const_assert_eq!(offset_of!(Response, priority), 21);
 const_assert_eq!(offset_of!(Response, opcode), 22);
 const_assert_eq!(offset_of!(Response, label), 24);
+const_assert_eq!(offset_of!(Response, ready), 44);
 const_assert_eq!(offset_of!(Response, queued_ns), 48);
 const_assert_eq!(offset_of!(Response, exec_ns), 56);
+
+/// An entry of the mapped rings: a 64-byte wire struct with a publication word.
+pub trait RingEntry: FromBytes + IntoBytes + Immutable + Copy {
+    /// Byte offset of its `ready` word (a 4-byte aligned `u32`).
+    const READY_OFFSET: usize;
+}
+
+impl RingEntry for Request {
+    const READY_OFFSET: usize = offset_of!(Request, ready);
+}
+
+impl RingEntry for Response {
+    const READY_OFFSET: usize = offset_of!(Response, ready);
+}
 
 /// Encode a label: ASCII, truncated to [`LABEL_LEN`] bytes, NUL-padded.
 #[must_use]

@@ -36,10 +36,10 @@
 //! guest.requests.push(Request { tag: 1, opcode: 1, vm_id: claim.vm_id, pool: claim.pool.byte(),
 //!     priority: claim.priority.get(), ..Request::default() }).unwrap();
 //! // The host copies the request out once, checks it, and answers.
-//! let request = host.requests.pop().unwrap().unwrap();
+//! let request = host.requests.pop().unwrap();
 //! assert!(vm.claimed_by(&request));
 //! host.responses.push(Response::answer(&request, &vm, Ok(0))).unwrap();
-//! assert_eq!(guest.responses.pop().unwrap().unwrap().outcome(), Ok(0));
+//! assert_eq!(guest.responses.pop().unwrap().outcome(), Ok(0));
 //! # Ok::<(), vgpu_ring::RegionError>(())
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -63,9 +63,11 @@ mod wakeup;
 pub use bar::{DOORBELL_REGISTER, DoorbellRegister};
 pub use heap::{HeapRing, heap_ring};
 pub use identity::{PoolId, Priority, VmIdentity};
-pub use layout::{Request, Response, SlotControl, SlotIdentity, decode_label, encode_label};
+pub use layout::{
+    Request, Response, RingEntry, SlotControl, SlotIdentity, decode_label, encode_label,
+};
 pub use mapped::{
-    GuestEndpoints, HeadWatch, HostEndpoints, MappedRing, RequestConsumer, RequestProducer,
+    GuestEndpoints, HostEndpoints, MappedRing, RequestConsumer, RequestProducer, RequestWatch,
     ResponseConsumer, ResponseProducer,
 };
 pub use protocol::{ErrorCode, OpShape, Opcode, Status, response_text};

@@ -1,6 +1,6 @@
 //! The ring backend over a mapped region.
 
-use crate::layout::{REQ_HEAD_OFFSET, RESET_REQUEST_OFFSET, Request, Response};
+use crate::layout::{REQ_HEAD_OFFSET, RESET_REQUEST_OFFSET, Request, Response, RingEntry};
 use crate::region::{Region, RegionError, RingKind};
 use crate::ring::{Consumer, Producer, RingBackend};
 use crate::sync::Ordering;
@@ -8,7 +8,6 @@ use crate::sync::mapped::AtomicU32;
 use core::marker::PhantomData;
 use core::mem::size_of;
 use std::sync::Arc;
-use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// A [`RingBackend`] over one ring of one slot of a mapped [`Region`].
 ///
@@ -39,7 +38,7 @@ impl<E> core::fmt::Debug for MappedRing<E> {
 // endpoint to another thread is sound.
 unsafe impl<E: Send> Send for MappedRing<E> {}
 
-impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
+impl<E: RingEntry> MappedRing<E> {
     pub(crate) fn new(
         region: &Arc<Region>,
         slot: u32,
@@ -85,11 +84,21 @@ impl<E: FromBytes + IntoBytes + Immutable + Copy> MappedRing<E> {
         // SAFETY: checked in `new`, kept alive by `self.region`.
         unsafe { &*self.tail }
     }
+
+    /// The publication word of slot `slot`.
+    fn ready(&self, slot: u32) -> &AtomicU32 {
+        assert!(slot < self.capacity, "slot {slot} outside the ring");
+        // SAFETY: slot < capacity, so the entry lies in the entry array checked in `new`
+        // (entries are 64-byte aligned there), and its word, 4-byte aligned at
+        // READY_OFFSET, inside it; kept alive by `self.region`. Only ever accessed
+        // atomically, by either side.
+        unsafe { &*self.entries.add(slot as usize * size_of::<E>() + E::READY_OFFSET).cast() }
+    }
 }
 
 // SAFETY: the entry array was bounds- and alignment-checked in `new` for `capacity`
 // entries, capacity comes from a validated geometry (a power of two) and never changes.
-unsafe impl<E: FromBytes + IntoBytes + Immutable + Copy> RingBackend for MappedRing<E> {
+unsafe impl<E: RingEntry> RingBackend for MappedRing<E> {
     type Entry = E;
 
     fn capacity(&self) -> u32 {
@@ -113,30 +122,32 @@ unsafe impl<E: FromBytes + IntoBytes + Immutable + Copy> RingBackend for MappedR
     }
 
     #[inline]
-    unsafe fn write(&self, slot: u32, entry: &E) {
-        debug_assert!(slot < self.capacity);
-        // SAFETY: slot < capacity (caller), so the destination lies in the checked
-        // entry array; the source is private memory.
-        unsafe {
-            let dst = self.entries.add(slot as usize * size_of::<E>());
-            core::ptr::copy_nonoverlapping(entry.as_bytes().as_ptr(), dst, size_of::<E>());
-        }
+    fn load_ready(&self, slot: u32, order: Ordering) -> u32 {
+        self.ready(slot).load(order)
     }
 
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    fn prefetch_read(&self, slot: u32) {
-        if slot < self.capacity {
-            let line = self.entries.wrapping_add(slot as usize * size_of::<E>());
-            // SAFETY: PREFETCHT0 (SSE, on every x86-64 CPU) is a hint that neither faults
-            // nor changes memory nor orders anything, whatever the address (this one is
-            // inside the entry array).
-            unsafe {
-                core::arch::asm!(
-                    "prefetcht0 [{0}]",
-                    in(reg) line,
-                    options(nostack, readonly, preserves_flags)
-                );
-            }
+    #[inline]
+    fn store_ready(&self, slot: u32, value: u32, order: Ordering) {
+        self.ready(slot).store(value, order);
+    }
+
+    #[inline]
+    unsafe fn write(&self, slot: u32, entry: &E) {
+        debug_assert!(slot < self.capacity);
+        let bytes = entry.as_bytes();
+        let word = E::READY_OFFSET..E::READY_OFFSET + 4;
+        // SAFETY: slot < capacity (caller), so the destination lies in the checked
+        // entry array; the source is private memory. The publication word is left out:
+        // the consumer may be loading it (atomically) right now, and `publish` stores
+        // it afterwards.
+        unsafe {
+            let dst = self.entries.add(slot as usize * size_of::<E>());
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, word.start);
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr().add(word.end),
+                dst.add(word.end),
+                size_of::<E>() - word.end,
+            );
         }
     }
 
@@ -183,36 +194,56 @@ pub struct HostEndpoints {
     pub responses: ResponseProducer,
 }
 
-/// A cheap, read-only view of one ring's producer index, for a host polling many
-/// rings: loading it touches only the index's own cache line, so an idle VM costs one
-/// load per pass. Keeps the region mapped.
+/// A cheap, read-only view of one request ring for a host polling many rings: whether
+/// the entry at a position is published (its publication word: the line the host reads
+/// next anyway, so an idle VM costs one load per pass), and the producer index and
+/// reset request word on their own line for the rarer looks. Keeps the region mapped.
 #[derive(Debug, Clone)]
-pub struct HeadWatch {
+pub struct RequestWatch {
     /// The request ring's producer index (`req_head`); the slot's reset request word
-    /// follows it on the same line. Two words, not two pointers: the host keeps one
-    /// watch per VM in a compact array that every pass scans.
+    /// follows it on the same line.
     head: *const AtomicU32,
+    /// The request ring's first entry.
+    entries: *const u8,
+    /// Capacity − 1.
+    mask: u32,
     _region: Arc<Region>,
 }
 
-// SAFETY: the pointer targets an atomic in a mapping kept alive by the Arc; it is only
+// SAFETY: the pointers target atomics in a mapping kept alive by the Arc; they are only
 // loaded atomically, so sharing or moving the watch across threads is sound.
-unsafe impl Send for HeadWatch {}
+unsafe impl Send for RequestWatch {}
 
-impl HeadWatch {
-    /// The producer index now (Relaxed: a hint only; the consumer's own Acquire load
-    /// orders the entries before they are read).
+impl RequestWatch {
+    /// Whether the entry at `position` is published: its word holds `position + 1`
+    /// (Relaxed: a hint only; [`Consumer::take`] loads the word with Acquire before
+    /// it reads the entry).
     #[must_use]
     #[inline]
-    pub fn load(&self) -> u32 {
+    pub fn published(&self, position: u32) -> bool {
+        let slot = (position & self.mask) as usize;
+        // SAFETY: slot <= mask < capacity, so the word lies in the entry array checked
+        // when the ring was built (4-byte aligned at READY_OFFSET); kept alive by
+        // `_region`; only ever accessed atomically.
+        let word: &AtomicU32 = unsafe {
+            &*self.entries.add(slot * size_of::<Request>() + Request::READY_OFFSET).cast()
+        };
+        word.load(Ordering::Relaxed) == position.wrapping_add(1)
+    }
+
+    /// The producer index now (Relaxed: the wake-up flag protocol orders it by its
+    /// fences; see [`fence_before_rescan`](crate::fence_before_rescan)).
+    #[must_use]
+    #[inline]
+    pub fn head(&self) -> u32 {
         // SAFETY: checked when the ring was built, kept alive by `_region`.
         unsafe { &*self.head }.load(Ordering::Relaxed)
     }
 
     /// The slot's reset request word (layout 1.1), on the same line as the request
-    /// ring's producer index, so polling it costs no extra cache miss. Relaxed: a hint
-    /// only; [`take_reset_request`](crate::take_reset_request) loads it with Acquire
-    /// before the host acts on it.
+    /// ring's producer index. Relaxed: a hint only;
+    /// [`take_reset_request`](crate::take_reset_request) loads it with Acquire before
+    /// the host acts on it.
     #[must_use]
     #[inline]
     pub fn reset_request(&self) -> u32 {
@@ -226,10 +257,14 @@ impl HeadWatch {
 }
 
 impl MappedRing<Request> {
-    /// A [`HeadWatch`] on this request ring's producer index and its slot's reset
-    /// request word.
+    /// A [`RequestWatch`] on this request ring.
     #[must_use]
-    pub fn head_watch(&self) -> HeadWatch {
-        HeadWatch { head: self.head, _region: Arc::clone(&self.region) }
+    pub fn watch(&self) -> RequestWatch {
+        RequestWatch {
+            head: self.head,
+            entries: self.entries,
+            mask: self.capacity - 1,
+            _region: Arc::clone(&self.region),
+        }
     }
 }

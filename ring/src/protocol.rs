@@ -222,6 +222,7 @@ impl crate::Response {
             priority: identity.priority.get(),
             opcode: request.opcode,
             label: request.label,
+            ready: 0,
             queued_ns: 0,
             exec_ns: 0,
         }

@@ -7,8 +7,8 @@
 //! 1. guest: `t = load(reset_done, acquire) + 1; store(reset_request, t, release)`;
 //! 2. host, at a point where it holds no request of the slot in hand: sees
 //!    `load(reset_request, acquire) != reset_done`, drops the slot's queued and parked
-//!    work, stores 0 into the four ring indices and `host_status`, then
-//!    `store(reset_done, t, release)`;
+//!    work, stores 0 into every entry's publication word (layout 2), the four ring
+//!    indices and `host_status`, then `store(reset_done, t, release)`;
 //! 3. guest: waits until `load(reset_done, acquire) == t`, then resumes from the
 //!    (fresh) indices.
 //!
@@ -82,6 +82,10 @@ pub trait ControlBlock {
     fn load(&self, word: ControlWord, order: Ordering) -> u32;
     /// Store `value` into `word`.
     fn store(&self, word: ControlWord, value: u32, order: Ordering);
+    /// Zero the publication word of every entry of the slot's two rings (layout 2),
+    /// with `order`: after a reset positions start at 0 again, and no word left from
+    /// before may read as an entry published at one of them.
+    fn clear_publication_words(&self, order: Ordering);
 }
 
 /// Guest: ask for a reset; returns the ticket to wait for with [`reset_completed`].
@@ -124,10 +128,13 @@ pub fn take_reset_request<C: ControlBlock>(control: &C) -> Option<u32> {
     (asked != control.load(ControlWord::ResetDone, Ordering::Relaxed)).then_some(asked)
 }
 
-/// Host: carry out reset `ticket`: zero the four ring indices and the host status, then
-/// acknowledge. The caller must hold nothing of the slot's rings in hand and must build
-/// new ring endpoints afterwards.
+/// Host: carry out reset `ticket`: zero the entries' publication words, the four ring
+/// indices and the host status, then acknowledge. The caller must hold nothing of the
+/// slot's rings in hand and must build new ring endpoints afterwards.
 pub fn complete_reset<C: ControlBlock>(control: &C, ticket: u32) {
+    // Relaxed, as the indices: ordered before the guest's next loads by the Release
+    // store of `reset_done` below.
+    control.clear_publication_words(Ordering::Relaxed);
     for word in
         [ControlWord::ReqHead, ControlWord::ReqTail, ControlWord::RespHead, ControlWord::RespTail]
     {
@@ -166,6 +173,9 @@ impl ControlBlock for HeapControl {
     fn store(&self, word: ControlWord, value: u32, order: Ordering) {
         self.word(word).store(value, order);
     }
+
+    /// A control block alone has no rings: nothing to clear.
+    fn clear_publication_words(&self, _order: Ordering) {}
 }
 
 #[cfg(all(test, not(loom)))]

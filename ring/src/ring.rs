@@ -9,10 +9,23 @@
 //! Positions are free-running `u32`s; an entry's slot is `position & (capacity - 1)`.
 //! The producer owns `head` (next position to write), the consumer owns `tail` (next
 //! position to read). Each side keeps its own index privately and only *stores* it to
-//! shared memory; it loads only the peer's. A loaded peer index that moved backwards or
-//! claims more than `capacity` entries poisons this endpoint: every later operation
-//! returns [`RingError`], so a corrupt peer can neither make us read outside the ring nor
-//! hand us more than `capacity` entries from one view.
+//! shared memory; it loads only the peer's.
+//!
+//! An entry is published by its own **publication word** (layout 2): the producer
+//! writes the entry, then stores `position + 1` into the slot's word (Release); the
+//! consumer reads the slot at `tail` only once its word equals `tail + 1` (Acquire).
+//! So a consumer polls the entry it will read next, one cache line, instead of the
+//! producer's index on a line of its own: each request moves one line each way, not
+//! two (LMAX's sequence per slot, FastForward's full/empty entries). A word from the
+//! previous lap holds `position + 1 - capacity`, never the awaited value. The consumer
+//! takes at most `capacity` entries before it releases: whatever the peer writes in the
+//! words, it cannot make us read outside the ring or more than a ring's worth.
+//!
+//! The producer still stores its index after each publication (Relaxed): it is its own
+//! record to resume from, what an inspector shows, and what the host's wake-up rescan
+//! reads. The consumer's index is how the producer learns of free slots. A loaded peer
+//! index that moved backwards or claims more than `capacity` entries poisons this
+//! endpoint: every later operation returns [`RingError`].
 //!
 //! Memory is reached through a [`RingBackend`]: mapped shared memory in production
 //! ([`MappedRing`](crate::MappedRing)), loom-checked heap memory in the model tests
@@ -42,8 +55,12 @@ pub unsafe trait RingBackend {
     fn load_tail(&self, order: Ordering) -> u32;
     /// Store the consumer index.
     fn store_tail(&self, value: u32, order: Ordering);
+    /// Load the publication word of slot `slot` (`slot < capacity()`).
+    fn load_ready(&self, slot: u32, order: Ordering) -> u32;
+    /// Store the publication word of slot `slot` (`slot < capacity()`).
+    fn store_ready(&self, slot: u32, value: u32, order: Ordering);
 
-    /// Copy `entry` into slot `slot`.
+    /// Copy `entry` into slot `slot`, all but the publication word.
     ///
     /// # Safety
     ///
@@ -58,15 +75,7 @@ pub unsafe trait RingBackend {
     /// `slot < capacity()`, and by the ring protocol the caller (the consumer) owns the
     /// slot: the producer has published it and does not write it concurrently.
     unsafe fn read(&self, slot: u32) -> Self::Entry;
-
-    /// Hint that the consumer will soon read slot `slot`, which the producer has
-    /// published: start fetching its line. A hint only: no effect on contents or
-    /// ordering. By default nothing.
-    fn prefetch_read(&self, _slot: u32) {}
 }
-
-/// How many published entries ahead of the one it reads a consumer prefetches.
-const PREFETCH_AHEAD: u32 = 8;
 
 /// A ring endpoint found the peer's index corrupt and stopped using the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -97,11 +106,11 @@ pub enum PushError<T> {
 /// use vgpu_ring::PushError;
 /// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u32>(2, 0);
 /// tx.push(1).unwrap();
-/// // Batching: stage several entries, publish them with one index store.
+/// // Batching: stage several entries, publish them together.
 /// tx.stage(2).unwrap();
 /// assert_eq!(tx.stage(3), Err(PushError::Full(3)), "the value comes back");
 /// tx.publish();
-/// assert_eq!((rx.pop().unwrap(), rx.pop().unwrap()), (Some(1), Some(2)));
+/// assert_eq!((rx.pop(), rx.pop()), (Some(1), Some(2)));
 /// ```
 #[derive(Debug)]
 pub struct Producer<B: RingBackend> {
@@ -122,7 +131,7 @@ impl<B: RingBackend> Producer<B> {
     pub fn new(backend: B) -> Self {
         // Our own index: nobody else stores it (a hostile peer may have, which the check
         // below catches).
-        let head = backend.load_head(Ordering::Relaxed);
+        let mut head = backend.load_head(Ordering::Relaxed);
         // SYNC: pairs with the consumer's Release store of tail (see `Consumer::release`).
         let tail = backend.load_tail(Ordering::Acquire);
         let capacity = backend.capacity();
@@ -131,6 +140,17 @@ impl<B: RingBackend> Producer<B> {
             own: head,
             capacity,
         });
+        if poisoned.is_none() {
+            // A predecessor that died between publishing entries (their words) and
+            // storing its index left the index behind: the words say how far it got.
+            // Relaxed: our own words, as the index.
+            while head.wrapping_sub(tail) < capacity
+                && backend.load_ready(head & (capacity - 1), Ordering::Relaxed)
+                    == head.wrapping_add(1)
+            {
+                head = head.wrapping_add(1);
+            }
+        }
         Self { backend, head, published: head, cached_tail: tail, poisoned }
     }
 
@@ -207,13 +227,23 @@ impl<B: RingBackend> Producer<B> {
         Ok(())
     }
 
-    /// Make every staged entry visible to the consumer with one index store.
+    /// Make every staged entry visible to the consumer: each one's publication word,
+    /// in order, then the index.
     #[inline]
     pub fn publish(&mut self) {
         if self.head != self.published && self.poisoned.is_none() {
-            // SYNC: Release pairs with the consumer's Acquire load of head
-            // (`Consumer::refresh_head`): the entries written before are visible to it.
-            self.backend.store_head(self.head, Ordering::Release);
+            let mask = self.capacity() - 1;
+            let mut position = self.published;
+            while position != self.head {
+                let next = position.wrapping_add(1);
+                // SYNC: Release pairs with the consumer's Acquire load of the word in
+                // `Consumer::take`: the entry written before is visible to its read.
+                self.backend.store_ready(position & mask, next, Ordering::Release);
+                position = next;
+            }
+            // Relaxed: the index publishes nothing (the words do); it is our record to
+            // resume from, and the host's wake-up rescan orders it by its own fences.
+            self.backend.store_head(self.head, Ordering::Relaxed);
             self.published = self.head;
         }
     }
@@ -255,7 +285,7 @@ impl<B: RingBackend> Producer<B> {
 /// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u32>(4, 0);
 /// for v in [7, 8, 9] { tx.push(v).unwrap(); }
 /// // Take a batch, then hand all its slots back with one index store.
-/// let batch: Vec<u32> = std::iter::from_fn(|| rx.take().unwrap()).collect();
+/// let batch: Vec<u32> = std::iter::from_fn(|| rx.take()).collect();
 /// rx.release();
 /// assert_eq!(batch, [7, 8, 9]);
 /// assert_eq!(tx.free_slots().unwrap(), 4);
@@ -267,26 +297,17 @@ pub struct Consumer<B: RingBackend> {
     tail: u32,
     /// Last tail stored to shared memory.
     released: u32,
-    /// Last producer index loaded (and validated).
-    cached_head: u32,
-    poisoned: Option<RingError>,
 }
 
 impl<B: RingBackend> Consumer<B> {
-    /// Take the consuming end of `backend`, resuming from the indices it holds.
+    /// Take the consuming end of `backend`, resuming from its consumer index.
     ///
-    /// If they are inconsistent the endpoint starts poisoned (see [`Self::poisoned`]).
+    /// The producer's index is not consulted: entries are published by their words,
+    /// and whatever the peer stored there cannot make the consumer misread.
     pub fn new(backend: B) -> Self {
+        // Relaxed: our own index (a predecessor's last store, or a fresh region's zero).
         let tail = backend.load_tail(Ordering::Relaxed);
-        // SYNC: pairs with the producer's Release store of head (`Producer::publish`).
-        let head = backend.load_head(Ordering::Acquire);
-        let capacity = backend.capacity();
-        let poisoned = (head.wrapping_sub(tail) > capacity).then_some(RingError {
-            peer: head,
-            own: tail,
-            capacity,
-        });
-        Self { backend, tail, released: tail, cached_head: head, poisoned }
+        Self { backend, tail, released: tail }
     }
 
     /// Number of slots.
@@ -294,55 +315,30 @@ impl<B: RingBackend> Consumer<B> {
         self.backend.capacity()
     }
 
-    /// The error that poisoned this endpoint, if any.
-    pub fn poisoned(&self) -> Option<RingError> {
-        self.poisoned
-    }
-
     /// The backend, e.g. to reach the memory around the ring.
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
-    /// Entries published and not yet taken, reloading the producer's index.
-    ///
-    /// # Errors
-    ///
-    /// [`RingError`] if the endpoint is or becomes poisoned.
-    pub fn available(&mut self) -> Result<u32, RingError> {
-        self.refresh_head()?;
-        Ok(self.cached_head.wrapping_sub(self.tail))
-    }
-
-    /// Copy the next entry out without releasing its slot; call
-    /// [`release`](Self::release) once after a batch.
-    ///
-    /// # Errors
-    ///
-    /// [`RingError`] if the endpoint is or becomes poisoned.
+    /// Copy the next entry out, if its publication word says it is published, without
+    /// releasing its slot; call [`release`](Self::release) once after a batch.
     #[inline]
-    pub fn take(&mut self) -> Result<Option<B::Entry>, RingError> {
-        if let Some(e) = self.poisoned {
-            return Err(e);
+    pub fn take(&mut self) -> Option<B::Entry> {
+        // A ring's worth at most before a release, whatever the peer wrote in the words.
+        if self.tail.wrapping_sub(self.released) >= self.capacity() {
+            return None;
         }
-        if self.tail == self.cached_head {
-            self.refresh_head()?;
-            if self.tail == self.cached_head {
-                return Ok(None);
-            }
+        let slot = self.tail & (self.capacity() - 1);
+        // SYNC: Acquire pairs with the producer's Release store of the word in
+        // `Producer::publish`: the entry it wrote before is visible to the read below.
+        if self.backend.load_ready(slot, Ordering::Acquire) != self.tail.wrapping_add(1) {
+            return None;
         }
-        // SAFETY: the slot index is masked below capacity; tail is in
-        // [released, cached_head), a range the producer published and cannot reuse
-        // until we release it.
-        let entry = unsafe { self.backend.read(self.tail & (self.capacity() - 1)) };
+        // SAFETY: the slot index is masked below capacity; the word says the producer
+        // published this position, and it cannot reuse the slot until we release it.
+        let entry = unsafe { self.backend.read(slot) };
         self.tail = self.tail.wrapping_add(1);
-        let ahead = self.tail.wrapping_add(PREFETCH_AHEAD);
-        if self.cached_head.wrapping_sub(ahead).wrapping_sub(1) < self.capacity() {
-            // Published (before cached_head) and not taken yet: the producer does not
-            // write it, so fetching its line takes nothing from the producer.
-            self.backend.prefetch_read(ahead & (self.capacity() - 1));
-        }
-        Ok(Some(entry))
+        Some(entry)
     }
 
     /// Hand every taken slot back to the producer with one index store.
@@ -372,15 +368,15 @@ impl<B: RingBackend> Consumer<B> {
     /// let (mut tx, mut rx) = vgpu_ring::heap_ring::<u32>(4, 0);
     /// for v in 0..3 { tx.push(v).unwrap(); }
     /// let first = rx.position();
-    /// assert_eq!(rx.take().unwrap(), Some(0));
-    /// assert_eq!(rx.take().unwrap(), Some(1));
+    /// assert_eq!(rx.take(), Some(0));
+    /// assert_eq!(rx.take(), Some(1));
     /// rx.release_up_to(first + 1); // only entry 0 is done with
     /// assert_eq!(tx.free_slots().unwrap(), 2);
     /// ```
     #[inline]
     pub fn release_up_to(&mut self, upto: u32) {
         let step = upto.wrapping_sub(self.released);
-        if step == 0 || step > self.tail.wrapping_sub(self.released) || self.poisoned.is_some() {
+        if step == 0 || step > self.tail.wrapping_sub(self.released) {
             return;
         }
         // SYNC: Release pairs with the producer's Acquire load of tail
@@ -396,32 +392,10 @@ impl<B: RingBackend> Consumer<B> {
     }
 
     /// [`take`](Self::take) then [`release`](Self::release).
-    ///
-    /// # Errors
-    ///
-    /// As [`take`](Self::take).
     #[inline]
-    pub fn pop(&mut self) -> Result<Option<B::Entry>, RingError> {
-        let entry = self.take()?;
+    pub fn pop(&mut self) -> Option<B::Entry> {
+        let entry = self.take();
         self.release();
-        Ok(entry)
-    }
-
-    fn refresh_head(&mut self) -> Result<(), RingError> {
-        if let Some(e) = self.poisoned {
-            return Err(e);
-        }
-        // SYNC: Acquire pairs with the producer's Release store of head: the entries it
-        // wrote before publishing are visible to our reads.
-        let head = self.backend.load_head(Ordering::Acquire);
-        // The producer can only move forward, and at most `capacity` past our released tail.
-        let ahead = head.wrapping_sub(self.released);
-        if ahead > self.capacity() || ahead < self.cached_head.wrapping_sub(self.released) {
-            let e = RingError { peer: head, own: self.released, capacity: self.capacity() };
-            self.poisoned = Some(e);
-            return Err(e);
-        }
-        self.cached_head = head;
-        Ok(())
+        entry
     }
 }

@@ -2,7 +2,8 @@
 //! status, client pid, arena, ring endpoints and handshake words are reached.
 
 use crate::layout::{
-    REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, SlotControl, SlotIdentity,
+    ENTRY_SIZE, REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, Request,
+    Response, RingEntry, SlotControl, SlotIdentity,
 };
 use crate::mapped::{GuestEndpoints, HostEndpoints, MappedRing};
 use crate::region::{Region, RegionError, RingIndices, RingKind};
@@ -29,7 +30,7 @@ use zerocopy::IntoBytes;
 /// let mut guest = slot.guest_endpoints()?;
 /// let mut host = slot.host_endpoints()?;
 /// guest.requests.push(Request { tag: 9, in_offset: 64, in_len: 8, ..Request::default() }).unwrap();
-/// let request = host.requests.pop().unwrap().unwrap();
+/// let request = host.requests.pop().unwrap();
 /// let mut input = [0; 8];
 /// slot.arena_read(u64::from(request.in_offset), &mut input)?;
 /// assert_eq!(&input, b"operands");
@@ -117,7 +118,7 @@ impl Slot {
         }
     }
 
-    /// The host status bits ([`SlotControl::REQUEST_POISONED`], ...).
+    /// The host status bits ([`SlotControl::RESPONSE_POISONED`]).
     #[must_use]
     pub fn host_status(&self) -> u32 {
         self.word(offset_of!(SlotControl, host_status)).load(Ordering::Relaxed)
@@ -270,6 +271,26 @@ impl ControlBlock for Slot {
     fn store(&self, word: ControlWord, value: u32, order: Ordering) {
         if let Ok(word) = self.writable_word(word.offset()) {
             word.store(value, order);
+        }
+    }
+
+    /// Does nothing on a read-only mapping (storing there would fault).
+    fn clear_publication_words(&self, order: Ordering) {
+        if self.region.require_writable().is_err() {
+            return;
+        }
+        let geometry = self.region.geometry();
+        for (kind, ready) in [
+            (RingKind::Request, Request::READY_OFFSET),
+            (RingKind::Response, Response::READY_OFFSET),
+        ] {
+            let entries = self.base + kind.entries_offset(&geometry);
+            for i in 0..geometry.ring_entries as usize {
+                self.region
+                    .atomic_u32(entries + i * ENTRY_SIZE + ready)
+                    .expect("ring entries are checked when the region is opened")
+                    .store(0, order);
+            }
         }
     }
 }

@@ -7,13 +7,13 @@
 //!
 //! 1. `store(need_wakeup, 1, relaxed)` for every slot it will sleep on;
 //! 2. `fence(seq_cst)`;
-//! 3. load every such slot's `req_head` (acquire): work there → [`cancel_wakeup`] and
-//!    serve; otherwise sleep until a doorbell rings (or a timeout), then
-//!    [`cancel_wakeup`] and scan.
+//! 3. load the publication word of every such slot's next request (layout 2): work
+//!    there → [`cancel_wakeup`] and serve; otherwise sleep until a doorbell rings (or a
+//!    timeout), then [`cancel_wakeup`] and scan.
 //!
 //! Guest, after publishing requests ([`wakeup_wanted`]):
 //!
-//! 1. `store(req_head, h, release)` (the ring's publication);
+//! 1. the ring's publication: each entry's word (release), then `req_head`;
 //! 2. `load(doorbell, relaxed)`: no doorbell → nothing more (the host polls the slot);
 //! 3. `fence(seq_cst)`;
 //! 4. `load(need_wakeup, relaxed)`: non-zero → write the `doorbell` value to the device.
@@ -42,7 +42,7 @@ use crate::sync::{Ordering, fence};
 /// request_wakeup(&control);
 /// fence_before_rescan();
 /// // The host found nothing and sleeps; the guest publishes and must ring.
-/// control.store(ControlWord::ReqHead, 1, Ordering::Release);
+/// control.store(ControlWord::ReqHead, 1, Ordering::Relaxed);
 /// assert_eq!(wakeup_wanted(&control), Some(0));
 /// cancel_wakeup(&control);
 /// assert_eq!(wakeup_wanted(&control), None);
@@ -55,8 +55,9 @@ pub fn wakeup_wanted<C: ControlBlock>(control: &C) -> Option<u32> {
         return None;
     }
     // SYNC: SeqCst fence pairs with the host's fence in `fence_before_rescan`: the
-    // guest's `req_head` store and the host's `need_wakeup` store are ordered before the
-    // loads that follow them, so the host sees the request or the guest sees the flag.
+    // guest's publication stores and the host's `need_wakeup` store are ordered before
+    // the loads that follow them, so the host sees the request or the guest sees the
+    // flag.
     fence(Ordering::SeqCst);
     (control.load(ControlWord::NeedWakeup, Ordering::Relaxed) != 0)
         .then_some(bell & !SlotControl::DOORBELL_PRESENT)

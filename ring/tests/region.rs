@@ -84,11 +84,11 @@ fn open_names_what_is_wrong() {
     // Init word cleared: formatting incomplete.
     file.write_all_at(&0u32.to_le_bytes(), 12).unwrap();
     assert!(matches!(Region::open(&path, Access::ReadOnly), Err(RegionError::NotInitialized)));
-    // Another major version.
-    file.write_all_at(&2u16.to_le_bytes(), 8).unwrap();
+    // Another major version (layout 1: entries without publication words).
+    file.write_all_at(&1u16.to_le_bytes(), 8).unwrap();
     assert!(matches!(
         Region::open(&path, Access::ReadOnly),
-        Err(RegionError::VersionMismatch { found_major: 2, .. })
+        Err(RegionError::VersionMismatch { found_major: 1, .. })
     ));
     // Not a region at all.
     file.write_all_at(&[0x55; 8], 0).unwrap();
@@ -166,15 +166,15 @@ fn rings_carry_entries_between_two_mappings() {
         assert!(guest.requests.stage(Request::default()).is_err(), "17th entry must not fit");
         guest.requests.publish();
         for i in 0..16 {
-            let req = host.requests.pop().unwrap().unwrap();
+            let req = host.requests.pop().unwrap();
             assert_eq!(req.tag, round * 100 + i);
             host.responses
                 .push(Response { tag: req.tag, status: 1, ..Response::default() })
                 .unwrap();
         }
-        assert_eq!(host.requests.pop().unwrap(), None);
+        assert_eq!(host.requests.pop(), None);
         for i in 0..16 {
-            assert_eq!(guest.responses.pop().unwrap().unwrap().tag, round * 100 + i);
+            assert_eq!(guest.responses.pop().unwrap().tag, round * 100 + i);
         }
     }
     let indices = host_region.slot(0).unwrap().ring_indices();
@@ -318,9 +318,9 @@ fn reset_handshake_over_a_mapped_slot() {
     let mut guest = region.slot(0).unwrap().guest_endpoints().unwrap();
     let mut host = region.slot(0).unwrap().host_endpoints().unwrap();
     guest.requests.push(Request { tag: 99, ..Request::default() }).unwrap();
-    assert_eq!(host.requests.pop().unwrap().unwrap().tag, 99);
+    assert_eq!(host.requests.pop().unwrap().tag, 99);
     host.responses.push(Response { tag: 99, ..Response::default() }).unwrap();
-    assert_eq!(guest.responses.pop().unwrap().unwrap().tag, 99);
+    assert_eq!(guest.responses.pop().unwrap().tag, 99);
 }
 
 /// A SIGBUS outside every region is not swallowed: the process ends as it would

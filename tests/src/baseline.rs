@@ -72,7 +72,7 @@ pub fn finish(mut child: Child) -> Result<()> {
 /// The next response, spinning until it comes.
 fn next_response(responses: &mut ResponseConsumer) -> Result<Response> {
     loop {
-        if let Some(r) = responses.pop()? {
+        if let Some(r) = responses.pop() {
             return Ok(r);
         }
         spin_hint();

@@ -33,6 +33,7 @@ pub fn message(seq: u64) -> Request {
         out_offset: !s,
         out_len: s.rotate_left(7),
         args: [s.wrapping_add(1), s.wrapping_add(2), s.wrapping_add(3)],
+        ready: 0,
     }
 }
 
@@ -44,13 +45,13 @@ fn label_of(seq: u64) -> [u8; vgpu_ring::layout::LABEL_LEN] {
     label
 }
 
-/// Check that `got` is [`message`]`(seq)`.
+/// Check that `got` is [`message`]`(seq)` (its publication word aside: the ring's).
 ///
 /// # Errors
 ///
 /// Describes the first mismatch.
 pub fn check_message(seq: u64, got: &Request) -> Result<()> {
-    let want = message(seq);
+    let want = Request { ready: got.ready, ..message(seq) };
     ensure!(*got == want, "message {seq}: got {got:?}, want {want:?}");
     Ok(())
 }
@@ -86,7 +87,7 @@ pub fn consume(region: &Path, count: u64) -> Result<()> {
     let mut seq = 0;
     while seq < count {
         let mut taken = 0;
-        while let Some(req) = host.requests.take()? {
+        while let Some(req) = host.requests.take() {
             check_message(seq, &req)?;
             seq += 1;
             taken += 1;
@@ -112,7 +113,7 @@ pub fn echo(region: &Path, count: u64) -> Result<()> {
     let mut host = open_host(region)?;
     let mut answered = 0;
     while answered < count {
-        match host.requests.pop()? {
+        match host.requests.pop() {
             Some(req) => {
                 push_response(
                     &mut host,
@@ -139,7 +140,7 @@ pub fn echo_batched(region: &Path, count: u64) -> Result<()> {
     let mut answered = 0;
     while answered < count {
         let mut taken = 0;
-        while let Some(req) = host.requests.take()? {
+        while let Some(req) = host.requests.take() {
             match host.responses.stage(Response { tag: req.tag, status: 1, ..Response::default() })
             {
                 Ok(()) => {}
@@ -177,7 +178,7 @@ pub fn vector_add(region: &Path, count: u64) -> Result<()> {
     let (mut a, mut b) = (Vec::<f32>::new(), Vec::<f32>::new());
     let mut answered = 0;
     while answered < count {
-        let Some(req) = host.requests.pop()? else {
+        let Some(req) = host.requests.pop() else {
             spin_hint();
             continue;
         };
