@@ -44,8 +44,13 @@ fn random_bytes_over_a_slot_leave_honest_vms_and_other_regions_untouched() {
     let hostile = {
         let path = system.region(1);
         let stop = Arc::clone(&stop);
+        // Slot 0's control page, its `req_tail`, its request ring.
+        const SLOT: u64 = 4096;
+        const REQ_TAIL: u64 = SLOT + vgpu_ring::layout::REQ_TAIL_OFFSET as u64;
+        const REQUESTS: u64 = SLOT + 4096;
+        const RING_ENTRIES: u32 = vgpu_tests::system::RegionSpec::SMALL.ring_entries;
         std::thread::spawn(move || {
-            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
             let len = file.metadata().unwrap().len();
             let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
             let mut writes = 0u64;
@@ -53,6 +58,20 @@ fn random_bytes_over_a_slot_leave_honest_vms_and_other_regions_untouched() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
+                // One write in 16 publishes garbage as the host's next request: random
+                // bytes, then the publication word the host awaits (its `req_tail` + 1),
+                // so that garbage is taken and judged, not only left in the ring.
+                if x.is_multiple_of(16) {
+                    let mut tail = [0; 4];
+                    file.read_exact_at(&mut tail, REQ_TAIL).unwrap();
+                    let tail = u32::from_le_bytes(tail);
+                    let entry = REQUESTS + u64::from(tail % RING_ENTRIES) * 64;
+                    let junk: Vec<u8> = (0..60u64).map(|i| (x >> (i % 57)) as u8).collect();
+                    file.write_all_at(&junk, entry).unwrap();
+                    file.write_all_at(&tail.wrapping_add(1).to_le_bytes(), entry + 60).unwrap();
+                    writes += 1;
+                    continue;
+                }
                 // Mostly the slot's control page (identity, indices) and rings, sometimes
                 // anywhere in the region, header included.
                 let anywhere = x.is_multiple_of(4);
@@ -110,9 +129,7 @@ fn random_bytes_over_a_slot_leave_honest_vms_and_other_regions_untouched() {
     );
     let log = system.log();
     assert!(
-        log.contains("vm1 request ring isolated")
-            || log.contains("vm1 claimed")
-            || log.contains("vm1 response ring isolated"),
+        log.contains("vm1 claimed") || log.contains("vm1 response ring isolated"),
         "the hostile VM was neither refused nor isolated"
     );
     // The mediator still serves the honest VMs after the attack, and stops cleanly.
