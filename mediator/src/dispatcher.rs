@@ -548,8 +548,8 @@ impl Dispatcher {
     /// through a compact array of watches); returns the number of requests taken. An
     /// idle VM costs one load of the line the dispatcher reads next anyway.
     fn drain(&mut self, now: &mut Option<Instant>) -> usize {
-        // First the VMs with new requests, then their requests: a pass in which only one
-        // VM published may take the fast path (see `accept`).
+        // First the VMs with new requests, then their requests: a pass whose new
+        // requests all share one priority may take the fast path (see `accept`).
         self.ready.clear();
         for &index in &self.scan {
             let Watch { ring: Some(ring), next, .. } = &self.watches[index] else { continue };
@@ -557,7 +557,8 @@ impl Dispatcher {
                 self.ready.push(index);
             }
         }
-        let alone = self.ready.len() == 1;
+        let level = |index: usize| self.vms[index].identity.priority;
+        let one_level = self.ready.iter().all(|&index| level(index) == level(self.ready[0]));
         let mut taken = 0;
         for k in 0..self.ready.len() {
             let index = self.ready[k];
@@ -574,7 +575,7 @@ impl Dispatcher {
                 let position = link.requests.position();
                 let Some(req) = link.requests.take() else { break };
                 taken += 1;
-                self.accept(index, position, &req, alone, now);
+                self.accept(index, position, &req, one_level, now);
             }
             let port = &self.vms[index];
             self.maybe_parked |= port.parked() > 0;
@@ -589,17 +590,19 @@ impl Dispatcher {
     /// Validate a request just taken from VM `index`'s ring at `position` and queue
     /// it, or answer it with an error at once.
     ///
-    /// The fast path: when VM `index` is the only one that published in this pass
-    /// (`alone`), the queue is empty, the pool is free and the job is short, the job
-    /// runs at once, without a queue insert and pop. The order is the queue's: one VM's
-    /// requests share a priority and are taken in ring order, and no other VM's request
-    /// is waiting. Fair pools always queue (their accounting follows each turn).
+    /// The fast path: when every VM that published in this pass has the same priority
+    /// (`one_level`), the queue is empty, the pool is free and the job is short, the
+    /// job runs at once, without a queue insert and pop. The order is the queue's: the
+    /// pass takes requests of one priority in arrival order (each VM's in ring order,
+    /// VM after VM), which is the order the queue's FIFO would give them, and no other
+    /// request is waiting; a long job makes the pool busy, and the requests after it
+    /// queue as before. Fair pools always queue (their accounting follows each turn).
     fn accept(
         &mut self,
         index: usize,
         position: u32,
         req: &Request,
-        alone: bool,
+        one_level: bool,
         clock: &mut Option<Instant>,
     ) {
         let pool = self.pool;
@@ -612,7 +615,7 @@ impl Dispatcher {
             Ok(job) => {
                 port.set_in_flight(port.in_flight + 1);
                 let priority = port.identity.priority;
-                let fast = alone
+                let fast = one_level
                     && self.fast_path
                     && self.busy.is_none()
                     && self.queue.is_empty()
@@ -919,25 +922,21 @@ mod tests {
         }
     }
 
-    /// The executor hears of every attach (at start and after a quarantine ends) and
-    /// every quarantine, in that order: what the CUDA executor registers and
-    /// unregisters its arenas on.
-    #[test]
-    fn the_executor_hears_of_attaches_and_quarantines() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A dispatcher of pool A over fresh regions in `dir`, one VM of each priority in
+    /// `priorities` (ids from 1), with `executor`.
+    fn dispatcher(
+        dir: &std::path::Path,
+        priorities: &[u8],
+        executor: Box<dyn Executor>,
+    ) -> Dispatcher {
+        let vms: String = priorities
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("[[vm]]\nid = {}\npool = \"A\"\npriority = {p}\n", i + 1))
+            .collect();
         let config = vgpu_config::Config::parse(&format!(
-            "[regions]\ndir = {:?}\nsize = \"4M\"\narena_size = \"1M\"\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 1\n",
-            dir.path()
+            "[regions]\ndir = {dir:?}\nsize = \"4M\"\narena_size = \"1M\"\n[pools.A]\n{vms}"
         ))
-        .unwrap();
-        let vm = config.vms[0].clone();
-        Region::create(
-            &vm.region,
-            config.region_size,
-            config.geometry,
-            &[vm.identity().slot()],
-            false,
-        )
         .unwrap();
         let session = Session {
             epoch: 7,
@@ -945,19 +944,26 @@ mod tests {
             region_size: config.region_size,
             geometry: config.geometry,
         };
-        let port = VmPort::attach(vm, &session, None).unwrap();
-        let heard = Arc::new(Mutex::new(Vec::new()));
-        let (open_gate, gate) = std::sync::mpsc::channel();
-        let pool = &config.pools[&port.vm.pool];
+        let ports: Vec<VmPort> = config
+            .vms
+            .iter()
+            .map(|vm| {
+                let slot = vm.identity().slot();
+                Region::create(&vm.region, config.region_size, config.geometry, &[slot], false)
+                    .unwrap();
+                VmPort::attach(vm.clone(), &session, None).unwrap()
+            })
+            .collect();
+        let pool = &config.pools[&ports[0].vm.pool];
         let metrics = Arc::new(PoolMetrics::new(
             pool.name,
             ("cpu", "cpu".to_owned()),
-            vec![Arc::clone(&port.metrics)],
+            ports.iter().map(|p| Arc::clone(&p.metrics)).collect(),
         ));
-        let mut dispatcher = Dispatcher::new(
+        Dispatcher::new(
             pool,
-            vec![port],
-            Box::new(Recording(Arc::clone(&heard), gate)),
+            ports,
+            executor,
             &config.mediator,
             session,
             false,
@@ -965,7 +971,58 @@ mod tests {
             None,
             metrics,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A pass whose new requests all share one priority runs them at once (the queue's
+    /// FIFO would give them the same order); one with several priorities queues them,
+    /// so the queue orders them by priority as before.
+    #[test]
+    fn only_a_pass_of_one_priority_takes_the_fast_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, gate) = std::sync::mpsc::channel();
+        let executor = Box::new(Recording(Arc::new(Mutex::new(Vec::new())), gate));
+        // vm1 and vm2 medium, vm3 high.
+        let mut dispatcher = dispatcher(dir.path(), &[1, 1, 2], executor);
+        let mut guests: Vec<_> = (0..3)
+            .map(|i| dispatcher.vms[i].link.as_ref().unwrap().slot.guest_endpoints().unwrap())
+            .collect();
+        let noop = |vm: usize, tag: u32| Request {
+            tag,
+            opcode: Opcode::Noop as u16,
+            pool: b'A',
+            priority: [1, 1, 2][vm],
+            vm_id: vm as u32 + 1,
+            ..Request::default()
+        };
+        let mut pass = |dispatcher: &mut Dispatcher, vms: &[usize]| {
+            for &vm in vms {
+                guests[vm].requests.push(noop(vm, 7)).unwrap();
+            }
+            assert_eq!(dispatcher.drain(&mut None), vms.len());
+            let queued = dispatcher.queue.len();
+            dispatcher.dispatch(&mut None);
+            dispatcher.flush_responses();
+            for &vm in vms {
+                assert_eq!(guests[vm].responses.pop().map(|r| r.tag), Some(7), "vm{}", vm + 1);
+            }
+            queued
+        };
+        assert_eq!(pass(&mut dispatcher, &[0, 1]), 0, "one priority: run at once");
+        assert_eq!(pass(&mut dispatcher, &[0, 2]), 2, "two priorities: queued");
+        assert_eq!(pass(&mut dispatcher, &[1]), 0, "one VM alone: run at once");
+    }
+
+    /// The executor hears of every attach (at start and after a quarantine ends) and
+    /// every quarantine, in that order: what the CUDA executor registers and
+    /// unregisters its arenas on.
+    #[test]
+    fn the_executor_hears_of_attaches_and_quarantines() {
+        let dir = tempfile::tempdir().unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let mut dispatcher =
+            dispatcher(dir.path(), &[1], Box::new(Recording(Arc::clone(&heard), gate)));
         // Declared after the dispatcher, so a failed assertion lets the executor go before
         // the dispatcher joins it.
         let open_gate = open_gate;
