@@ -355,6 +355,12 @@ const_assert_eq!(offset_of!(Response, queued_ns), 48);
 const_assert_eq!(offset_of!(Response, exec_ns), 56);
 
 /// An entry of the mapped rings: a 64-byte wire struct with a publication word.
+///
+/// ```
+/// use vgpu_ring::{Request, Response, RingEntry};
+/// // The last word of a request; in a response, the one before the timings.
+/// assert_eq!((Request::READY_OFFSET, Response::READY_OFFSET), (60, 44));
+/// ```
 pub trait RingEntry: FromBytes + IntoBytes + Immutable + Copy {
     /// Byte offset of its `ready` word (a 4-byte aligned `u32`).
     const READY_OFFSET: usize;

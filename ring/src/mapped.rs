@@ -196,12 +196,28 @@ pub struct HostEndpoints {
 
 /// A cheap, read-only view of one request ring for a host polling many rings: whether
 /// the entry at a position is published (its publication word: the line the host reads
-/// next anyway, so an idle VM costs one load per pass), and the producer index and
-/// reset request word on their own line for the rarer looks. Keeps the region mapped.
+/// next anyway, so an idle VM costs one load per pass), and the slot's reset request
+/// word for the rarer looks. Keeps the region mapped.
+///
+/// ```
+/// use std::sync::Arc;
+/// use vgpu_ring::{Geometry, PoolId, Priority, Region, Request, VmIdentity};
+/// let dir = tempfile::tempdir().unwrap();
+/// let geometry = Geometry { slot_count: 1, ring_entries: 8, arena_size: 4096 };
+/// let id = VmIdentity { vm_id: 3, pool: PoolId::new(b'A').unwrap(), priority: Priority::LOW };
+/// let region = Arc::new(Region::create(&dir.path().join("r"), 1 << 15, geometry, &[id.slot()], false)?);
+/// let slot = region.slot(0)?;
+/// let (mut guest, host) = (slot.guest_endpoints()?, slot.host_endpoints()?);
+/// let watch = host.requests.backend().watch();
+/// assert!(!watch.published(host.requests.position()));
+/// guest.requests.push(Request::default()).unwrap();
+/// assert!(watch.published(host.requests.position()), "the next request's word");
+/// # Ok::<(), vgpu_ring::RegionError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct RequestWatch {
-    /// The request ring's producer index (`req_head`); the slot's reset request word
-    /// follows it on the same line.
+    /// The request ring's producer index (`req_head`), which the slot's reset request
+    /// word follows on the same line.
     head: *const AtomicU32,
     /// The request ring's first entry.
     entries: *const u8,
@@ -229,15 +245,6 @@ impl RequestWatch {
             &*self.entries.add(slot * size_of::<Request>() + Request::READY_OFFSET).cast()
         };
         word.load(Ordering::Relaxed) == position.wrapping_add(1)
-    }
-
-    /// The producer index now (Relaxed: the wake-up flag protocol orders it by its
-    /// fences; see [`fence_before_rescan`](crate::fence_before_rescan)).
-    #[must_use]
-    #[inline]
-    pub fn head(&self) -> u32 {
-        // SAFETY: checked when the ring was built, kept alive by `_region`.
-        unsafe { &*self.head }.load(Ordering::Relaxed)
     }
 
     /// The slot's reset request word (layout 1.1), on the same line as the request

@@ -22,8 +22,7 @@
 //! words, it cannot make us read outside the ring or more than a ring's worth.
 //!
 //! The producer still stores its index after each publication (Relaxed): it is its own
-//! record to resume from, what an inspector shows, and what the host's wake-up rescan
-//! reads. The consumer's index is how the producer learns of free slots. A loaded peer
+//! record to resume from, and what an inspector shows. The consumer's index is how the producer learns of free slots. A loaded peer
 //! index that moved backwards or claims more than `capacity` entries poisons this
 //! endpoint: every later operation returns [`RingError`].
 //!
@@ -242,7 +241,7 @@ impl<B: RingBackend> Producer<B> {
                 position = next;
             }
             // Relaxed: the index publishes nothing (the words do); it is our record to
-            // resume from, and the host's wake-up rescan orders it by its own fences.
+            // resume from.
             self.backend.store_head(self.head, Ordering::Relaxed);
             self.published = self.head;
         }
