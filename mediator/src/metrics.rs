@@ -154,7 +154,8 @@ pub enum VmState {
     Attached = 0,
     /// Not served: its region is unusable (retried periodically).
     Quarantined = 1,
-    /// Attached, but a ring holds impossible indices: isolated until the guest resets it.
+    /// Attached, but the response ring's consumer index is impossible: isolated until the
+    /// guest resets it.
     Poisoned = 2,
 }
 

@@ -186,7 +186,7 @@ impl VmPort {
         let link = Link::new(region.slot(0)?, self.doorbell())?;
         if link.response_poisoned {
             tracing::warn!(
-                "Pool {}: vm{} rings hold impossible indices; isolated until the guest resets them",
+                "Pool {}: vm{} response ring holds an impossible consumer index; isolated until the guest resets it",
                 self.vm.pool,
                 self.vm.id
             );
