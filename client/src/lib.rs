@@ -995,31 +995,33 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Completion, Ticket>, ClientError> {
-        Ok(match self.take_answer(ticket.tag)? {
-            Some(answer) => Ok(self.completion(answer)?),
-            None => Err(ticket),
+        Ok(match self.poll_answer(ticket)? {
+            Ok(answer) => Ok(self.completion(answer)?),
+            Err(ticket) => Err(ticket),
         })
+    }
+
+    /// One look for `ticket`'s answer, for the callers that poll on their own: the
+    /// ticket comes back if it has not arrived, unless the mapping is gone.
+    fn poll_answer(&mut self, ticket: Ticket) -> Result<Result<Answer, Ticket>, ClientError> {
+        match self.take_answer(ticket.tag) {
+            Some(answer) => Ok(Ok(answer)),
+            None => self.check_mapping().map(|()| Err(ticket)),
+        }
     }
 
     /// The answer to `ticket` if it has arrived: the response and the request's output
     /// range (offset, capacity), which stays reserved (retired) while it is read.
     #[inline]
-    fn take_answer(&mut self, tag: u32) -> Result<Option<Answer>, ClientError> {
+    fn take_answer(&mut self, tag: u32) -> Option<Answer> {
         // A staged request is never waited for unpublished.
         self.flush();
         let response = match self.in_flight.take_answer(tag) {
             Some(response) => response,
-            None => match self.poll_responses(tag) {
-                Some(response) => response,
-                None => {
-                    // Nothing yet: say so unless the mapping is gone.
-                    self.check_mapping()?;
-                    return Ok(None);
-                }
-            },
+            None => self.poll_responses(tag)?,
         };
         let output = self.finish(tag).map_or((0, 0), |e| e.output);
-        Ok(Some(Answer { response, output }))
+        Some(Answer { response, output })
     }
 
     /// The answer with its output bytes copied out of the arena.
@@ -1069,7 +1071,7 @@ impl Client {
         &mut self,
         ticket: Ticket,
     ) -> Result<Result<Response, Ticket>, ClientError> {
-        Ok(self.take_answer(ticket.tag)?.map(|answer| answer.response).ok_or(ticket))
+        Ok(self.poll_answer(ticket)?.map(|answer| answer.response))
     }
 
     /// [`wait`](Self::wait), leaving the output in the arena.
@@ -1080,7 +1082,7 @@ impl Client {
         let mut sleep = Duration::from_micros(1);
         let mut polls: u32 = 0;
         loop {
-            if let Some(answer) = self.take_answer(ticket.tag)? {
+            if let Some(answer) = self.take_answer(ticket.tag) {
                 return Ok(answer);
             }
             polls = polls.wrapping_add(1);

@@ -73,10 +73,10 @@ impl TagTable {
         self.len
     }
 
+    /// The index of `tag`'s slot in slots of length `len` (a power of two).
     #[inline]
-    fn mask(&self) -> u32 {
-        // The length is a power of two and at most 2^32 (as many as there are tags).
-        (self.slots.len() - 1) as u32
+    fn index(len: usize, tag: u32) -> usize {
+        tag as usize & (len - 1)
     }
 
     /// The tag the next [`insert`](Self::insert) takes: the next one whose slot is free.
@@ -87,7 +87,7 @@ impl TagTable {
         if self.len * 4 >= self.slots.len() * 3 {
             self.grow();
         }
-        while self.slots[(self.next & self.mask()) as usize].is_some() {
+        while self.slots[Self::index(self.slots.len(), self.next)].is_some() {
             self.next = self.next.wrapping_add(1);
         }
         self.next
@@ -102,9 +102,8 @@ impl TagTable {
             &mut self.slots,
             std::iter::repeat_with(|| None).take(larger).collect(),
         );
-        let mask = self.mask();
         for entry in old.into_iter().flatten() {
-            let i = (entry.tag & mask) as usize;
+            let i = Self::index(larger, entry.tag);
             self.slots[i] = Some(entry);
         }
     }
@@ -112,7 +111,7 @@ impl TagTable {
     /// Put `entry` in flight under its tag, which [`next_tag`](Self::next_tag) returned.
     #[inline]
     pub(crate) fn insert(&mut self, entry: Entry) {
-        let i = (entry.tag & self.mask()) as usize;
+        let i = Self::index(self.slots.len(), entry.tag);
         debug_assert!(entry.tag == self.next && self.slots[i].is_none());
         self.next = entry.tag.wrapping_add(1);
         self.slots[i] = Some(entry);
@@ -131,9 +130,7 @@ impl TagTable {
     /// counters stay free to update while it is held).
     #[inline]
     fn get_mut(slots: &mut [Option<Entry>], tag: u32) -> Option<&mut Entry> {
-        // The length is a power of two.
-        let i = tag as usize & (slots.len() - 1);
-        slots[i].as_mut().filter(|entry| entry.tag == tag)
+        slots[Self::index(slots.len(), tag)].as_mut().filter(|entry| entry.tag == tag)
     }
 
     /// A response for some tag other than the one awaited.
@@ -187,7 +184,7 @@ impl TagTable {
     /// Take `tag` out of the table.
     #[inline]
     pub(crate) fn remove(&mut self, tag: u32) -> Option<Entry> {
-        let i = (tag & self.mask()) as usize;
+        let i = Self::index(self.slots.len(), tag);
         let entry = self.slots[i].take_if(|entry| entry.tag == tag)?;
         self.len -= 1;
         if matches!(entry.state, State::Answered(_)) {
@@ -242,7 +239,8 @@ mod tests {
         // Many requests come and go past the one kept; none lands in its slot.
         for _ in 0..5 * TagTable::INITIAL {
             let tag = table.next_tag();
-            assert_ne!(tag & table.mask(), kept & table.mask());
+            let index = |tag| TagTable::index(table.slots.len(), tag);
+            assert_ne!(index(tag), index(kept));
             table.insert(entry(tag));
             assert!(table.remove(tag).is_some());
         }

@@ -8,9 +8,14 @@ use std::time::Duration;
 use vgpu_client::discover::ivshmem_devices;
 use vgpu_client::{Call, Client, ClientError, ClientOptions, IdentitySource, Wait};
 use vgpu_ring::stub::StubRegisters;
-use vgpu_ring::{Access, Geometry, Region, Response, SlotIdentity};
+use vgpu_ring::{Access, Geometry, PoolId, Priority, Region, Response, SlotIdentity};
 
 const GEOMETRY: Geometry = Geometry { slot_count: 1, ring_entries: 16, arena_size: 1 << 16 };
+
+/// The identity of VM `vm_id` in pool A with `priority`.
+fn pool_a(vm_id: u32, priority: Priority) -> SlotIdentity {
+    SlotIdentity::new(vm_id, PoolId::new(b'A').unwrap(), priority)
+}
 
 fn region(path: &Path, identity: SlotIdentity) -> Region {
     Region::create(path, 1 << 17, GEOMETRY, &[identity], false).unwrap()
@@ -58,10 +63,7 @@ fn fake_sysfs(root: &Path, devices: &[(&str, &str, &str, Option<&Path>)]) {
 fn discovery_on_a_fake_sysfs_tree() {
     let dir = tempfile::tempdir().unwrap();
     let vgpu = dir.path().join("vgpu-bar");
-    let (_r, stop) = live_region(
-        &vgpu,
-        SlotIdentity::new(3, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::MEDIUM),
-    );
+    let (_r, stop) = live_region(&vgpu, pool_a(3, Priority::MEDIUM));
     let other = dir.path().join("other-bar");
     std::fs::write(&other, vec![0u8; 1 << 16]).unwrap();
 
@@ -114,19 +116,12 @@ fn discovery_on_a_fake_sysfs_tree() {
 fn identity_from_a_stub_image_and_disagreement_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (_r, stop) = live_region(
-        &path,
-        SlotIdentity::new(100, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH),
-    );
+    let (_r, stop) = live_region(&path, pool_a(100, Priority::HIGH));
     let stub = dir.path().join("stub");
     std::fs::write(
         &stub,
-        StubRegisters {
-            pool: vgpu_ring::PoolId::new(b'A').unwrap(),
-            priority: vgpu_ring::Priority::HIGH,
-            vm_id: 100,
-        }
-        .to_image(),
+        StubRegisters { pool: PoolId::new(b'A').unwrap(), priority: Priority::HIGH, vm_id: 100 }
+            .to_image(),
     )
     .unwrap();
     let client =
@@ -136,23 +131,15 @@ fn identity_from_a_stub_image_and_disagreement_reported() {
     drop(client);
     std::fs::write(
         &stub,
-        StubRegisters {
-            pool: vgpu_ring::PoolId::new(b'B').unwrap(),
-            priority: vgpu_ring::Priority::LOW,
-            vm_id: 100,
-        }
-        .to_image(),
+        StubRegisters { pool: PoolId::new(b'B').unwrap(), priority: Priority::LOW, vm_id: 100 }
+            .to_image(),
     )
     .unwrap();
     let client =
         Client::attach(&ClientOptions { stub: Some(stub.clone()), ..options(&path) }).unwrap();
     let warning = client.identity_warning().unwrap();
     assert!(warning.contains("vgpu-stub says vm 100 pool B priority 0"), "{warning}");
-    assert_eq!(
-        client.identity().slot(),
-        SlotIdentity::new(100, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::HIGH),
-        "the host's copy is used"
-    );
+    assert_eq!(client.identity().slot(), pool_a(100, Priority::HIGH), "the host's copy is used");
     drop(client);
     std::fs::write(&stub, b"short").unwrap();
     assert!(matches!(
@@ -166,10 +153,7 @@ fn identity_from_a_stub_image_and_disagreement_reported() {
 fn every_attach_error_is_specific() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let r = region(
-        &path,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let r = region(&path, pool_a(1, Priority::LOW));
     // No mediator ever attached.
     assert!(matches!(Client::attach(&options(&path)), Err(ClientError::NoMediator)));
     r.begin_session(1, 1, 10).unwrap();
@@ -199,10 +183,7 @@ fn every_attach_error_is_specific() {
 fn one_client_per_slot() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (_r, stop) = live_region(
-        &path,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let (_r, stop) = live_region(&path, pool_a(1, Priority::LOW));
     let first = Client::attach(&options(&path)).unwrap();
     match Client::attach(&options(&path)) {
         Err(ClientError::SlotInUse { pid }) => assert_eq!(pid, std::process::id()),
@@ -219,10 +200,7 @@ fn dead_mediator_restart_and_timeout_are_detected() {
     // A mediator that attached and then died: its heartbeat never moves. The call
     // waits out its own timeout, then names the silence; the silence is noticed once.
     let dead = dir.path().join("dead");
-    let r = region(
-        &dead,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let r = region(&dead, pool_a(1, Priority::LOW));
     r.begin_session(5, 1, 10).unwrap();
     let mut client = Client::attach(&options(&dead)).unwrap();
     let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -247,10 +225,7 @@ fn dead_mediator_restart_and_timeout_are_detected() {
 
     // A live mediator that never answers: a timeout.
     let quiet = dir.path().join("quiet");
-    let (_r, stop) = live_region(
-        &quiet,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let (_r, stop) = live_region(&quiet, pool_a(1, Priority::LOW));
     let mut client =
         Client::attach(&ClientOptions { wait: Wait::Spin, ..options(&quiet) }).unwrap();
     let t = client.submit(&Call::noop("X")).unwrap();
@@ -265,10 +240,7 @@ fn dead_mediator_restart_and_timeout_are_detected() {
 fn a_wait_takes_answers_only_up_to_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (r, stop) = live_region(
-        &path,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let (r, stop) = live_region(&path, pool_a(1, Priority::LOW));
     let mut client = Client::attach(&ClientOptions { wait: Wait::Spin, ..options(&path) }).unwrap();
     let tickets: Vec<_> = (0..4).map(|_| client.submit(&Call::noop("W")).unwrap()).collect();
     let host_region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
@@ -299,10 +271,7 @@ fn a_wait_takes_answers_only_up_to_its_own() {
 fn pipelined_requests_complete_with_matching_tags() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (r, stop) = live_region(
-        &path,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let (r, stop) = live_region(&path, pool_a(1, Priority::LOW));
     let host_region = Arc::new(Region::open(&path, Access::ReadWrite).unwrap());
     let host_stop = Arc::clone(&stop);
     let host = std::thread::spawn(move || {
@@ -372,10 +341,7 @@ fn pipelined_requests_complete_with_matching_tags() {
 fn staged_requests_are_published_together() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r");
-    let (r, stop) = live_region(
-        &path,
-        SlotIdentity::new(1, vgpu_ring::PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW),
-    );
+    let (r, stop) = live_region(&path, pool_a(1, Priority::LOW));
     let mut client = Client::attach(&options(&path)).unwrap();
     let head = || r.slot(0).unwrap().ring_indices().req_head;
     // What a host attaching now could take (it releases nothing: the next one sees the

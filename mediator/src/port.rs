@@ -311,7 +311,7 @@ impl VmPort {
         false
     }
 
-    /// Publish the staged answers and release their requests (one store each way).
+    /// Publish the staged answers and release their requests (see [`Link::flush`]).
     pub(crate) fn flush(&mut self) {
         if let Some(link) = &mut self.link {
             link.flush();

@@ -100,7 +100,7 @@ pub struct RegionHeader {
     /// Reserved, zero.
     pub reserved2: [u8; 104],
     /// Reserved (layout 1.0 called it a pending-work bitmap; nothing reads it: the
-    /// mediator polls each slot's request ring producer index). A guest may write it.
+    /// mediator polls each slot's next request entry). A guest may write it.
     pub reserved_pending: [u64; (MAX_SLOTS / 64) as usize],
     /// Reserved, zero; pads the header to one page.
     pub reserved3: [u8; 3712],

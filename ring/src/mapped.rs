@@ -88,12 +88,23 @@ impl<E: RingEntry> MappedRing<E> {
     /// The publication word of slot `slot`.
     fn ready(&self, slot: u32) -> &AtomicU32 {
         assert!(slot < self.capacity, "slot {slot} outside the ring");
-        // SAFETY: slot < capacity, so the entry lies in the entry array checked in `new`
-        // (entries are 64-byte aligned there), and its word, 4-byte aligned at
-        // READY_OFFSET, inside it; kept alive by `self.region`. Only ever accessed
-        // atomically, by either side.
-        unsafe { &*self.entries.add(slot as usize * size_of::<E>() + E::READY_OFFSET).cast() }
+        // SAFETY: slot < capacity, and `entries` is the array of `capacity` entries
+        // checked in `new`, kept alive by `self.region`.
+        unsafe { ready_word::<E>(self.entries, slot) }
     }
+}
+
+/// The publication word of slot `slot` of the entry array at `entries`.
+///
+/// # Safety
+///
+/// `entries` is an entry array of `E` with more than `slot` entries, bounds- and
+/// alignment-checked when its ring was built, and mapped for as long as `'a`.
+unsafe fn ready_word<'a, E: RingEntry>(entries: *const u8, slot: u32) -> &'a AtomicU32 {
+    // SAFETY: (caller) the entry lies in the array (entries are 64-byte aligned there),
+    // and its word, 4-byte aligned at READY_OFFSET, inside it. Only ever accessed
+    // atomically, by either side.
+    unsafe { &*entries.add(slot as usize * size_of::<E>() + E::READY_OFFSET).cast() }
 }
 
 // SAFETY: the entry array was bounds- and alignment-checked in `new` for `capacity`
@@ -237,13 +248,10 @@ impl RequestWatch {
     #[must_use]
     #[inline]
     pub fn published(&self, position: u32) -> bool {
-        let slot = (position & self.mask) as usize;
-        // SAFETY: slot <= mask < capacity, so the word lies in the entry array checked
-        // when the ring was built (4-byte aligned at READY_OFFSET); kept alive by
-        // `_region`; only ever accessed atomically.
-        let word: &AtomicU32 = unsafe {
-            &*self.entries.add(slot * size_of::<Request>() + Request::READY_OFFSET).cast()
-        };
+        // SAFETY: the slot is masked below capacity, and `entries` is the request ring's
+        // array of `capacity` entries, checked when the ring was built and kept alive by
+        // `_region`.
+        let word = unsafe { ready_word::<Request>(self.entries, position & self.mask) };
         word.load(Ordering::Relaxed) == position.wrapping_add(1)
     }
 

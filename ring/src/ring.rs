@@ -22,9 +22,10 @@
 //! words, it cannot make us read outside the ring or more than a ring's worth.
 //!
 //! The producer still stores its index after each publication (Relaxed): it is its own
-//! record to resume from, and what an inspector shows. The consumer's index is how the producer learns of free slots. A loaded peer
-//! index that moved backwards or claims more than `capacity` entries poisons this
-//! endpoint: every later operation returns [`RingError`].
+//! record to resume from, and what an inspector shows. The consumer's index is how the
+//! producer learns of free slots: a loaded consumer index that moved backwards or past
+//! what was published poisons the producer, and every later operation returns
+//! [`RingError`].
 //!
 //! Memory is reached through a [`RingBackend`]: mapped shared memory in production
 //! ([`MappedRing`](crate::MappedRing)), loom-checked heap memory in the model tests

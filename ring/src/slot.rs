@@ -2,13 +2,13 @@
 //! status, client pid, arena, ring endpoints and handshake words are reached.
 
 use crate::layout::{
-    ENTRY_SIZE, REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, Request,
-    Response, RingEntry, SlotControl, SlotIdentity,
+    REQ_HEAD_OFFSET, REQ_TAIL_OFFSET, RESP_HEAD_OFFSET, RESP_TAIL_OFFSET, Request, Response,
+    SlotControl, SlotIdentity,
 };
 use crate::mapped::{GuestEndpoints, HostEndpoints, MappedRing};
 use crate::region::{Region, RegionError, RingIndices, RingKind};
 use crate::reset::{ControlBlock, ControlWord};
-use crate::ring::{Consumer, Producer};
+use crate::ring::{Consumer, Producer, RingBackend};
 use crate::sync::Ordering;
 use crate::sync::mapped::AtomicU32;
 use core::mem::offset_of;
@@ -276,21 +276,14 @@ impl ControlBlock for Slot {
 
     /// Does nothing on a read-only mapping (storing there would fault).
     fn clear_publication_words(&self, order: Ordering) {
-        if self.region.require_writable().is_err() {
-            return;
-        }
-        let geometry = self.region.geometry();
-        for (kind, ready) in [
-            (RingKind::Request, Request::READY_OFFSET),
-            (RingKind::Response, Response::READY_OFFSET),
-        ] {
-            let entries = self.base + kind.entries_offset(&geometry);
-            for i in 0..geometry.ring_entries as usize {
-                self.region
-                    .atomic_u32(entries + i * ENTRY_SIZE + ready)
-                    .expect("ring entries are checked when the region is opened")
-                    .store(0, order);
-            }
+        let rings = (
+            MappedRing::<Request>::new(&self.region, self.index, RingKind::Request),
+            MappedRing::<Response>::new(&self.region, self.index, RingKind::Response),
+        );
+        let (Ok(requests), Ok(responses)) = rings else { return };
+        for slot in 0..requests.capacity() {
+            requests.store_ready(slot, 0, order);
+            responses.store_ready(slot, 0, order);
         }
     }
 }

@@ -262,8 +262,8 @@ fn release_after_answer_survives_a_crash_at_every_point() {
 }
 
 /// A consumer attaching while its producer runs (a mediator starting against a guest
-/// already pushing) resumes from the shared indices: the entries it sees published are
-/// fully written (its Acquire load of the producer index at attach).
+/// already pushing) resumes from its own index: the entries it sees published are fully
+/// written (its Acquire load of each entry's publication word).
 #[test]
 fn consumer_attaches_while_the_producer_runs() {
     loom::model(|| {

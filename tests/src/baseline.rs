@@ -70,10 +70,10 @@ pub fn finish(mut child: Child) -> Result<()> {
 }
 
 /// The next response, spinning until it comes.
-fn next_response(responses: &mut ResponseConsumer) -> Result<Response> {
+fn next_response(responses: &mut ResponseConsumer) -> Response {
     loop {
         if let Some(r) = responses.pop() {
-            return Ok(r);
+            return r;
         }
         spin_hint();
     }
@@ -115,7 +115,7 @@ pub fn ring_round_trips(dir: &Path, peer: &Peer, counts: Counts) -> Result<Histo
         if guest.requests.push(Request { tag: i as u32, ..message(i) }).is_err() {
             bail!("request ring unexpectedly full");
         }
-        let response = next_response(&mut guest.responses)?;
+        let response = next_response(&mut guest.responses);
         let ns = start.elapsed().as_nanos() as u64;
         if response.tag != i as u32 {
             bail!("response {} for request {i}", response.tag);
@@ -173,7 +173,7 @@ pub fn bare_guest_pipelined(slot: &Slot, depth: u64, count: u64) -> Result<u64> 
                 Err(vgpu_ring::PushError::Poisoned(e)) => bail!(e),
             }
         }
-        let response = next_response(&mut guest.responses)?;
+        let response = next_response(&mut guest.responses);
         if response.tag != answered as u32 || response.status != 1 {
             bail!("answer {response:?} for request {answered}");
         }
@@ -252,7 +252,7 @@ pub fn vector_add_round_trips(
         if guest.requests.push(request).is_err() {
             bail!("request ring unexpectedly full");
         }
-        let response = next_response(&mut guest.responses)?;
+        let response = next_response(&mut guest.responses);
         slot.arena_read(u64::from(2 * bytes), sums.as_mut_bytes())?;
         let elapsed = start.elapsed();
         if response.tag != i as u32 {

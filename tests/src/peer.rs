@@ -129,8 +129,8 @@ pub fn echo(region: &Path, count: u64) -> Result<()> {
 
 /// Answer `count` requests from slot 0 the way a host keeps up with a pipelining guest:
 /// take every request published, stage an answer carrying its tag for each, then
-/// publish the answers with one index store and release the requests with another, as
-/// the mediator does once per pass.
+/// publish the answers together and release the requests with one index store, as the
+/// mediator does once per pass.
 ///
 /// # Errors
 ///
