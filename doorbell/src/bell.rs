@@ -55,6 +55,22 @@ impl Bell {
     }
 }
 
+impl AsFd for Bell {
+    /// The eventfd: readable while the bell is rung (a holder's stop, a poll set).
+    ///
+    /// ```
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    /// let bell = vgpu_doorbell::Bell::local()?;
+    /// bell.ring()?;
+    /// let mut fds = [PollFd::new(&bell, PollFlags::IN)];
+    /// assert_eq!(poll(&mut fds, None)?, 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    fn as_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// Ask the holder listening on `control` for the host end of every doorbell it holds.
 ///
 /// # Errors

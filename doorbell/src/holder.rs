@@ -1,14 +1,13 @@
 //! The long-lived holder of the doorbell sockets and eventfds (`ivshmem-setup serve`).
 
 use crate::ivshmem::{HOST_PEER, PROTOCOL_VERSION, VECTORS, VM_PEER, doorbell_value, send};
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::fs::OpenOptions;
 use std::io::{Error, ErrorKind, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A VM whose doorbell the holder serves.
@@ -104,22 +103,26 @@ impl Holder {
         Ok(Self { vms: held, control: control_listener, control_path: control.to_owned() })
     }
 
-    /// Serve connections until `shutdown` is set (checked every 200 ms).
+    /// Serve connections until `stop` is readable (a rung [`Bell`](crate::Bell), the
+    /// read end of a signal's self-pipe); between connections the holder sleeps.
     ///
     /// # Errors
     ///
     /// Only if polling itself fails; a misbehaving peer is logged and dropped.
-    pub fn serve(&mut self, shutdown: &AtomicBool) -> std::io::Result<()> {
-        while !shutdown.load(Ordering::Relaxed) {
-            self.serve_once(&Timespec { tv_sec: 0, tv_nsec: 200_000_000 })?;
-        }
+    pub fn serve(&mut self, stop: impl AsFd) -> std::io::Result<()> {
+        while !self.serve_once(stop.as_fd())? {}
         Ok(())
     }
 
-    /// Wait up to `timeout` for connections and disconnections and handle them.
-    fn serve_once(&mut self, timeout: &Timespec) -> std::io::Result<()> {
-        // The poll set: the control socket, then per VM its listener and its peer.
-        let mut fds = vec![PollFd::new(&self.control, PollFlags::IN)];
+    /// Wait for connections and disconnections and handle them; whether `stop` is
+    /// readable.
+    fn serve_once(&mut self, stop: BorrowedFd<'_>) -> std::io::Result<bool> {
+        // The poll set: the stop, the control socket, then per VM its listener and its
+        // peer.
+        let mut fds = vec![
+            PollFd::from_borrowed_fd(stop, PollFlags::IN),
+            PollFd::new(&self.control, PollFlags::IN),
+        ];
         for held in &self.vms {
             fds.push(PollFd::new(&held.listener, PollFlags::IN));
             fds.push(match &held.peer {
@@ -127,25 +130,28 @@ impl Holder {
                 None => PollFd::from_borrowed_fd(held.listener.as_fd(), PollFlags::empty()),
             });
         }
-        match poll(&mut fds, Some(timeout)) {
+        match poll(&mut fds, None) {
             Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
         let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
         drop(fds);
         if ready[0] {
+            return Ok(true);
+        }
+        if ready[1] {
             self.hand_over();
         }
         for (index, held) in self.vms.iter_mut().enumerate() {
-            if ready[2 + 2 * index] && held.peer.is_some() {
+            if ready[3 + 2 * index] && held.peer.is_some() {
                 held.check_peer();
             }
-            if ready[1 + 2 * index] {
+            if ready[2 + 2 * index] {
                 held.accept();
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Send the host end of every VM's doorbell to a mediator on the control socket:

@@ -18,17 +18,16 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use std::sync::atomic::AtomicBool;
 //! use std::time::Duration;
-//! use vgpu_doorbell::{BellWaiter, DoorbellVm, Holder, HostPeer, fetch_bells};
+//! use vgpu_doorbell::{Bell, BellWaiter, DoorbellVm, Holder, HostPeer, fetch_bells};
 //! let dir = tempfile::tempdir().unwrap();
 //! let region = dir.path().join("vgpu-vm1");
 //! std::fs::write(&region, [0u8; 4096]).unwrap();
 //! let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
 //! let control = dir.path().join("vgpu-doorbells.sock");
 //! let mut holder = Holder::bind(vec![vm.clone()], &control)?;
-//! let stop = Arc::new(AtomicBool::new(false));
-//! let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&stop)) };
+//! let stop = Arc::new(Bell::local()?);
+//! let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
 //! // The mediator takes the host end of VM 1's doorbell and waits on it.
 //! let bells = fetch_bells(&control)?;
 //! let mut waiter = BellWaiter::new()?;
@@ -38,7 +37,7 @@
 //! peer.ring(bells[0].value)?;
 //! assert_eq!(waiter.wait(Some(Duration::from_secs(5)))?, [0]);
 //! assert_eq!(bells[0].drain(), 1);
-//! stop.store(true, std::sync::atomic::Ordering::Relaxed);
+//! stop.ring()?;
 //! serving.join().unwrap()?;
 //! # Ok::<(), std::io::Error>(())
 //! ```

@@ -5,17 +5,16 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vgpu_doorbell::ivshmem::{HOST_PEER, VECTORS, VM_PEER, doorbell_value, receive, receive_setup};
-use vgpu_doorbell::{DoorbellVm, Holder, HostPeer, fetch_bells};
+use vgpu_doorbell::{Bell, DoorbellVm, Holder, HostPeer, fetch_bells};
 
 struct Running {
     dir: tempfile::TempDir,
     vms: Vec<DoorbellVm>,
     control: PathBuf,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Bell>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -36,10 +35,10 @@ impl Running {
             .collect();
         let control = dir.path().join("vgpu-doorbells.sock");
         let mut holder = Holder::bind(vms.clone(), &control).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Bell::local().unwrap());
         let thread = {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || holder.serve(&stop))
+            std::thread::spawn(move || holder.serve(&*stop))
         };
         Self { dir, vms, control, stop, thread: Some(thread) }
     }
@@ -51,7 +50,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.ring().unwrap();
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap().unwrap();
         }

@@ -3,8 +3,7 @@
 use crate::ConfigArg;
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::os::unix::net::UnixStream;
 use vgpu_config::Config;
 use vgpu_doorbell::{DoorbellVm, Holder};
 
@@ -36,9 +35,11 @@ pub(crate) fn run(args: &ConfigArg) -> Result<()> {
             args.config.display()
         );
     }
-    let shutdown = Arc::new(AtomicBool::new(false));
+    // SIGINT and SIGTERM write to a self-pipe the holder polls with its sockets: it
+    // sleeps until a connection or the signal.
+    let (stop, on_signal) = UnixStream::pair().context("create a socket pair")?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
+        signal_hook::low_level::pipe::register(signal, on_signal.try_clone()?)
             .context("install signal handler")?;
     }
     let mut holder = Holder::bind(vms.clone(), &config.doorbell_control)?;
@@ -48,7 +49,7 @@ pub(crate) fn run(args: &ConfigArg) -> Result<()> {
         vms.iter().map(|vm| vm.socket.display().to_string()).collect::<Vec<_>>().join(", "),
         config.doorbell_control.display()
     );
-    holder.serve(&shutdown)?;
+    holder.serve(&stop)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -305,6 +305,42 @@ fn qemu_accepts_the_printed_arguments() {
     }
 }
 
+/// `serve` sleeps until a connection or a signal (its thread does not wake over a
+/// second of nothing; it polled a stop flag every 200 ms) and SIGTERM stops it cleanly.
+#[test]
+fn serve_sleeps_until_a_signal_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "doorbell = true");
+    ok(&["create", "--config", cfg.to_str().unwrap()]);
+    let mut holder = serve(&cfg, &dir.path().join("vgpu-vm1.sock"));
+    let sleeps = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", holder.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .unwrap()
+    };
+    let before = sleeps();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let woke = sleeps() - before;
+    assert!(woke <= 1, "the holder woke {woke} times in a second of nothing");
+    let pid = nix::unistd::Pid::from_raw(holder.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = holder.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            holder.kill().unwrap();
+            panic!("serve did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// Start `ivshmem-setup serve` for `cfg` and wait until it listens on `socket`.
 #[allow(clippy::zombie_processes, reason = "the caller kills and waits for it")]
 fn serve(cfg: &Path, socket: &Path) -> std::process::Child {

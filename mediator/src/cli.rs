@@ -7,8 +7,6 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use vgpu_config::Config;
 
 /// Serve the guests' GPU requests: one dispatcher per pool, priority 2 > 1 > 0.
@@ -52,18 +50,14 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: &Cli) -> Result<()> {
     let config = Config::load(&cli.config)?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
-            .context("install signal handler")?;
-    }
+    let stop = crate::daemon::Stop::on_signals().context("install signal handlers")?;
     let on_stop = if cli.drain || config.mediator.drain_on_stop {
         crate::dispatcher::OnStop::Drain
     } else {
         crate::dispatcher::OnStop::Keep
     };
     let options = crate::daemon::ServeOptions { log_requests: !cli.quiet_requests, on_stop };
-    let stats = crate::daemon::serve(&config, &shutdown, options)?;
+    let stats = crate::daemon::serve(&config, &stop, options)?;
     for (pool, s) in stats {
         tracing::info!("Pool {pool}: {} succeeded, {} failed", s.succeeded, s.failed);
     }

@@ -9,10 +9,12 @@ use crate::port::{Session, VmPort};
 use crate::supervise::Supervisor;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vgpu_config::{Backend, Config, PoolConfig};
@@ -64,6 +66,87 @@ fn cuda_executor(device: u32) -> Result<Box<dyn Executor>, String> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_executor(_device: u32) -> Result<Box<dyn Executor>, String> {
     Err("this vgpu-mediator was built without the `cuda` feature".to_owned())
+}
+
+/// How a mediator is told to stop: a flag that every dispatcher looks at in its passes,
+/// and a socket pair whose byte wakes the control thread, which otherwise sleeps until
+/// its next supervision tick (an idle mediator polls no flag).
+///
+/// ```
+/// use std::time::Duration;
+/// use vgpu_mediator::daemon::Stop;
+/// let stop = Stop::new().unwrap();
+/// assert!(!stop.wait(Duration::from_millis(1)), "not requested: the wait times out");
+/// stop.request();
+/// assert!(stop.requested());
+/// assert!(stop.wait(Duration::from_secs(60)), "requested: the wait ends at once");
+/// ```
+#[derive(Debug)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    /// Read by [`Stop::wait`]; written by [`Stop::request`] and the signal handlers.
+    asleep: UnixStream,
+    waker: UnixStream,
+}
+
+impl Stop {
+    /// A stop nobody has requested yet.
+    ///
+    /// # Errors
+    ///
+    /// If the socket pair cannot be made.
+    pub fn new() -> std::io::Result<Self> {
+        let (asleep, waker) = UnixStream::pair()?;
+        // A full socket already holds a wake-up: a request never blocks on it.
+        waker.set_nonblocking(true)?;
+        Ok(Self { flag: Arc::new(AtomicBool::new(false)), asleep, waker })
+    }
+
+    /// A stop that SIGINT and SIGTERM request: the flag is set first, then the socket
+    /// written (in registration order, from the handler; both async-signal-safe).
+    ///
+    /// # Errors
+    ///
+    /// If the handlers cannot be installed.
+    pub fn on_signals() -> std::io::Result<Self> {
+        let stop = Self::new()?;
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, Arc::clone(&stop.flag))?;
+            signal_hook::low_level::pipe::register(signal, stop.waker.try_clone()?)?;
+        }
+        Ok(stop)
+    }
+
+    /// Request the stop (as the signals do).
+    pub fn request(&self) {
+        // SYNC: SeqCst, as signal-hook's handler stores it; the flag carries no data.
+        self.flag.store(true, Ordering::SeqCst);
+        // Full (a wake-up is pending already) or closed (nobody waits): nothing to do.
+        let _ = (&self.waker).write(&[1]);
+    }
+
+    /// Whether the stop was requested.
+    #[must_use]
+    pub fn requested(&self) -> bool {
+        // SYNC: pairs with the handler's (or `request`'s) store of the flag, made before
+        // the byte this thread may have just read.
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Sleep until the stop is requested or `timeout` has passed (at least a
+    /// millisecond); whether it was requested.
+    #[must_use]
+    pub fn wait(&self, timeout: Duration) -> bool {
+        if self.requested() {
+            return true;
+        }
+        // A failed wait (never expected on our own socket) ends early; the caller's
+        // loop waits again.
+        if self.asleep.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).is_ok() {
+            let _ = (&self.asleep).read(&mut [0; 16]);
+        }
+        self.requested()
+    }
 }
 
 /// How [`serve`] runs.
@@ -150,9 +233,8 @@ fn hand_over(control: &Path, wanted: &[u32]) -> std::io::Result<BTreeMap<u32, Be
 /// (restarted, with its QEMUs: their doorbells are new eventfds), hand each doorbell it
 /// gives to its VM's dispatcher through `dispatchers`, which watches it from then on.
 /// `known` is the holder whose doorbells the dispatchers have. Looks every `retry`, on
-/// a thread of its own, so that a slow holder delays no dispatcher; ends at shutdown
-/// (noticed within 50 ms, or after a hand-over in progress, bounded by its 5 s
-/// timeout).
+/// a thread of its own, so that a slow holder delays no dispatcher; ends when `stopped`
+/// hangs up (at once, or after a hand-over in progress, bounded by its 5 s timeout).
 ///
 /// # Errors
 ///
@@ -162,21 +244,14 @@ fn watch_holder(
     dispatchers: BTreeMap<u32, Sender<Bell>>,
     mut known: Option<HolderId>,
     retry: Duration,
-    shutdown: Arc<AtomicBool>,
+    stopped: Receiver<()>,
 ) -> Result<Option<JoinHandle<()>>> {
     if dispatchers.is_empty() {
         return Ok(None);
     }
     let wanted: Vec<u32> = dispatchers.keys().copied().collect();
     let thread = std::thread::Builder::new().name("doorbells".to_owned()).spawn(move || {
-        loop {
-            let due = Instant::now() + retry;
-            while Instant::now() < due {
-                if shutdown.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(retry) {
             let now = holder_id(&control);
             if now.is_none() || now == known {
                 continue;
@@ -194,7 +269,7 @@ fn watch_holder(
     Ok(Some(thread.context("start the doorbell thread")?))
 }
 
-/// Serve `config` until `shutdown` is set; returns each pool's counters.
+/// Serve `config` until `stop` is requested; returns each pool's counters.
 ///
 /// # Errors
 ///
@@ -202,7 +277,7 @@ fn watch_holder(
 /// VM can be served, or a thread cannot be started.
 pub fn serve(
     config: &Config,
-    shutdown: &Arc<AtomicBool>,
+    stop: &Stop,
     options: ServeOptions,
 ) -> Result<BTreeMap<PoolId, DispatcherStats>> {
     // Executors first: a pool that cannot get its GPU stops the start before any
@@ -278,19 +353,21 @@ pub fn serve(
             new_bells,
             metrics,
         )?;
-        let flag = Arc::clone(shutdown);
+        let flag = Arc::clone(&stop.flag);
         let thread = std::thread::Builder::new()
             .name(format!("pool-{name}"))
             .spawn(move || dispatcher.run(&flag, options.on_stop))
             .context("start a dispatcher thread")?;
         threads.push((*name, thread));
     }
+    // Dropped at shutdown: the doorbell thread's wait ends at once.
+    let (stop_holder_watch, stopped) = std::sync::mpsc::channel();
     let holder_watch = watch_holder(
         control.clone(),
         dispatchers,
         holder,
         config.mediator.quarantine_retry,
-        Arc::clone(shutdown),
+        stopped,
     )?;
     let mut supervisor = Supervisor::new(pool_metrics.clone(), &config.mediator);
     let metrics = Metrics { epoch: session.epoch, pools: pool_metrics };
@@ -311,13 +388,13 @@ pub fn serve(
         });
     // Regions attached (or quarantined), dispatchers running, metrics served.
     supervisor.ready();
-    // The dispatchers keep their regions' heartbeats; this thread waits for the signal
-    // (noticed within 50 ms; fewer wake-ups keep an idle daemon cheap) and tells systemd
-    // how the dispatchers fare.
-    while !shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        supervisor.tick(std::time::Instant::now());
+    // The dispatchers keep their regions' heartbeats; this thread sleeps until the stop
+    // or its next supervision tick (an idle daemon wakes about once a second) and tells
+    // systemd how the dispatchers fare.
+    while !stop.wait(supervisor.next_tick().saturating_duration_since(Instant::now())) {
+        supervisor.tick(Instant::now());
     }
+    drop(stop_holder_watch);
     Supervisor::stopping();
     if let Err(e) = stop_bell.ring() {
         tracing::error!("waking the dispatchers failed ({e}); they stop at their next heartbeat");

@@ -62,7 +62,16 @@ impl Supervisor {
         send(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
-    /// Called by the control loop (every few tens of milliseconds).
+    /// When the control loop should call [`Supervisor::tick`] next: the next status
+    /// line (once a second) or, if sooner, the next watchdog ping.
+    pub(crate) fn next_tick(&self) -> Instant {
+        match self.ping_every {
+            Some(_) => self.next_status.min(self.next_ping),
+            None => self.next_status,
+        }
+    }
+
+    /// Called by the control loop (at [`Supervisor::next_tick`], or sooner).
     pub(crate) fn tick(&mut self, now: Instant) {
         let mut all_moving = true;
         for pool in &mut self.pools {

@@ -3,14 +3,14 @@
 //! and clients (the real `vgpu-client` or the library).
 
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgpu_client::{Client, ClientOptions, Wait};
-use vgpu_doorbell::{DoorbellVm, Holder};
+use vgpu_doorbell::{Bell, DoorbellVm, Holder};
 use vgpu_ring::{Access, Region};
 
 /// The project's binaries, next to the running test's own directory
@@ -118,7 +118,7 @@ pub struct System {
 
 /// The doorbell holder of a system, served by a thread of the test process.
 struct Holding {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Bell>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -137,10 +137,10 @@ impl Holding {
             })
             .collect();
         let mut holder = Holder::bind(vms, &parsed.doorbell_control)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Bell::local()?);
         let thread = {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || holder.serve(&stop))
+            std::thread::spawn(move || holder.serve(&*stop))
         };
         Ok(Self { stop, thread: Some(thread) })
     }
@@ -148,8 +148,10 @@ impl Holding {
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        // A bell that cannot ring leaves the thread serving until the process ends.
+        if self.stop.ring().is_ok()
+            && let Some(thread) = self.thread.take()
+        {
             let _ = thread.join();
         }
     }
@@ -470,6 +472,25 @@ impl System {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// The voluntary context switches (sleeps) of each of the mediator's threads so far,
+    /// by thread name.
+    #[must_use]
+    pub fn mediator_sleeps(&self) -> BTreeMap<String, u64> {
+        let Some(pid) = self.mediator_pid() else { return BTreeMap::new() };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return BTreeMap::new();
+        };
+        let mut sleeps = BTreeMap::new();
+        for task in tasks.flatten() {
+            let read = |file| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            let count = read("status").lines().find_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:").and_then(|v| v.trim().parse().ok())
+            });
+            *sleeps.entry(read("comm").trim().to_owned()).or_default() += count.unwrap_or(0);
+        }
+        sleeps
     }
 
     /// Send `signal` to the mediator.

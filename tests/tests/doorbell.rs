@@ -93,6 +93,30 @@ fn requests_300_ms_apart_wake_a_sleeping_mediator() {
     assert!(system.stop().unwrap().success());
 }
 
+/// An idle doorbell mediator sleeps: over 2 s its dispatcher (heartbeat every 5 s) and
+/// its doorbell thread (a look for a new holder every 2 s) wake at most once or twice,
+/// and the control thread once a second (its supervision tick); none polls a stop flag
+/// (they polled it every 50 ms: 40 wake-ups each). A SIGTERM still stops it at once.
+#[test]
+fn an_idle_doorbell_mediator_sleeps() {
+    let mut system = doorbell_system(&[vm(1, 'A', 1)]);
+    let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
+    let slot = region.slot(0).unwrap();
+    wait_for("the mediator asleep on the doorbell", Duration::from_secs(10), || {
+        vgpu_ring::wakeup_wanted(&slot).is_some()
+    })
+    .unwrap();
+    let before = system.mediator_sleeps();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = system.mediator_sleeps();
+    let woke = |thread: &str| after.get(thread).unwrap_or(&0) - before.get(thread).unwrap_or(&0);
+    eprintln!("wake-ups over 2 s idle: {after:?} minus {before:?}");
+    assert!(woke("pool-A") <= 2, "the dispatcher woke {} times", woke("pool-A"));
+    assert!(woke("doorbells") <= 3, "the doorbell thread woke {} times", woke("doorbells"));
+    assert!(woke("vgpu-mediator") <= 4, "the control thread woke {} times", woke("vgpu-mediator"));
+    assert!(system.stop().unwrap().success());
+}
+
 /// A holder started after the mediator: the mediator asks it again (every
 /// `quarantine_retry_ms`), publishes the VM's doorbell and sleeps on it from then; the
 /// VM's requests wake it.
