@@ -9,7 +9,7 @@ use crate::port::{Session, VmPort};
 use crate::supervise::Supervisor;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,10 +140,17 @@ impl Stop {
         if self.requested() {
             return true;
         }
-        // A failed wait (never expected on our own socket) ends early; the caller's
-        // loop waits again.
-        if self.asleep.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).is_ok() {
-            let _ = (&self.asleep).read(&mut [0; 16]);
+        let timeout = timeout.max(Duration::from_millis(1));
+        let woken = self.asleep.set_read_timeout(Some(timeout)).and_then(|()| {
+            let mut bytes = [0; 16];
+            (&self.asleep).read(&mut bytes)
+        });
+        match woken {
+            Ok(n) if n > 0 => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // Never expected of a socket pair of our own: sleep anyway rather than spin.
+            _ => std::thread::sleep(timeout),
         }
         self.requested()
     }
