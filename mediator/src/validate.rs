@@ -12,6 +12,7 @@ use vgpu_ring::{ErrorCode, OpShape, Opcode, Request, VmIdentity};
 /// id than the host configured for the slot; [`ErrorCode::UnknownOpcode`];
 /// [`ErrorCode::BadShape`]; [`ErrorCode::BadRange`] if a range leaves the arena;
 /// [`ErrorCode::OutputTooSmall`].
+#[inline]
 pub fn validate(req: &Request, identity: &VmIdentity, arena_size: u32) -> Result<Job, ErrorCode> {
     if !identity.claimed_by(req) {
         return Err(ErrorCode::IdentityMismatch);
