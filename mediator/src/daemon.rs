@@ -92,6 +92,12 @@ pub struct Stop {
 impl Stop {
     /// A stop nobody has requested yet.
     ///
+    /// ```
+    /// let stop = vgpu_mediator::daemon::Stop::new()?;
+    /// assert!(!stop.requested());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// If the socket pair cannot be made.
@@ -104,6 +110,13 @@ impl Stop {
 
     /// A stop that SIGINT and SIGTERM request: the flag is set first, then the socket
     /// written (in registration order, from the handler; both async-signal-safe).
+    ///
+    /// ```
+    /// let stop = vgpu_mediator::daemon::Stop::on_signals()?;
+    /// signal_hook::low_level::raise(signal_hook::consts::SIGTERM)?;
+    /// assert!(stop.wait(std::time::Duration::from_secs(60)), "woken by the signal");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -118,6 +131,14 @@ impl Stop {
     }
 
     /// Request the stop (as the signals do).
+    ///
+    /// ```
+    /// let stop = vgpu_mediator::daemon::Stop::new()?;
+    /// stop.request();
+    /// stop.request(); // as often as anyone likes
+    /// assert!(stop.requested());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn request(&self) {
         // SYNC: SeqCst, as signal-hook's handler stores it; the flag carries no data.
         self.flag.store(true, Ordering::SeqCst);
@@ -126,6 +147,12 @@ impl Stop {
     }
 
     /// Whether the stop was requested.
+    ///
+    /// ```
+    /// let stop = vgpu_mediator::daemon::Stop::new()?;
+    /// assert!(!stop.requested());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[must_use]
     pub fn requested(&self) -> bool {
         // SYNC: pairs with the handler's (or `request`'s) store of the flag, made before
@@ -135,6 +162,16 @@ impl Stop {
 
     /// Sleep until the stop is requested or `timeout` has passed (at least a
     /// millisecond); whether it was requested.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let stop = Arc::new(vgpu_mediator::daemon::Stop::new()?);
+    /// let stopper = { let stop = Arc::clone(&stop); std::thread::spawn(move || stop.request()) };
+    /// while !stop.wait(Duration::from_secs(1)) {}
+    /// stopper.join().unwrap();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[must_use]
     pub fn wait(&self, timeout: Duration) -> bool {
         if self.requested() {
