@@ -20,7 +20,30 @@ pub struct MappedRing<E> {
     tail: *const AtomicU32,
     entries: *mut u8,
     capacity: u32,
+    /// Ask for ownership of the line [`WRITE_AHEAD`] entries ahead of each write (see
+    /// [`Producer::set_write_ahead`]).
+    write_ahead: bool,
     _entry: PhantomData<E>,
+}
+
+/// How many entries ahead of the one it writes a producer that writes ahead asks for
+/// ownership of that entry's line (`PREFETCHW`; see [`Producer::set_write_ahead`]).
+const WRITE_AHEAD: u32 = 8;
+
+/// Whether this CPU has `PREFETCHW` (CPUID leaf 8000_0001h, ECX bit 8).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn has_prefetchw() -> bool {
+    use core::arch::x86_64::__cpuid;
+    // SAFETY: CPUID exists on every x86-64 CPU and only reports (`__cpuid` is a safe
+    // function in newer Rust, an unsafe one in older).
+    #[allow(unused_unsafe)]
+    let (top, features) = unsafe { (__cpuid(0x8000_0000).eax, __cpuid(0x8000_0001).ecx) };
+    top >= 0x8000_0001 && features & (1 << 8) != 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
+fn has_prefetchw() -> bool {
+    false
 }
 
 impl<E> core::fmt::Debug for MappedRing<E> {
@@ -61,6 +84,8 @@ impl<E: RingEntry> MappedRing<E> {
             region: Arc::clone(region),
             slot,
             capacity,
+            // The host's responses: see `Producer::set_write_ahead`.
+            write_ahead: kind == RingKind::Response && has_prefetchw(),
             _entry: PhantomData,
         })
     }
@@ -85,12 +110,64 @@ impl<E: RingEntry> MappedRing<E> {
         unsafe { &*self.tail }
     }
 
+    /// Ask for ownership of slot `slot`'s line (only called where `has_prefetchw`, for
+    /// `write_ahead`).
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[inline]
+    fn prefetch_for_write(&self, slot: u32) {
+        let line = self.entries.wrapping_add(slot as usize * size_of::<E>());
+        // SAFETY: PREFETCHW (present: `has_prefetchw`) is a hint that neither faults nor
+        // changes memory nor orders anything, whatever the address; this one lies in
+        // the entry array.
+        unsafe {
+            core::arch::asm!("prefetchw [{0}]", in(reg) line, options(nostack, readonly, preserves_flags));
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    #[inline]
+    fn prefetch_for_write(&self, _slot: u32) {}
+
     /// The publication word of slot `slot`.
     fn ready(&self, slot: u32) -> &AtomicU32 {
         assert!(slot < self.capacity, "slot {slot} outside the ring");
         // SAFETY: slot < capacity, and `entries` is the array of `capacity` entries
         // checked in `new`, kept alive by `self.region`.
         unsafe { ready_word::<E>(self.entries, slot) }
+    }
+}
+
+impl<E: RingEntry> Producer<MappedRing<E>> {
+    /// Whether each write asks ahead for ownership of the line of the entry 8 positions
+    /// on (`PREFETCHW`, where the CPU has it; elsewhere this does nothing). Such a line
+    /// was last read by the consumer, so a write to it waits until the consumer's copy
+    /// is invalidated; asked for early, those waits overlap instead of filling the
+    /// store buffer one after another. It pays where the consumer takes entries in
+    /// bursts some way behind the producer, as the mediator does (on by default for
+    /// the host's response ring; the client library turns it on for its requests),
+    /// and costs where the consumer polls right behind every entry (measured:
+    /// docs/PERFORMANCE.md). A hint only: it never faults, never changes memory and
+    /// orders nothing.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vgpu_ring::{Geometry, PoolId, Priority, Region, Request, VmIdentity};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let geometry = Geometry { slot_count: 1, ring_entries: 8, arena_size: 4096 };
+    /// let id = VmIdentity { vm_id: 3, pool: PoolId::new(b'A').unwrap(), priority: Priority::LOW };
+    /// let region = Arc::new(Region::create(&dir.path().join("r"), 1 << 15, geometry, &[id.slot()], false)?);
+    /// let mut guest = region.slot(0)?.guest_endpoints()?;
+    /// guest.requests.set_write_ahead(true);
+    /// for tag in 0..8 {
+    ///     guest.requests.push(Request { tag, ..Request::default() }).unwrap();
+    /// }
+    /// let mut host = region.slot(0)?.host_endpoints()?;
+    /// let tags: Vec<u32> = std::iter::from_fn(|| host.requests.take()).map(|r| r.tag).collect();
+    /// assert_eq!(tags, [0, 1, 2, 3, 4, 5, 6, 7], "a hint: the entries are what was written");
+    /// # Ok::<(), vgpu_ring::RegionError>(())
+    /// ```
+    pub fn set_write_ahead(&mut self, on: bool) {
+        self.backend_mut().write_ahead = on && has_prefetchw();
     }
 }
 
@@ -147,6 +224,9 @@ unsafe impl<E: RingEntry> RingBackend for MappedRing<E> {
         debug_assert!(slot < self.capacity);
         let bytes = entry.as_bytes();
         let word = E::READY_OFFSET..E::READY_OFFSET + 4;
+        if self.write_ahead {
+            self.prefetch_for_write(slot.wrapping_add(WRITE_AHEAD) & (self.capacity - 1));
+        }
         // SAFETY: slot < capacity (caller), so the destination lies in the checked
         // entry array; the source is private memory. The publication word is left out:
         // the consumer may be loading it (atomically) right now, and `publish` stores

@@ -185,6 +185,11 @@ impl<B: RingBackend> Producer<B> {
         self.cached_tail
     }
 
+    /// The backend, to change how it writes (e.g. `MappedRing`'s write-ahead hint).
+    pub(crate) fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// Give the backend back (e.g. to attach a new producer to the same memory).
     pub fn into_backend(self) -> B {
         self.backend
