@@ -47,6 +47,7 @@
 
 mod bar;
 mod heap;
+mod hint;
 mod identity;
 pub mod layout;
 mod mapped;

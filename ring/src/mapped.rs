@@ -1,5 +1,6 @@
 //! The ring backend over a mapped region.
 
+use crate::hint;
 use crate::layout::{REQ_HEAD_OFFSET, RESET_REQUEST_OFFSET, Request, Response, RingEntry};
 use crate::region::{Region, RegionError, RingKind};
 use crate::ring::{Consumer, Producer, RingBackend};
@@ -29,22 +30,6 @@ pub struct MappedRing<E> {
 /// How many entries ahead of the one it writes a producer that writes ahead asks for
 /// ownership of that entry's line (`PREFETCHW`; see [`Producer::set_write_ahead`]).
 const WRITE_AHEAD: u32 = 8;
-
-/// Whether this CPU has `PREFETCHW` (CPUID leaf 8000_0001h, ECX bit 8).
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-fn has_prefetchw() -> bool {
-    use core::arch::x86_64::__cpuid;
-    // SAFETY: CPUID exists on every x86-64 CPU and only reports (`__cpuid` is a safe
-    // function in newer Rust, an unsafe one in older).
-    #[allow(unused_unsafe)]
-    let (top, features) = unsafe { (__cpuid(0x8000_0000).eax, __cpuid(0x8000_0001).ecx) };
-    top >= 0x8000_0001 && features & (1 << 8) != 0
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(miri))))]
-fn has_prefetchw() -> bool {
-    false
-}
 
 impl<E> core::fmt::Debug for MappedRing<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -85,7 +70,7 @@ impl<E: RingEntry> MappedRing<E> {
             slot,
             capacity,
             // The host's responses: see `Producer::set_write_ahead`.
-            write_ahead: kind == RingKind::Response && has_prefetchw(),
+            write_ahead: kind == RingKind::Response && hint::has_prefetchw(),
             _entry: PhantomData,
         })
     }
@@ -109,24 +94,6 @@ impl<E: RingEntry> MappedRing<E> {
         // SAFETY: checked in `new`, kept alive by `self.region`.
         unsafe { &*self.tail }
     }
-
-    /// Ask for ownership of slot `slot`'s line (only called where `has_prefetchw`, for
-    /// `write_ahead`).
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    #[inline]
-    fn prefetch_for_write(&self, slot: u32) {
-        let line = self.entries.wrapping_add(slot as usize * size_of::<E>());
-        // SAFETY: PREFETCHW (present: `has_prefetchw`) is a hint that neither faults nor
-        // changes memory nor orders anything, whatever the address; this one lies in
-        // the entry array.
-        unsafe {
-            core::arch::asm!("prefetchw [{0}]", in(reg) line, options(nostack, readonly, preserves_flags));
-        }
-    }
-
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    #[inline]
-    fn prefetch_for_write(&self, _slot: u32) {}
 
     /// The publication word of slot `slot`.
     fn ready(&self, slot: u32) -> &AtomicU32 {
@@ -167,7 +134,7 @@ impl<E: RingEntry> Producer<MappedRing<E>> {
     /// # Ok::<(), vgpu_ring::RegionError>(())
     /// ```
     pub fn set_write_ahead(&mut self, on: bool) {
-        self.backend_mut().write_ahead = on && has_prefetchw();
+        self.backend_mut().write_ahead = on && hint::has_prefetchw();
     }
 }
 
@@ -225,7 +192,8 @@ unsafe impl<E: RingEntry> RingBackend for MappedRing<E> {
         let bytes = entry.as_bytes();
         let word = E::READY_OFFSET..E::READY_OFFSET + 4;
         if self.write_ahead {
-            self.prefetch_for_write(slot.wrapping_add(WRITE_AHEAD) & (self.capacity - 1));
+            let ahead = slot.wrapping_add(WRITE_AHEAD) & (self.capacity - 1);
+            hint::prefetch_for_write(self.entries.wrapping_add(ahead as usize * size_of::<E>()));
         }
         // SAFETY: slot < capacity (caller), so the destination lies in the checked
         // entry array; the source is private memory. The publication word is left out:

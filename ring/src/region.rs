@@ -655,6 +655,7 @@ impl Region {
             return Err(RegionError::ReadOnly);
         }
         let dst = self.byte_range(offset, bytes.len())?;
+        crate::hint::prepare_write(dst, bytes.len());
         // SAFETY: dst is valid for bytes.len() bytes of a writable mapping (checked);
         // `bytes` is private memory and cannot overlap the mapping's shared bytes
         // through a reference, since none is ever made.
