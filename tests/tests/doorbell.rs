@@ -96,7 +96,7 @@ fn requests_300_ms_apart_wake_a_sleeping_mediator() {
 /// An idle doorbell mediator sleeps: over 2 s its dispatcher (heartbeat every 5 s) and
 /// its doorbell thread (a look for a new holder every 2 s) wake at most once or twice,
 /// and the control thread once a second (its supervision tick); none polls a stop flag
-/// (they polled it every 50 ms: 40 wake-ups each). A SIGTERM still stops it at once.
+/// (they polled it every 50 ms: 40 wake-ups each). SIGTERM still stops it cleanly.
 #[test]
 fn an_idle_doorbell_mediator_sleeps() {
     let mut system = doorbell_system(&[vm(1, 'A', 1)]);
