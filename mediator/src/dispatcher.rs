@@ -271,7 +271,7 @@ impl Dispatcher {
         // When the last work was done; `None`: in a pass that did not read the clock
         // (the next idle check stands in for it).
         let mut last_work = Some(Instant::now());
-        let mut passes: u32 = 0;
+        let mut passes: u64 = 0;
         let mut empty_passes: u32 = 0;
         while !shutdown.load(Ordering::Relaxed) {
             // The clock is read at most once per pass (lazily) and once after each
@@ -288,8 +288,8 @@ impl Dispatcher {
             if self.resets_pending {
                 self.carry_out_resets(&mut now);
             }
-            passes = passes.wrapping_add(1);
-            self.metrics.passes.set(u64::from(passes));
+            passes += 1;
+            self.metrics.passes.set(passes);
             // Housekeeping (heartbeat, doorbells, retries) needs the clock: a pass that
             // read it anyway, or one pass in 64 (a pool busy with fast-path NOOPs reads
             // it in no pass; one read per 64 passes costs about a nanosecond a pass).

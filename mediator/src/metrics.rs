@@ -295,7 +295,8 @@ pub struct PoolMetrics {
     pub queue_depth: [Value; 3],
     /// Nanoseconds spent executing requests.
     pub busy_ns: Value,
-    /// Dispatcher passes (the watchdog's sign of progress).
+    /// Dispatcher passes, empty ones included (the watchdog's sign of progress; under
+    /// load, requests per pass tell how far the dispatcher is behind its VMs).
     pub passes: Value,
 }
 
@@ -508,6 +509,14 @@ impl Collector for Metrics {
             self.pools
                 .iter()
                 .map(|p| (pool_label(p), ConstCounter::new(p.busy_ns.get() as f64 / 1e9))),
+        )?;
+        family(
+            &mut e,
+            "vgpu_dispatcher_passes",
+            "Passes the pool's dispatcher made over its VMs' rings",
+            None,
+            MetricType::Counter,
+            self.pools.iter().map(|p| (pool_label(p), counter(p.passes.get()))),
         )?;
         let epoch = ConstGauge::new(self.epoch as f64);
         family(

@@ -119,6 +119,7 @@ fn metrics_count_requests_and_errors_exactly() {
     }
     assert!(count("vgpu_mediator_epoch") > 0.0);
     assert!(text.contains("# TYPE vgpu_dispatcher_busy_seconds counter"), "{text}");
+    assert!(count(r#"vgpu_dispatcher_passes_total{pool="A"}"#) > 0.0, "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
     let other = ureq::get(&format!("http://127.0.0.1:{port}/other")).call();
     assert!(matches!(other, Err(ureq::Error::StatusCode(404))), "{other:?}");
