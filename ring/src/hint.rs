@@ -18,6 +18,9 @@ static PREFETCHW: LazyLock<bool> = LazyLock::new(detect);
 /// left to `memcpy` as they were.
 const WHOLE_RANGE: usize = 4096;
 
+/// A cache line's bytes.
+const LINE: usize = 64;
+
 /// Whether this CPU has `PREFETCHW` (CPUID leaf 8000_0001h, ECX bit 8).
 pub(crate) fn has_prefetchw() -> bool {
     *PREFETCHW
@@ -57,10 +60,31 @@ pub(crate) fn prefetch_for_write(address: *const u8) {
 #[inline]
 pub(crate) fn prepare_write(start: *const u8, len: usize) {
     if len <= WHOLE_RANGE && has_prefetchw() {
-        let mut offset = 0;
-        while offset < len {
-            prefetch_for_write(start.wrapping_add(offset));
-            offset += 64;
-        }
+        lines(start, len).for_each(prefetch_for_write);
+    }
+}
+
+/// The start of each line that `len` bytes at `start` lie in.
+fn lines(start: *const u8, len: usize) -> impl Iterator<Item = *const u8> {
+    let end = start.wrapping_add(len);
+    let first = start.wrapping_sub(start.addr() % LINE);
+    core::iter::successors(Some(first), |line| Some(line.wrapping_add(LINE)))
+        .take_while(move |&line| line < end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_covered_line_by_line_from_the_line_it_starts_in() {
+        let at = |address: usize| core::ptr::without_provenance::<u8>(address);
+        let addresses =
+            |start, len| lines(at(start), len).map(<*const u8>::addr).collect::<Vec<_>>();
+        assert_eq!(addresses(0x1000, 64), [0x1000]);
+        assert_eq!(addresses(0x1020, 64), [0x1000, 0x1040], "misaligned: two lines");
+        assert_eq!(addresses(0x103f, 2), [0x1000, 0x1040]);
+        assert_eq!(addresses(0x1000, 4096).len(), 64);
+        assert!(addresses(0x1000, 0).is_empty());
     }
 }
