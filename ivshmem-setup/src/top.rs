@@ -66,6 +66,8 @@ struct MetricsView {
     quarantined: BTreeMap<String, bool>,
     /// Cumulative (upper bound in seconds, count) per pool.
     queue_wait: BTreeMap<String, Vec<(f64, f64)>>,
+    /// The dispatcher's passes per pool.
+    passes: BTreeMap<String, f64>,
 }
 
 fn scrape(url: &str) -> Option<MetricsView> {
@@ -82,6 +84,9 @@ fn scrape(url: &str) -> Option<MetricsView> {
                 if sample.labels.get("state") == Some("quarantined") =>
             {
                 view.quarantined.insert(label("vm"), *v > 0.0);
+            }
+            ("vgpu_dispatcher_passes_total", Value::Counter(v) | Value::Untyped(v)) => {
+                view.passes.insert(label("pool"), *v);
             }
             ("vgpu_queue_wait_seconds", Value::Histogram(buckets)) => {
                 let buckets = buckets.iter().map(|b| (b.less_than, b.count)).collect();
@@ -164,6 +169,7 @@ pub(crate) fn run(args: &TopArgs) -> Result<()> {
             "{:>5} {:>4} {:>4} {:<12} {:>9} {:>10} {:>9} {:>9} {:>9}",
             "VM", "POOL", "PRIO", "STATE", "IN-FLIGHT", "REQ/S", "ERR/S", "WAIT p50", "WAIT p99"
         );
+        let mut pool_rates: BTreeMap<String, f64> = BTreeMap::new();
         for (index, vm) in config.vms.iter().enumerate() {
             let (view, old) = (views[index], before[index]);
             let id = vm.id.to_string();
@@ -175,6 +181,7 @@ pub(crate) fn run(args: &TopArgs) -> Result<()> {
                 format!("{:.0}", (now - old) / elapsed)
             });
             let pool = vm.pool.name().to_string();
+            *pool_rates.entry(pool.clone()).or_default() += rate;
             let wait = |q| {
                 let now = metrics.as_ref()?.queue_wait.get(&pool)?;
                 quantile(now, metrics_before.as_ref().and_then(|m| m.queue_wait.get(&pool)), q)
@@ -192,6 +199,22 @@ pub(crate) fn run(args: &TopArgs) -> Result<()> {
                 seconds(wait(0.5)),
                 seconds(wait(0.99)),
             );
+        }
+        // Requests per pass well above 1: the dispatcher is the slower side, its VMs
+        // run ahead of it.
+        for (pool, rate) in &pool_rates {
+            let passes = metrics.as_ref().and_then(|m| m.passes.get(pool)).map(|now| {
+                let old = metrics_before.as_ref().and_then(|m| m.passes.get(pool));
+                (now - old.unwrap_or(now)) / elapsed
+            });
+            let _ = match passes {
+                Some(passes) if passes > 0.0 => writeln!(
+                    out,
+                    "pool {pool}: {rate:.0} requests/s, {passes:.0} passes/s, {:.2} requests per pass",
+                    rate / passes
+                ),
+                _ => writeln!(out, "pool {pool}: {rate:.0} requests/s, passes not known"),
+            };
         }
         if terminal {
             out.insert_str(0, "\x1b[2J\x1b[H");

@@ -290,5 +290,8 @@ fn top_shows_rates_errors_and_queue_wait() {
     assert!(one[6].parse::<f64>().unwrap() > 0.0, "errors/s: {text}");
     assert_ne!(one[7], "-", "queue wait p50: {text}");
     assert_eq!(&two[1..7], ["A", "0", "served", "0", "0", "0"], "{text}");
+    // The pool's line: its requests per second over its dispatcher's passes.
+    let pool = text.lines().find(|l| l.starts_with("pool A: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(pool.ends_with(" requests per pass"), "{text}");
     assert!(system.stop().unwrap().success());
 }
