@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vgpu_config::MediatorConfig;
 
+/// How soon a watchdog ping withheld for a hung dispatcher is looked at again.
+const WITHHELD_PING_LOOK: Duration = Duration::from_millis(50);
+
 /// A pool's dispatcher as the watchdog follows it.
 struct Progress {
     metrics: Arc<PoolMetrics>,
@@ -97,10 +100,15 @@ impl Supervisor {
         }
         if let Some(every) = self.ping_every
             && now >= self.next_ping
-            && all_moving
         {
-            self.next_ping = now + every;
-            send(&[NotifyState::Watchdog]);
+            if all_moving {
+                self.next_ping = now + every;
+                send(&[NotifyState::Watchdog]);
+            } else {
+                // Withheld: looked at again soon, so a dispatcher that moves again is
+                // pinged for in time, but not at once (the control loop would spin).
+                self.next_ping = now + every.min(WITHHELD_PING_LOOK);
+            }
         }
         if now >= self.next_status {
             let status = self.status(Duration::from_secs(1));
@@ -137,5 +145,38 @@ fn send(states: &[NotifyState<'_>]) {
     // The service manager going away is not the guests' problem: logged at debug.
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!("sd_notify: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgpu_ring::PoolId;
+
+    /// While a dispatcher is hung the ping is withheld, and the control loop's next
+    /// tick is a short while ahead, not in the past (where its wait would return at
+    /// once, over and over).
+    #[test]
+    fn a_withheld_ping_is_looked_at_again_soon_not_at_once() {
+        let metrics = Arc::new(PoolMetrics::new(
+            PoolId::new(b'A').unwrap(),
+            ("cpu", "cpu".to_owned()),
+            Vec::new(),
+        ));
+        let start = Instant::now();
+        let mut supervisor = Supervisor {
+            pools: vec![Progress { metrics, passes: 0, moved: start, hung: false }],
+            ping_every: Some(Duration::from_secs(5)),
+            next_ping: start,
+            next_status: start + Duration::from_secs(3600),
+            stall_limit: Duration::from_secs(1),
+            answered: 0,
+        };
+        // No pass for 2 s, past the stall limit: hung, the ping due and withheld.
+        let later = start + Duration::from_secs(2);
+        supervisor.tick(later);
+        assert!(supervisor.pools[0].hung);
+        assert!(supervisor.next_tick() > later, "the next tick is ahead");
+        assert!(supervisor.next_tick() <= later + WITHHELD_PING_LOOK, "and soon");
     }
 }
