@@ -167,7 +167,11 @@ pub struct Dispatcher {
     max_idle_sleep: Duration,
     session: Session,
     heartbeat: Duration,
+    /// The heartbeat's period while every VM sleeps on its doorbell
+    /// ([`MediatorConfig::sleeping_heartbeat`]).
+    sleeping_heartbeat: Duration,
     next_beat: Instant,
+    last_beat: Instant,
     quarantine_retry: Duration,
     next_retry: Instant,
     next_reset_scan: Instant,
@@ -247,7 +251,9 @@ impl Dispatcher {
             max_idle_sleep: settings.max_idle_sleep,
             session,
             heartbeat: settings.heartbeat_interval,
+            sleeping_heartbeat: settings.sleeping_heartbeat(),
             next_beat: now + settings.heartbeat_interval,
+            last_beat: now,
             quarantine_retry: settings.quarantine_retry,
             next_retry: now + settings.quarantine_retry,
             next_reset_scan: now,
@@ -351,6 +357,7 @@ impl Dispatcher {
         }
         if now >= self.next_beat {
             self.next_beat = now + self.heartbeat;
+            self.last_beat = now;
             let beat = crate::daemon::monotonic_ns();
             for port in &self.vms {
                 if let Some(link) = &port.link {
@@ -393,7 +400,8 @@ impl Dispatcher {
 
     /// The pool is idle: back off for `backoff` as a VM without a doorbell needs, or,
     /// when every VM is asleep and nothing is in hand, sleep until a doorbell rings or
-    /// the heartbeat (or a quarantine retry) is due. A doorbell ends either sleep.
+    /// the sleeping heartbeat (or a quarantine retry) is due. A doorbell ends either
+    /// sleep; the first pass after it beats if an awake heartbeat is due.
     fn nap(&mut self, backoff: Duration, now: Instant) {
         self.all_cold = true;
         if self.bells.is_none() {
@@ -406,10 +414,11 @@ impl Dispatcher {
             && !self.maybe_parked
             && !self.resets_pending;
         let timeout = if self.scan.is_empty() && self.cold.is_empty() && nothing_in_hand {
-            // Until the heartbeat is due, or a quarantine retry if a VM needs one; the
-            // stop bell ends it at shutdown.
+            // Until the sleeping heartbeat is due, or a quarantine retry if a VM needs
+            // one; the stop bell ends it at shutdown.
+            let beat = self.last_beat + self.sleeping_heartbeat;
             let retry = self.vms.iter().any(VmPort::is_quarantined).then_some(self.next_retry);
-            retry.map_or(self.next_beat, |r| r.min(self.next_beat)).saturating_duration_since(now)
+            retry.map_or(beat, |r| r.min(beat)).saturating_duration_since(now)
         } else {
             backoff
         };

@@ -3,10 +3,11 @@
 //! dispatcher makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` (not
 //! started by systemd) nothing is sent.
 //!
-//! A dispatcher makes a pass at least once per heartbeat interval, however idle (a
-//! sleeping one wakes for the heartbeat), or once per `max_idle_sleep` when it polls: one
-//! whose pass counter has not moved for longer than both plus a second is hung, and the
-//! pings stop, so that systemd restarts the mediator after `WatchdogSec`.
+//! A dispatcher makes a pass at least once per sleeping heartbeat, however idle (one
+//! whose VMs all sleep on their doorbells wakes for it), or once per `max_idle_sleep`
+//! when it polls: one whose pass counter has not moved for longer than both plus a
+//! second is hung, and the pings stop, so that systemd restarts the mediator after
+//! `WatchdogSec`.
 
 use crate::metrics::PoolMetrics;
 use sd_notify::NotifyState;
@@ -53,7 +54,7 @@ impl Supervisor {
             ping_every: sd_notify::watchdog_enabled().map(|period| period / 2),
             next_ping: now,
             next_status: now,
-            stall_limit: settings.heartbeat_interval.max(settings.max_idle_sleep)
+            stall_limit: settings.sleeping_heartbeat().max(settings.max_idle_sleep)
                 + Duration::from_secs(1),
             answered: 0,
         }
