@@ -1052,7 +1052,9 @@ impl Client {
     ///
     /// [`ClientError::Timeout`], or [`ClientError::MediatorDead`] when the heartbeat
     /// stood still too at that moment; [`ClientError::Poisoned`] as soon as the host
-    /// isolates the slot's rings; [`ClientError::Ring`]; [`ClientError::RegionLost`].
+    /// isolates the slot's rings; [`ClientError::Region`] (a version mismatch) as soon
+    /// as a mediator of another layout has taken the region over; [`ClientError::Ring`];
+    /// [`ClientError::RegionLost`].
     pub fn wait(&mut self, ticket: Ticket, timeout: Duration) -> Result<Completion, ClientError> {
         let answer = self.wait_answer(ticket, timeout)?;
         self.completion(answer)
@@ -1138,9 +1140,11 @@ impl Client {
         Ok(())
     }
 
-    /// The slot is usable: mapped, not isolated by the host.
+    /// The slot is usable: mapped, still of this build's layout (a mediator of another
+    /// one may have taken the region over), not isolated by the host.
     fn check_slot(&mut self) -> Result<(), ClientError> {
         self.check_mapping()?;
+        self.slot.region().check_layout_version()?;
         match self.slot.host_status() {
             0 => Ok(()),
             status => Err(ClientError::Poisoned(status)),

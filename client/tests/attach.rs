@@ -233,6 +233,34 @@ fn dead_mediator_restart_and_timeout_are_detected() {
     stop.store(true, Ordering::Relaxed);
 }
 
+/// A mediator of another layout version takes the region over while a client waits (it
+/// re-stamps the header with its version, then begins its session): the wait ends with
+/// the version mismatch, not with a timeout a minute later, and so does the next one.
+#[test]
+fn a_mediator_of_another_layout_ends_the_wait() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm1");
+    let (r, stop) = live_region(&path, pool_a(1, Priority::LOW));
+    let mut client = Client::attach(&options(&path)).unwrap();
+    let t = client.submit(&Call::noop("X")).unwrap();
+    // Layout 3.1 at offset 8 (major, then minor), then a new epoch.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[3u16.to_ne_bytes(), 1u16.to_ne_bytes()].concat(), 8).unwrap();
+    r.begin_session(0x5678, 1, 10).unwrap();
+    let mismatch = |result| match result {
+        Err(ClientError::Region(vgpu_ring::RegionError::VersionMismatch {
+            found_major: 3,
+            found_minor: 1,
+        })) => {}
+        other => panic!("expected the version mismatch, got {other:?}"),
+    };
+    mismatch(client.wait(t, Duration::from_secs(60)));
+    let t = client.submit(&Call::noop("Y")).unwrap();
+    mismatch(client.wait(t, Duration::from_secs(60)));
+    stop.store(true, Ordering::Relaxed);
+}
+
 /// Waiting for the oldest of several answered requests takes its answer only: the later
 /// answers stay in the response ring, each for its own wait, and an answer awaited out
 /// of order takes those before it along (kept for their waits).
