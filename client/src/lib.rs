@@ -37,6 +37,12 @@ use vgpu_ring::{
 };
 use zerocopy::IntoBytes;
 
+/// Why a client that cannot ring a doorbell the host sleeps on says so.
+const NO_RING_WARNING: &str = "the host sleeps on this VM's doorbell when idle, but this \
+    program cannot ring it (in a guest: no write access to the ivshmem device's resource0; \
+    on the host: no doorbell socket given): a request after an idle spell waits for the \
+    host's next timed wake-up, up to a second";
+
 /// Everything that can go wrong for a client.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -404,6 +410,7 @@ pub struct Client {
     identity: VmIdentity,
     identity_source: IdentitySource,
     identity_warning: Option<String>,
+    doorbell_warning: Option<&'static str>,
     epoch: u64,
     last_beat: u64,
     beat_changed: Instant,
@@ -499,6 +506,8 @@ impl Client {
             return Err(ClientError::NoMediator);
         }
         slot.set_client_pid(std::process::id())?;
+        let doorbell_warning =
+            (ringer.is_none() && vgpu_ring::doorbell_published(&slot)).then_some(NO_RING_WARNING);
         let guest = endpoints(&slot)?;
         let (last_beat, _) = region.heartbeat();
         let mut client = Self {
@@ -507,6 +516,7 @@ impl Client {
             identity,
             identity_source,
             identity_warning,
+            doorbell_warning,
             epoch,
             last_beat,
             beat_changed: Instant::now(),
@@ -602,6 +612,22 @@ impl Client {
     #[must_use]
     pub fn identity_warning(&self) -> Option<&str> {
         self.identity_warning.as_deref()
+    }
+
+    /// A warning if the host sleeps on this VM's doorbell but this client cannot ring
+    /// it (its requests after an idle spell wait for the host's timed wake-up).
+    ///
+    /// ```no_run
+    /// # use vgpu_client::{Client, ClientOptions};
+    /// let client = Client::attach(&ClientOptions::default())?;
+    /// if let Some(warning) = client.doorbell_warning() {
+    ///     eprintln!("warning: {warning}");
+    /// }
+    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// ```
+    #[must_use]
+    pub fn doorbell_warning(&self) -> Option<&str> {
+        self.doorbell_warning
     }
 
     /// The region.

@@ -329,7 +329,7 @@ fn run(cli: &Cli) -> Result<bool> {
         println!("  VM ID:    {}", id.vm_id);
         println!();
     }
-    if let Some(warning) = client.identity_warning() {
+    for warning in [client.identity_warning(), client.doorbell_warning()].into_iter().flatten() {
         eprintln!("warning: {warning}");
     }
     let call = Call {

@@ -233,6 +233,25 @@ fn dead_mediator_restart_and_timeout_are_detected() {
     stop.store(true, Ordering::Relaxed);
 }
 
+/// A client that cannot ring the doorbell the host published for its VM says so (its
+/// requests after an idle spell wait for the host's timed wake-up); a polled VM's
+/// client has nothing to say.
+#[test]
+fn a_client_that_cannot_ring_a_published_doorbell_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm1");
+    let (r, stop) = live_region(&path, pool_a(1, Priority::LOW));
+    let polled = Client::attach(&options(&path)).unwrap();
+    assert_eq!(polled.doorbell_warning(), None);
+    drop(polled);
+    vgpu_ring::publish_doorbell(&r.slot(0).unwrap(), Some(0x0001_0000));
+    let client = Client::attach(&options(&path)).unwrap();
+    assert!(!client.has_doorbell());
+    let warning = client.doorbell_warning().expect("a warning");
+    assert!(warning.contains("cannot ring it"), "{warning}");
+    stop.store(true, Ordering::Relaxed);
+}
+
 /// A mediator of another layout version takes the region over while a client waits (it
 /// re-stamps the header with its version, then begins its session): the wait ends with
 /// the version mismatch, not with a timeout a minute later, and so does the next one.

@@ -82,5 +82,6 @@ pub use sigbus::fault_count;
 pub use slot::Slot;
 pub use sync::spin_hint;
 pub use wakeup::{
-    cancel_wakeup, fence_before_rescan, publish_doorbell, request_wakeup, wakeup_wanted,
+    cancel_wakeup, doorbell_published, fence_before_rescan, publish_doorbell, request_wakeup,
+    wakeup_wanted,
 };

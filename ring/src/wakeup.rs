@@ -63,6 +63,22 @@ pub fn wakeup_wanted<C: ControlBlock>(control: &C) -> Option<u32> {
         .then_some(bell & !SlotControl::DOORBELL_PRESENT)
 }
 
+/// Guest: whether the host has published a doorbell for this VM, that is, sleeps on
+/// it when idle. A guest that cannot ring it (no access to the device's Doorbell
+/// register) is then served only at the host's timed wake-ups after an idle spell.
+///
+/// ```
+/// use vgpu_ring::{HeapControl, doorbell_published, publish_doorbell};
+/// let control = HeapControl::default();
+/// assert!(!doorbell_published(&control), "polled");
+/// publish_doorbell(&control, Some(0x0001_0000)); // host peer 1, vector 0
+/// assert!(doorbell_published(&control));
+/// ```
+pub fn doorbell_published<C: ControlBlock>(control: &C) -> bool {
+    // Relaxed: advisory (it only decides whether a client warns).
+    control.load(ControlWord::Doorbell, Ordering::Relaxed) & SlotControl::DOORBELL_PRESENT != 0
+}
+
 /// Host: ask the guest to ring the doorbell after its next publication. Follow the
 /// calls for every slot the host sleeps on with one [`fence_before_rescan`] and a last
 /// look at their request rings.
