@@ -130,6 +130,8 @@ pub struct VgpuClient {
     /// Buffers handed out and not yet submitted or freed, by arena offset.
     buffers: HashMap<u32, Buffer>,
     last_error: CString,
+    /// What `vgpu_warnings` returns.
+    warnings: CString,
 }
 
 thread_local! {
@@ -274,11 +276,17 @@ pub unsafe extern "C" fn vgpu_open(
     }));
     match opened {
         Ok(Ok(client)) => {
+            let warnings = [client.identity_warning(), client.doorbell_warning()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("\n");
             let handle = VgpuClient {
                 client,
                 tickets: HashMap::new(),
                 buffers: HashMap::new(),
                 last_error: CString::default(),
+                warnings: CString::new(warnings.replace('\0', " ")).unwrap_or_default(),
             };
             // SAFETY: `out` is valid (checked above).
             unsafe { *out = Box::into_raw(Box::new(handle)) };
@@ -742,6 +750,23 @@ pub unsafe extern "C" fn vgpu_last_error(client: *const VgpuClient) -> *const c_
         // The thread-local lives as long as the thread; its buffer changes only at the
         // next failed open of this thread.
         None => OPEN_ERROR.with(|e| e.borrow().as_ptr()),
+    }
+}
+
+/// What `vgpu_open` found wrong but not fatal, one warning a line ("" if nothing):
+/// the vgpu-stub and the region disagree about the identity, or the host sleeps on the
+/// VM's doorbell but this program cannot ring it (a request after an idle spell then
+/// waits for the host's timed wake-up, up to a second). Valid until `vgpu_close`.
+///
+/// # Safety
+///
+/// `client` is an open client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgpu_warnings(client: *const VgpuClient) -> *const c_char {
+    // SAFETY: an open client (the contract); null is tolerated.
+    match unsafe { client.as_ref() } {
+        Some(c) => c.warnings.as_ptr(),
+        None => c"".as_ptr(),
     }
 }
 

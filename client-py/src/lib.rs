@@ -180,6 +180,17 @@ impl Client {
         Ok(Self { inner: std::sync::Mutex::new(Some(client)), tickets: HashMap::new() })
     }
 
+    /// What the client found wrong but not fatal when it attached.
+    #[getter]
+    fn warnings(&mut self) -> PyResult<Vec<String>> {
+        let client = self.client()?;
+        Ok([client.identity_warning(), client.doorbell_warning()]
+            .into_iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// (vm_id, pool, priority) of the slot.
     #[getter]
     fn identity(&mut self) -> PyResult<(u32, String, u8)> {

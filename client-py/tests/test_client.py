@@ -1,5 +1,7 @@
 """The Python package against the real mediator."""
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ import vgpu
 def test_helpers_take_and_return_numpy_arrays(region):
     with vgpu.Client(region) as gpu:
         assert gpu.identity == (5, "A", 1)
+        assert gpu.warnings == []
         x = np.arange(3000, dtype=np.float32) % 97 * 0.25
         y = np.arange(3000, dtype=np.float32) % 31 - 15
         total = gpu.vector_add(x, y)
@@ -22,6 +25,21 @@ def test_helpers_take_and_return_numpy_arrays(region):
         assert gpu.echo(b"hello vgpu") == b"hello vgpu"
         gpu.sleep_us(100)
         gpu.noop("FROM_PYTHON")
+
+
+def test_a_doorbell_it_cannot_ring_is_a_warning(region):
+    # The host's word saying it sleeps on a doorbell for VM 5 (slot 0's control block
+    # starts at 4096, the `doorbell` word at 268 in it: bit 31, peer 1, vector 0), as a
+    # mediator with the doorbell holder publishes it; a client given only the region
+    # file cannot ring it, and says so. It is still served (the VM is polled here).
+    with open(region, "r+b") as f:
+        f.seek(4096 + 268)
+        f.write(struct.pack("<I", 0x8000_0000 | 1 << 16))
+    with pytest.warns(RuntimeWarning, match="cannot ring it"):
+        gpu = vgpu.Client(region)
+    with gpu:
+        assert len(gpu.warnings) == 1
+        gpu.noop("WARNED")
 
 
 def test_inputs_are_converted_only_when_needed(region):

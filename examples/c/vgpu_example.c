@@ -79,6 +79,8 @@ int main(int argc, char **argv) {
     VgpuIdentity id;
     CHECK(vgpu_identity(client, &id));
     printf("vm %u, pool %c, priority %u\n", id.vm_id, id.pool, id.priority);
+    const char *warnings = vgpu_warnings(client);
+    printf("warnings: %s\n", *warnings ? warnings : "none");
 
     enum { N = 4096 };
     static float x[N], y[N], out[N];

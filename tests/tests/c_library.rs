@@ -71,6 +71,7 @@ fn the_c_example_runs_against_the_mediator() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for line in [
         "vm 3, pool A, priority 2",
+        "warnings: none",
         "helpers: vector_add, saxpy, dot, matmul, echo, sleep_us, noop ok",
         "zero-copy: VECTOR_ADD of 256 floats in place",
         "pipelining: 8 requests in flight, all answered",

@@ -16,6 +16,7 @@ Failures raise :class:`VgpuError` subclasses whose ``code`` is that of the C lib
 (positive: the mediator's error code, see :class:`ErrorCode`).
 """
 
+import warnings as _warnings
 from enum import IntEnum
 
 import numpy as np
@@ -107,6 +108,15 @@ class Client:
             spin=spin,
             wait_for_slot=wait_for_slot,
         )
+        for warning in self._native.warnings:
+            _warnings.warn(warning, RuntimeWarning, stacklevel=2)
+
+    @property
+    def warnings(self):
+        """What the client found wrong but not fatal when it attached (each also issued
+        as a :class:`RuntimeWarning`): the vgpu-stub and the region disagree about the
+        identity, or the host sleeps on the VM's doorbell but this program cannot ring it."""
+        return self._native.warnings
 
     @property
     def identity(self):

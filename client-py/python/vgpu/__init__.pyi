@@ -1,6 +1,6 @@
 from enum import IntEnum
 from os import PathLike
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,8 @@ class Client:
         spin: bool = False,
         wait_for_slot: bool = False,
     ) -> None: ...
+    @property
+    def warnings(self) -> List[str]: ...
     @property
     def identity(self) -> Tuple[int, str, int]: ...
     @property
