@@ -224,27 +224,22 @@ pub struct MediatorConfig {
     pub drain_on_stop: bool,
 }
 
-impl MediatorConfig {
-    /// How often a dispatcher whose VMs all sleep on their doorbells wakes to beat:
-    /// every five heartbeat intervals, at most once a second, and never less often than
-    /// the interval itself. A live mediator's heartbeat so changes well within what a
-    /// guest (ten intervals) and the host's tools (three intervals and a second) allow
-    /// before they call it silent, while an idle pool wakes a fifth as often.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let text = "[regions]\ndir = \"/tmp\"\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 1";
-    /// let mut config = vgpu_config::Config::parse(text)?.mediator;
-    /// assert_eq!(config.heartbeat_interval, Duration::from_millis(100));
-    /// assert_eq!(config.sleeping_heartbeat(), Duration::from_millis(500));
-    /// config.heartbeat_interval = Duration::from_secs(5);
-    /// assert_eq!(config.sleeping_heartbeat(), Duration::from_secs(5));
-    /// # Ok::<(), vgpu_config::ConfigError>(())
-    /// ```
-    #[must_use]
-    pub fn sleeping_heartbeat(&self) -> Duration {
-        (self.heartbeat_interval * 5).min(Duration::from_secs(1)).max(self.heartbeat_interval)
-    }
+/// How often a dispatcher whose VMs all sleep on their doorbells wakes to beat, for a
+/// heartbeat `interval`: every five intervals, at most once a second, and never less
+/// often than the interval itself. A live mediator's heartbeat so changes well within
+/// what a guest (ten intervals) and the host's tools (three intervals and a second)
+/// allow before they call it silent, while an idle pool wakes a fifth as often.
+///
+/// ```
+/// use std::time::Duration;
+/// use vgpu_config::sleeping_heartbeat;
+/// assert_eq!(sleeping_heartbeat(Duration::from_millis(100)), Duration::from_millis(500));
+/// assert_eq!(sleeping_heartbeat(Duration::from_millis(400)), Duration::from_secs(1));
+/// assert_eq!(sleeping_heartbeat(Duration::from_secs(5)), Duration::from_secs(5));
+/// ```
+#[must_use]
+pub fn sleeping_heartbeat(interval: Duration) -> Duration {
+    (interval * 5).min(Duration::from_secs(1)).max(interval)
 }
 
 /// A validated configuration.

@@ -24,6 +24,8 @@ pub(crate) struct InspectArgs {
 struct Report {
     path: PathBuf,
     size: usize,
+    /// The header's layout version, "major.minor".
+    layout: String,
     initialized: bool,
     slot_count: u32,
     ring_entries: u32,
@@ -38,6 +40,8 @@ struct MediatorState {
     pid: u32,
     heartbeat_age_ms: Option<f64>,
     heartbeat_interval_ms: u32,
+    /// The heartbeat's period while a pool's VMs all sleep on their doorbells.
+    sleeping_heartbeat_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -83,16 +87,17 @@ pub(crate) fn heartbeat(region: &Region) -> Heartbeat {
 fn report(region: &Arc<Region>) -> Result<Report> {
     let geometry = region.geometry();
     let epoch = region.epoch();
-    let mediator = if epoch == 0 {
-        None
-    } else {
-        Some(MediatorState {
+    let mediator = (epoch != 0).then(|| {
+        let (_, interval_ms) = region.heartbeat();
+        let sleeping = vgpu_config::sleeping_heartbeat(Duration::from_millis(interval_ms.into()));
+        MediatorState {
             epoch,
             pid: region.mediator_pid(),
             heartbeat_age_ms: heartbeat(region).age.map(|age| age.as_secs_f64() * 1e3),
-            heartbeat_interval_ms: region.heartbeat().1,
-        })
-    };
+            heartbeat_interval_ms: interval_ms,
+            sleeping_heartbeat_ms: sleeping.as_millis() as u64,
+        }
+    });
     let mut slots = Vec::new();
     for index in 0..geometry.slot_count {
         let slot = region.slot(index)?;
@@ -126,6 +131,10 @@ fn report(region: &Arc<Region>) -> Result<Report> {
     Ok(Report {
         path: region.path().to_owned(),
         size: region.size(),
+        layout: {
+            let (major, minor) = region.layout_version();
+            format!("{major}.{minor}")
+        },
         initialized: true,
         slot_count: geometry.slot_count,
         ring_entries: geometry.ring_entries,
@@ -138,7 +147,13 @@ fn report(region: &Arc<Region>) -> Result<Report> {
 fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "region {}: {} bytes, layout v1, initialized", r.path.display(), r.size);
+    let _ = writeln!(
+        out,
+        "region {}: {} bytes, layout {}, initialized",
+        r.path.display(),
+        r.size,
+        r.layout
+    );
     let _ = writeln!(
         out,
         "geometry: {} slot(s), {} ring entries, {}-byte arena",
@@ -150,8 +165,8 @@ fn render(r: &Report) -> String {
             let age = m.heartbeat_age_ms.map_or("none".to_owned(), |a| format!("{a:.0} ms ago"));
             let _ = writeln!(
                 out,
-                "mediator: epoch {:#x}, pid {}, heartbeat {age} (every {} ms)",
-                m.epoch, m.pid, m.heartbeat_interval_ms
+                "mediator: epoch {:#x}, pid {}, heartbeat {age} (every {} ms; every {} ms while a pool's VMs all sleep on doorbells)",
+                m.epoch, m.pid, m.heartbeat_interval_ms, m.sleeping_heartbeat_ms
             );
         }
     }

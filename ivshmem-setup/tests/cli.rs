@@ -55,12 +55,26 @@ fn create_from_config_then_inspect_shows_the_identity() {
     let text = ok(&["inspect", region.to_str().unwrap()]);
     assert!(text.contains("slot 0: vm 2 pool B priority 2 (high)"), "{text}");
     assert!(text.contains("mediator: never attached"), "{text}");
+    let layout =
+        format!("{}.{}", vgpu_ring::layout::VERSION_MAJOR, vgpu_ring::layout::VERSION_MINOR);
+    assert!(text.contains(&format!("layout {layout}, initialized")), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(&ok(&["inspect", "--json", region.to_str().unwrap()])).unwrap();
+    assert_eq!(json["layout"], layout);
     assert_eq!(json["slots"][0]["vm_id"], 2);
     assert_eq!(json["slots"][0]["pool"], "B");
     assert_eq!(json["slots"][0]["request_ring"]["used"], 0);
     assert_eq!(json["ring_entries"], 256);
+    // A mediator's session (heartbeat every 100 ms): both of its beats are shown.
+    vgpu_ring::Region::open(&region, vgpu_ring::Access::ReadWrite)
+        .unwrap()
+        .begin_session(7, 1, 100)
+        .unwrap();
+    let text = ok(&["inspect", region.to_str().unwrap()]);
+    assert!(
+        text.contains("(every 100 ms; every 500 ms while a pool's VMs all sleep on doorbells)"),
+        "{text}"
+    );
 
     let stub = std::fs::read(dir.path().join("vgpu-vm1.stub")).unwrap();
     assert_eq!(

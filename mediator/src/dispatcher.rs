@@ -168,7 +168,7 @@ pub struct Dispatcher {
     session: Session,
     heartbeat: Duration,
     /// The heartbeat's period while every VM sleeps on its doorbell
-    /// ([`MediatorConfig::sleeping_heartbeat`]).
+    /// ([`vgpu_config::sleeping_heartbeat`]).
     sleeping_heartbeat: Duration,
     next_beat: Instant,
     last_beat: Instant,
@@ -251,7 +251,7 @@ impl Dispatcher {
             max_idle_sleep: settings.max_idle_sleep,
             session,
             heartbeat: settings.heartbeat_interval,
-            sleeping_heartbeat: settings.sleeping_heartbeat(),
+            sleeping_heartbeat: vgpu_config::sleeping_heartbeat(settings.heartbeat_interval),
             next_beat: now + settings.heartbeat_interval,
             last_beat: now,
             quarantine_retry: settings.quarantine_retry,

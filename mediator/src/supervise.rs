@@ -54,7 +54,8 @@ impl Supervisor {
             ping_every: sd_notify::watchdog_enabled().map(|period| period / 2),
             next_ping: now,
             next_status: now,
-            stall_limit: settings.sleeping_heartbeat().max(settings.max_idle_sleep)
+            stall_limit: vgpu_config::sleeping_heartbeat(settings.heartbeat_interval)
+                .max(settings.max_idle_sleep)
                 + Duration::from_secs(1),
             answered: 0,
         }

@@ -683,8 +683,28 @@ impl Region {
         self.header_u64(offset_of!(RegionHeader, epoch)).load(Ordering::Acquire)
     }
 
-    /// The layout version in the header *now* is the one this build speaks. A region
-    /// is checked when it is opened; a mediator of another layout that attaches later
+    /// The layout version (major, minor) in the header now: a mediator of another
+    /// layout that attached after this region was opened has re-stamped it.
+    ///
+    /// ```
+    /// use vgpu_ring::{Geometry, Region, layout};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let geometry = Geometry { slot_count: 1, ring_entries: 64, arena_size: 4096 };
+    /// let region = Region::create(&dir.path().join("vm1"), 1 << 16, geometry, &[], false)?;
+    /// assert_eq!(region.layout_version(), (layout::VERSION_MAJOR, layout::VERSION_MINOR));
+    /// # Ok::<(), vgpu_ring::RegionError>(())
+    /// ```
+    #[must_use]
+    pub fn layout_version(&self) -> (u16, u16) {
+        // Major and minor are neighbouring u16s (offsets 8 and 10, asserted in
+        // `layout`): one load reads both.
+        let word = self.header_u32(offset_of!(RegionHeader, version_major)).load(Ordering::Relaxed);
+        let [a, b, c, d] = word.to_ne_bytes();
+        (u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d]))
+    }
+
+    /// The layout version in the header now is the one this build speaks. A region is
+    /// checked when it is opened; a mediator of another layout that attaches later
     /// re-stamps the header with its own version, and a client that attached before
     /// must stop rather than publish entries the new host reads another way (it looks
     /// while it waits).
@@ -702,15 +722,11 @@ impl Region {
     ///
     /// [`RegionError::VersionMismatch`].
     pub fn check_layout_version(&self) -> Result<(), RegionError> {
-        // Major and minor are neighbouring u16s (offsets 8 and 10, asserted in
-        // `layout`): one load reads both.
-        let word = self.header_u32(offset_of!(RegionHeader, version_major)).load(Ordering::Relaxed);
-        let [a, b, c, d] = word.to_ne_bytes();
-        let (found_major, found_minor) = (u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d]));
-        if found_major == VERSION_MAJOR {
-            Ok(())
-        } else {
-            Err(RegionError::VersionMismatch { found_major, found_minor })
+        match self.layout_version() {
+            (VERSION_MAJOR, _) => Ok(()),
+            (found_major, found_minor) => {
+                Err(RegionError::VersionMismatch { found_major, found_minor })
+            }
         }
     }
 
