@@ -1,6 +1,6 @@
 //! The shared-memory contract between guests and the host mediator.
 //!
-//! - [`layout`]: region layout v1, the byte-exact wire structs (see `docs/LAYOUT.md`).
+//! - [`layout`]: region layout v2, the byte-exact wire structs (see `docs/LAYOUT.md`).
 //! - Values carried on the wire: [`Opcode`], [`Status`], [`ErrorCode`].
 //! - The SPSC ring algorithm, written once ([`Producer`], [`Consumer`]) over a
 //!   [`RingBackend`]: [`MappedRing`] in a mapped region, [`HeapRing`] in private memory

@@ -878,7 +878,7 @@ impl RegionHeader {
             || self.slot_stride != geometry.slot_stride() as u64
         {
             return Err(RegionError::BadGeometry(format!(
-                "entry size {}, control size {}, slots offset {}, stride {} disagree with layout v1",
+                "entry size {}, control size {}, slots offset {}, stride {} disagree with layout v{VERSION_MAJOR}",
                 self.entry_size, self.slot_control_size, self.slots_offset, self.slot_stride
             )));
         }
