@@ -178,25 +178,35 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
-/// The mediator's CPU use while idle for `idle_for`, then five requests each after 1 s
-/// (or `idle_for`) of idle.
-fn idle_cost(
-    system: &System,
-    client: &mut Client,
-    idle_for: Duration,
-) -> Result<(f64, Vec<Duration>)> {
+/// What an idle mediator costs, and how soon it answers after idle.
+struct Idle {
+    /// Fraction of a core.
+    cpu: f64,
+    /// Its threads' wake-ups (voluntary context switches) per second.
+    wakeups: f64,
+    /// Five requests, each after 1 s (or the idle time) of idle.
+    first: Vec<Duration>,
+}
+
+/// The mediator's CPU use and wake-ups while idle for `idle_for` (after the last
+/// request's `idle_spin`, so that a doorbell mediator is asleep), then five requests
+/// each after 1 s (or `idle_for`) of idle.
+fn idle_cost(system: &System, client: &mut Client, idle_for: Duration) -> Result<Idle> {
     let pid = system.mediator_pid().context("mediator pid")?;
-    let before = cpu_seconds(pid)?;
+    let wakeups = || system.mediator_sleeps().values().sum::<u64>();
+    std::thread::sleep(Duration::from_millis(100));
+    let (cpu_before, wakeups_before) = (cpu_seconds(pid)?, wakeups());
     std::thread::sleep(idle_for);
-    let idle_cpu = (cpu_seconds(pid)? - before) / idle_for.as_secs_f64();
-    let mut after_idle = Vec::new();
+    let cpu = (cpu_seconds(pid)? - cpu_before) / idle_for.as_secs_f64();
+    let wakeups = wakeups().saturating_sub(wakeups_before) as f64 / idle_for.as_secs_f64();
+    let mut first = Vec::new();
     for _ in 0..5 {
         std::thread::sleep(Duration::from_secs(1).min(idle_for));
         let start = Instant::now();
         client.noop("WAKE")?;
-        after_idle.push(start.elapsed());
+        first.push(start.elapsed());
     }
-    Ok((idle_cpu, after_idle))
+    Ok(Idle { cpu, wakeups, first })
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -343,7 +353,7 @@ fn main() -> Result<()> {
     }
 
     // 4. Idle cost and the first request after idle.
-    let (idle_cpu, after_idle) = idle_cost(&system, &mut client, p.idle_for)?;
+    let idle = idle_cost(&system, &mut client, p.idle_for)?;
     drop(client);
     let region =
         Arc::new(vgpu_ring::Region::open(&system.region(1), vgpu_ring::Access::ReadWrite)?);
@@ -391,7 +401,7 @@ fn main() -> Result<()> {
     let mut system = start(bells, &[vm(1, 'A', 1)])?;
     let mut client = system.client(1, Wait::Spin)?;
     let bell_warm = Summary::of(&noop_round_trips(&mut client, p.counts)?);
-    let (bell_idle_cpu, bell_after_idle) = idle_cost(&system, &mut client, p.idle_for)?;
+    let bell_idle = idle_cost(&system, &mut client, p.idle_for)?;
     drop(client);
     system.stop()?;
     let mut many = start(bells, &vms)?;
@@ -476,19 +486,21 @@ fn main() -> Result<()> {
         ratio(scale_256.p50, scale_1.p50)
     ));
     table.push(format!(
-        "idle mediator: {:.2}% of a core over {:?}; first request after 1 s idle: median {:?}, max {:?}",
-        idle_cpu * 100.0,
+        "idle mediator: {:.2}% of a core over {:?}, {:.1} wake-ups/s; first request after 1 s idle: median {:?}, max {:?}",
+        idle.cpu * 100.0,
         p.idle_for,
-        median(after_idle.clone()),
-        after_idle.iter().max().copied().unwrap_or_default()
+        idle.wakeups,
+        median(idle.first.clone()),
+        idle.first.iter().max().copied().unwrap_or_default()
     ));
     table.push(format!(
-        "doorbells: warm median round trip {} ns ({:.2}x without); idle mediator {:.2}% of a core; first request after 1 s idle: median {:?}, max {:?}; 256 doorbell VMs (one active): median {} ns, ratio {:.2} to 1 VM",
+        "doorbells: warm median round trip {} ns ({:.2}x without); idle mediator {:.2}% of a core, {:.1} wake-ups/s; first request after 1 s idle: median {:?}, max {:?}; 256 doorbell VMs (one active): median {} ns, ratio {:.2} to 1 VM",
         bell_warm.p50,
         ratio(bell_warm.p50, scale_1.p50),
-        bell_idle_cpu * 100.0,
-        median(bell_after_idle.clone()),
-        bell_after_idle.iter().max().copied().unwrap_or_default(),
+        bell_idle.cpu * 100.0,
+        bell_idle.wakeups,
+        median(bell_idle.first.clone()),
+        bell_idle.first.iter().max().copied().unwrap_or_default(),
         bell_256.p50,
         ratio(bell_256.p50, scale_1.p50)
     ));
@@ -528,12 +540,14 @@ fn main() -> Result<()> {
             "bare_guest_vs_mediator": guest_vs_mediator,
         },
         "scale_median_ns": { "one_vm": scale_1.p50, "vms_256": scale_256.p50 },
-        "idle_cpu_fraction": idle_cpu,
-        "first_after_idle_ns": after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
+        "idle_cpu_fraction": idle.cpu,
+        "idle_wakeups_per_s": idle.wakeups,
+        "first_after_idle_ns": idle.first.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
         "doorbell": {
             "warm_median_ns": bell_warm.p50,
-            "idle_cpu_fraction": bell_idle_cpu,
-            "first_after_idle_ns": bell_after_idle.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
+            "idle_cpu_fraction": bell_idle.cpu,
+            "idle_wakeups_per_s": bell_idle.wakeups,
+            "first_after_idle_ns": bell_idle.first.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>(),
             "vms_256_median_ns": bell_256.p50,
         },
         "metrics_median_ns": { "on": metrics_on.p50, "off": metrics_off.p50 },
