@@ -28,7 +28,9 @@ if [ -x "$bin/cuda-tests" ]; then
     "$bin/cuda-tests" --ignored --test-threads 1 cuda::tests:: || { echo "gpu-check: the GPU tests failed"; exit 1; }
 fi
 
-work=$(mktemp -d)
+# On tmpfs, as regions are in production: the driver may refuse to pin (register) the
+# pages of a file on a disk file system, and the table would then show staging.
+work=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 mediator_pid=
 cleanup() {
     [ -n "$mediator_pid" ] && kill "$mediator_pid" 2>/dev/null && wait "$mediator_pid" 2>/dev/null
