@@ -1,10 +1,13 @@
 //! The CUDA executor (cargo feature `cuda`): VECTOR_ADD, SAXPY, DOT and MATMUL on a GPU
-//! through [cudarc](https://docs.rs/cudarc), with the driver and NVRTC loaded at run
-//! time. NOOP, ECHO and SLEEP stay on the host.
+//! through [cudarc](https://docs.rs/cudarc), with the driver loaded at run time. NOOP,
+//! ECHO and SLEEP stay on the host.
 //!
-//! One context per device (the driver's primary context), one stream per pool, kernels
-//! compiled once by NVRTC when the pool starts, and device buffers reused across
-//! requests (grown when a request needs more, never freed per request).
+//! One context per device (the driver's primary context), one stream per pool, and
+//! device buffers reused across requests (grown when a request needs more, never freed
+//! per request). The kernels are PTX made ahead of time (`kernels.ptx`, from
+//! `kernels.cu`), loaded when the pool starts, so that a host needs nothing but the
+//! driver; on a GPU that PTX does not suit (compute capability below 7.5) they are
+//! compiled from source by NVRTC, where it is installed.
 //!
 //! Operands go from the guest's arena to the GPU and results back without a host copy:
 //! each attached VM's arena is registered with the driver (`cuMemHostRegister`, on the
@@ -22,52 +25,32 @@
 
 use crate::executor::{CpuExecutor, Executor, Job, write_f32s};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg, sys,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg, sys,
 };
+use cudarc::nvrtc::Ptx;
 use std::ffi::c_void;
 use std::sync::Arc;
 use thiserror::Error;
 use vgpu_ring::{ErrorCode, Opcode, Slot};
 use zerocopy::IntoBytes;
 
-/// The kernels. SAXPY rounds the product before the sum (`__fmul_rn`, `__fadd_rn`), so
-/// that no fused multiply-add makes it differ from the CPU executor: VECTOR_ADD and
-/// SAXPY are bit-exact. DOT sums per block, then across blocks with atomics (the order
-/// differs from the CPU's; results agree to a relative 1e-4).
-const KERNELS: &str = r#"
-extern "C" __global__ void vector_add(float* out, const float* a, const float* b, unsigned int n) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __fadd_rn(a[i], b[i]);
+/// The kernels' CUDA source (what they compute and how exactly: see its comments).
+const KERNELS: &str = include_str!("kernels.cu");
+
+/// The PTX that `scripts/kernels-ptx.py` made from [`KERNELS`] (compute_75, PTX ISA 7.8):
+/// loaded by the driver alone, so that a host needs no NVRTC. Its first line names the
+/// hash of the source it was made from (checked by the unit tests).
+const KERNELS_PTX: &str = include_str!("kernels.ptx");
+
+/// Where a pool's kernels came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelSource {
+    /// [`KERNELS_PTX`], made ahead of time.
+    Shipped,
+    /// [`KERNELS`] compiled by NVRTC at the start (a GPU the shipped PTX does not suit).
+    Nvrtc,
 }
-extern "C" __global__ void saxpy(float* out, float alpha, const float* x, const float* y, unsigned int n) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __fadd_rn(__fmul_rn(alpha, x[i]), y[i]);
-}
-extern "C" __global__ void dot(float* out, const float* x, const float* y, unsigned int n) {
-    __shared__ float partial[256];
-    float sum = 0.0f;
-    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
-        sum += x[i] * y[i];
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) atomicAdd(out, partial[0]);
-}
-extern "C" __global__ void matmul(float* c, const float* a, const float* b,
-                                  unsigned int m, unsigned int k, unsigned int n) {
-    unsigned int row = blockIdx.y * blockDim.y + threadIdx.y;
-    unsigned int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (row < m && col < n) {
-        float sum = 0.0f;
-        for (unsigned int p = 0; p < k; ++p) sum += a[row * k + p] * b[p * n + col];
-        c[row * n + col] = sum;
-    }
-}
-"#;
 
 /// Why the CUDA executor cannot start.
 #[derive(Debug, Error)]
@@ -75,7 +58,13 @@ pub enum CudaError {
     /// The driver library (`libcuda.so`) is not installed.
     #[error("the CUDA driver library (libcuda.so) was not found")]
     NoDriver,
-    /// The NVRTC library is not installed.
+    /// The shipped PTX does not load on this GPU, and NVRTC, which would compile the
+    /// kernels for it, is not installed.
+    #[error(
+        "the kernels' PTX does not load on this GPU ({0}): it needs compute capability 7.5 or newer; for an older GPU install NVRTC (libnvrtc.so), which compiles them for it"
+    )]
+    ShippedPtx(cudarc::driver::DriverError),
+    /// NVRTC was asked for and is not installed.
     #[error("the NVRTC library (libnvrtc.so) was not found")]
     NoNvrtc,
     /// A driver call failed (no device with that ordinal, out of memory, ...).
@@ -131,19 +120,43 @@ pub struct CudaExecutor {
 /// Host page size assumed for aligning registrations (also right inside huge pages).
 const PAGE: usize = 4096;
 
-/// Whether the driver and NVRTC libraries can be loaded (checked before any cudarc
-/// call, which would otherwise panic when a library is missing).
-fn libraries_present() -> Result<(), CudaError> {
-    // SAFETY: these only try to dlopen the libraries and report whether they loaded;
-    // nothing from them is called here.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(CudaError::NoDriver);
+/// Whether the driver library can be loaded (checked before any cudarc driver call,
+/// which would otherwise panic when it is missing).
+fn driver_present() -> bool {
+    // SAFETY: this only tries to dlopen the library and reports whether it loaded;
+    // nothing from it is called here.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether the NVRTC library can be loaded (checked before any cudarc NVRTC call,
+/// which would otherwise panic when it is missing).
+fn nvrtc_present() -> bool {
+    // SAFETY: as in `driver_present`, for NVRTC.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Load the kernels into `ctx`: the shipped PTX, or (if it does not load and NVRTC is
+/// there, or if `only` asks for it) the source compiled by NVRTC.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    only: Option<KernelSource>,
+) -> Result<(Arc<CudaModule>, KernelSource), CudaError> {
+    if only != Some(KernelSource::Nvrtc) {
+        match ctx.load_module(Ptx::from_src(KERNELS_PTX)) {
+            Ok(module) => return Ok((module, KernelSource::Shipped)),
+            Err(e) if only.is_none() && nvrtc_present() => {
+                tracing::info!(
+                    "the kernels' PTX does not load on this GPU ({e}): compiling them with NVRTC"
+                );
+            }
+            Err(e) => return Err(CudaError::ShippedPtx(e)),
+        }
     }
-    // SAFETY: as above, for NVRTC.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !nvrtc_present() {
         return Err(CudaError::NoNvrtc);
     }
-    Ok(())
+    let ptx = cudarc::nvrtc::compile_ptx(KERNELS)?;
+    Ok((ctx.load_module(ptx)?, KernelSource::Nvrtc))
 }
 
 /// Whether `a` and `b` are the same slot of the same mapping.
@@ -170,15 +183,28 @@ impl CudaExecutor {
     ///
     /// [`CudaError`] if there is no usable GPU.
     pub fn new(device: u32) -> Result<Self, CudaError> {
-        libraries_present()?;
+        Self::with_kernels(device, None)
+    }
+
+    /// [`CudaExecutor::new`], with the kernels from `only` if given.
+    fn with_kernels(device: u32, only: Option<KernelSource>) -> Result<Self, CudaError> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
         let ctx = CudaContext::new(device as usize)?;
         let device = match ctx.name() {
             Ok(name) => format!("{device}: {name}"),
             Err(_) => device.to_string(),
         };
         let stream = ctx.new_stream()?;
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS)?;
-        let module = ctx.load_module(ptx)?;
+        let (module, source) = load_kernels(&ctx, only)?;
+        tracing::info!(
+            "CUDA device {device}: kernels {}",
+            match source {
+                KernelSource::Shipped => "loaded from the shipped PTX",
+                KernelSource::Nvrtc => "compiled by NVRTC",
+            }
+        );
         let kernels = Kernels {
             vector_add: module.load_function("vector_add")?,
             saxpy: module.load_function("saxpy")?,
@@ -481,13 +507,49 @@ mod tests {
     use super::*;
     use crate::executor::{dot, matmul, saxpy, vector_add};
 
+    /// FNV-1a, 64 bits (as `scripts/kernels-ptx.py` computes it).
+    fn fnv1a64(bytes: &[u8]) -> u64 {
+        bytes
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    }
+
+    /// The shipped PTX was made from the kernels' source as it is (regenerate it with
+    /// `scripts/kernels-ptx.py` after changing `kernels.cu`), and defines every kernel
+    /// the executor launches.
+    #[test]
+    fn the_shipped_ptx_is_made_from_kernels_cu() {
+        let first = KERNELS_PTX.lines().next().unwrap_or_default();
+        let want = format!("// kernels.cu fnv1a64 {:016x}:", fnv1a64(KERNELS.as_bytes()));
+        assert!(
+            first.starts_with(&want),
+            "kernels.ptx is stale ({first:?}, want {want:?}): run scripts/kernels-ptx.py"
+        );
+        for kernel in ["vector_add", "saxpy", "dot", "matmul"] {
+            assert!(KERNELS_PTX.contains(&format!(".visible .entry {kernel}(")), "{kernel}");
+        }
+    }
+
     /// Every operation equals the CPU's (exactly for VECTOR_ADD and SAXPY, to 1e-4
-    /// relative for DOT and MATMUL). `scripts/test-all.sh` runs it where a GPU is
-    /// usable and says it skipped elsewhere.
+    /// relative for DOT and MATMUL), with the shipped PTX and, where NVRTC is
+    /// installed, with the kernels it compiles. `scripts/test-all.sh` runs it where a GPU
+    /// is usable and says it skipped elsewhere.
     #[test]
     #[ignore = "needs a CUDA GPU (scripts/test-all.sh runs it when one is usable)"]
     fn gpu_results_equal_the_cpu_executor() {
-        let mut gpu = CudaExecutor::new(0).expect("a usable CUDA GPU");
+        let mut sources = vec![KernelSource::Shipped];
+        if nvrtc_present() {
+            sources.push(KernelSource::Nvrtc);
+        } else {
+            eprintln!("NVRTC is not installed: only the shipped PTX is checked");
+        }
+        for source in sources {
+            let mut gpu = CudaExecutor::with_kernels(0, Some(source)).expect("a usable CUDA GPU");
+            results_equal_the_cpu_executor(&mut gpu);
+        }
+    }
+
+    fn results_equal_the_cpu_executor(gpu: &mut CudaExecutor) {
         for n in [1usize, 1000, 1 << 16] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 7.0).collect();
             let y: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 1000) as f32 / 3.0).collect();
