@@ -276,11 +276,7 @@ pub unsafe extern "C" fn vgpu_open(
     }));
     match opened {
         Ok(Ok(client)) => {
-            let warnings = [client.identity_warning(), client.doorbell_warning()]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let warnings = client.warnings().collect::<Vec<_>>().join("\n");
             let handle = VgpuClient {
                 client,
                 tickets: HashMap::new(),

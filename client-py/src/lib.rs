@@ -183,12 +183,7 @@ impl Client {
     /// What the client found wrong but not fatal when it attached.
     #[getter]
     fn warnings(&mut self) -> PyResult<Vec<String>> {
-        let client = self.client()?;
-        Ok([client.identity_warning(), client.doorbell_warning()]
-            .into_iter()
-            .flatten()
-            .map(str::to_owned)
-            .collect())
+        Ok(self.client()?.warnings().map(str::to_owned).collect())
     }
 
     /// (vm_id, pool, priority) of the slot.

@@ -630,6 +630,21 @@ impl Client {
         self.doorbell_warning
     }
 
+    /// Every warning of the attach: [`identity_warning`](Self::identity_warning), then
+    /// [`doorbell_warning`](Self::doorbell_warning).
+    ///
+    /// ```no_run
+    /// # use vgpu_client::{Client, ClientOptions};
+    /// let client = Client::attach(&ClientOptions::default())?;
+    /// for warning in client.warnings() {
+    ///     eprintln!("warning: {warning}");
+    /// }
+    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// ```
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        [self.identity_warning(), self.doorbell_warning()].into_iter().flatten()
+    }
+
     /// The region.
     #[must_use]
     pub fn region(&self) -> &Arc<Region> {

@@ -329,7 +329,7 @@ fn run(cli: &Cli) -> Result<bool> {
         println!("  VM ID:    {}", id.vm_id);
         println!();
     }
-    for warning in [client.identity_warning(), client.doorbell_warning()].into_iter().flatten() {
+    for warning in client.warnings() {
         eprintln!("warning: {warning}");
     }
     let call = Call {

@@ -249,6 +249,7 @@ fn a_client_that_cannot_ring_a_published_doorbell_warns() {
     assert!(!client.has_doorbell());
     let warning = client.doorbell_warning().expect("a warning");
     assert!(warning.contains("cannot ring it"), "{warning}");
+    assert_eq!(client.warnings().collect::<Vec<_>>(), [warning]);
     stop.store(true, Ordering::Relaxed);
 }
 
