@@ -24,6 +24,8 @@ for b in ivshmem-setup vgpu-mediator vgpu-client vgpu-cuda-bench; do
     [ -x "$bin/$b" ] || { echo "gpu-check: $bin/$b missing (build with --features vgpu-mediator/cuda)" >&2; exit 2; }
 done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/GPU: /'
+# The libraries the executor may load: the driver always, NVRTC only for an old GPU.
+ldconfig -p 2>/dev/null | grep -E 'libcuda\.so|libnvrtc\.so' | sed 's/^/library: /' || true
 if [ -x "$bin/cuda-tests" ]; then
     "$bin/cuda-tests" --ignored --test-threads 1 cuda::tests:: || { echo "gpu-check: the GPU tests failed"; exit 1; }
 fi

@@ -184,13 +184,14 @@ struct Idle {
     cpu: f64,
     /// Its threads' wake-ups (voluntary context switches) per second.
     wakeups: f64,
-    /// Five requests, each after 1 s (or the idle time) of idle.
+    /// Five requests, each after 1 s (or the idle time) of idle and 0, 2.1, ... 8.4 ms
+    /// more, so that they fall at spread phases of a polled dispatcher's 10 ms naps.
     first: Vec<Duration>,
 }
 
 /// The mediator's CPU use and wake-ups while idle for `idle_for` (after the last
 /// request's `idle_spin`, so that a doorbell mediator is asleep), then five requests
-/// each after 1 s (or `idle_for`) of idle.
+/// each after 1 s (or `idle_for`) of idle and a few ms more.
 fn idle_cost(system: &System, client: &mut Client, idle_for: Duration) -> Result<Idle> {
     let pid = system.mediator_pid().context("mediator pid")?;
     let wakeups = || system.mediator_sleeps().values().sum::<u64>();
@@ -200,8 +201,8 @@ fn idle_cost(system: &System, client: &mut Client, idle_for: Duration) -> Result
     let cpu = (cpu_seconds(pid)? - cpu_before) / idle_for.as_secs_f64();
     let wakeups = wakeups().saturating_sub(wakeups_before) as f64 / idle_for.as_secs_f64();
     let mut first = Vec::new();
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_secs(1).min(idle_for));
+    for k in 0..5 {
+        std::thread::sleep(Duration::from_secs(1).min(idle_for) + Duration::from_micros(2100) * k);
         let start = Instant::now();
         client.noop("WAKE")?;
         first.push(start.elapsed());
