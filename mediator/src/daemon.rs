@@ -441,7 +441,9 @@ pub fn serve(
     drop(stop_holder_watch);
     Supervisor::stopping();
     if let Err(e) = stop_bell.ring() {
-        tracing::error!("waking the dispatchers failed ({e}); they stop at their next heartbeat");
+        tracing::error!(
+            "waking the dispatchers failed ({e}); they stop when they next wake (at the latest their sleeping heartbeat)"
+        );
     }
     tracing::info!(
         "shutting down: finishing jobs in hand{}",

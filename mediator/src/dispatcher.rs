@@ -517,7 +517,7 @@ impl Dispatcher {
     /// A VM's doorbell handed over after the start: watch it (in place of the VM's old
     /// one, if a new holder replaced it) and publish it in the VM's slot; the VM is
     /// slept on when idle from now on, as if it had it from the start. Taken at the
-    /// dispatcher's next housekeeping: while every VM sleeps, at its next heartbeat.
+    /// dispatcher's next housekeeping: while every VM sleeps, at its next sleeping heartbeat.
     fn add_bell(&mut self, bell: Bell) {
         let Some(index) = self.vms.iter().position(|p| p.vm.id == bell.vm_id) else { return };
         let Some(bells) = &mut self.bells else { return };
