@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vgpu_config::Config;
+use vgpu_config::{Backend, Config};
 use vgpu_ring::{Access, Region};
 
 /// Arguments of `doctor`.
@@ -123,6 +123,7 @@ pub(crate) fn run(args: &DoctorArgs) -> Result<bool> {
     remove_ipc(&config, &host, &mut findings);
     confinement(&config, &host, &mut findings);
     qemu_devices(&config, &args.qemu, &mut findings);
+    gpus(&config, &host, &mut findings);
     mediator(&config, &mut findings);
     let broken = findings.0.iter().any(|f| f.severity == Severity::Fail);
     if args.json {
@@ -460,6 +461,75 @@ fn qemu_devices(config: &Config, qemu: &Path, out: &mut Findings) {
                 format!("{} has no {device} device", qemu.display()),
                 "install a QEMU built with ivshmem (Debian: qemu-system-x86)",
             );
+        }
+    }
+}
+
+/// The directories the dynamic linker searches for a library: the usual ones and those
+/// listed in /etc/ld.so.conf and its drop-ins.
+fn library_dirs(host: &Host<'_>) -> Vec<String> {
+    let mut dirs: Vec<String> = [
+        "/lib",
+        "/usr/lib",
+        "/lib64",
+        "/usr/lib64",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut files = vec![host.path("/etc/ld.so.conf")];
+    if let Ok(dropins) = std::fs::read_dir(host.path("/etc/ld.so.conf.d")) {
+        files.extend(dropins.flatten().map(|e| e.path()));
+    }
+    for text in files.iter().filter_map(|f| std::fs::read_to_string(f).ok()) {
+        dirs.extend(text.lines().map(str::trim).filter(|l| l.starts_with('/')).map(str::to_owned));
+    }
+    dirs
+}
+
+/// Each CUDA pool's GPU is there: its device node and the NVIDIA driver's library
+/// (`libcuda.so.1`; the kernels ship as PTX, so nothing else is needed). A failure
+/// where the pool may fall back to the CPU is a warning.
+fn gpus(config: &Config, host: &Host<'_>, out: &mut Findings) {
+    let check = "GPU";
+    let library = library_dirs(host)
+        .into_iter()
+        .map(|dir| format!("{dir}/libcuda.so.1"))
+        .find(|path| host.path(path).exists());
+    for pool in config.pools.values() {
+        let Backend::Cuda { device, fallback_to_cpu } = pool.backend else { continue };
+        let node = format!("/dev/nvidia{device}");
+        let (message, fix) = match &library {
+            None => (
+                format!(
+                    "pool {}: backend cuda, but the NVIDIA driver's libcuda.so.1 is not in the library path",
+                    pool.name
+                ),
+                "install the NVIDIA driver (its user-space libraries too)",
+            ),
+            Some(_) if !host.path(&node).exists() || !host.path("/dev/nvidiactl").exists() => (
+                format!(
+                    "pool {}: backend cuda (device {device}), but no {node} or /dev/nvidiactl",
+                    pool.name
+                ),
+                "load the NVIDIA driver (nvidia-smi lists the GPUs it sees)",
+            ),
+            Some(library) => {
+                out.ok(check, format!("pool {}: {node} and the driver's {library}", pool.name));
+                continue;
+            }
+        };
+        if fallback_to_cpu {
+            let fix = format!("{fix} (until then the pool runs on the CPU: fallback = \"cpu\")");
+            out.warn(check, message, fix);
+        } else {
+            let fix = format!(
+                "{fix}, or set fallback = \"cpu\" (without it the mediator refuses to start)"
+            );
+            out.fail(check, message, fix);
         }
     }
 }

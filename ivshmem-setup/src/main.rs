@@ -45,8 +45,8 @@ enum Command {
     /// their QEMUs run (a service of its own: mediators come and go).
     Serve(ConfigArg),
     /// Check the host for what would break a VM (region directory, room, modes,
-    /// logind, AppArmor/SELinux, QEMU's devices, hugepages, a live mediator), each
-    /// with its fix; exit status 1 when something would.
+    /// logind, AppArmor/SELinux, QEMU's devices, hugepages, a CUDA pool's GPU, a live
+    /// mediator), each with its fix; exit status 1 when something would.
     Doctor(doctor::DoctorArgs),
     /// A live table of the VMs: pool, priority, state, in flight, requests/s, errors/s
     /// and queue wait (read-only; one snapshot when stdout is not a terminal).

@@ -644,3 +644,42 @@ fn doctor_finds_a_too_small_tmpfs() {
     );
     assert_eq!(with(&findings, "region directory", "ok").len(), 1, "tmpfs: {findings:#?}");
 }
+
+/// A CUDA pool needs its GPU's device node and the NVIDIA driver's library: without
+/// them doctor fails (a warning where the pool may fall back to the CPU), with them it
+/// says where it found them.
+#[test]
+fn doctor_checks_a_cuda_pools_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let root = ["--host-root", host.path().to_str().unwrap()];
+    let gpu = |fallback: &str| {
+        let cfg =
+            config(dir.path(), &format!("[pools.G]\nbackend = \"cuda\"\ndevice = 1\n{fallback}"));
+        ok(&["create", "--config", cfg.to_str().unwrap()]);
+        let (_, findings) = doctor(&cfg, &root);
+        findings.into_iter().filter(|f| f["check"] == "GPU").collect::<Vec<_>>()
+    };
+    let found = gpu("");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["severity"], "fail");
+    assert!(found[0]["message"].as_str().unwrap().contains("libcuda.so.1"), "{found:#?}");
+    assert!(found[0]["fix"].as_str().unwrap().contains("fallback = \"cpu\""), "{found:#?}");
+    assert_eq!(gpu("fallback = \"cpu\"")[0]["severity"], "warn");
+
+    // The driver's library in a directory of ld.so.conf.d, but no device node yet.
+    std::fs::create_dir_all(host.path().join("etc/ld.so.conf.d")).unwrap();
+    std::fs::write(host.path().join("etc/ld.so.conf.d/nvidia.conf"), "/opt/nvidia/lib\n").unwrap();
+    std::fs::create_dir_all(host.path().join("opt/nvidia/lib")).unwrap();
+    std::fs::write(host.path().join("opt/nvidia/lib/libcuda.so.1"), b"").unwrap();
+    let found = gpu("");
+    assert_eq!(found[0]["severity"], "fail");
+    assert!(found[0]["message"].as_str().unwrap().contains("no /dev/nvidia1"), "{found:#?}");
+    std::fs::create_dir_all(host.path().join("dev")).unwrap();
+    for node in ["nvidiactl", "nvidia1"] {
+        std::fs::write(host.path().join("dev").join(node), b"").unwrap();
+    }
+    let found = gpu("");
+    assert_eq!(found[0]["severity"], "ok", "{found:#?}");
+    assert!(found[0]["message"].as_str().unwrap().contains("/opt/nvidia/lib/libcuda.so.1"));
+}
