@@ -210,6 +210,10 @@ impl Dispatcher {
     ) -> std::io::Result<Self> {
         let now = Instant::now();
         let vms_len = vms.len();
+        // An executor that takes every compute job (a GPU pool) polls for the next one as
+        // long as the dispatcher spins; one that takes only long jobs sleeps between them.
+        let offload_compute = executor.offloads_compute();
+        let executor_spin = if offload_compute { settings.idle_spin } else { Duration::ZERO };
         // A waiter as soon as a VM is configured with a doorbell, even if it has none
         // yet: a late one is watched from the moment it arrives.
         let bells = if vms.iter().any(|port| port.vm.doorbell.is_some()) {
@@ -235,8 +239,8 @@ impl Dispatcher {
             bells,
             new_bells,
             queue: PoolQueue::with_weights(pool.policy, vms.iter().map(|p| p.vm.weight)),
-            offload_compute: executor.offloads_compute(),
-            executor: ExecutorThread::spawn(pool.name, executor)?,
+            offload_compute,
+            executor: ExecutorThread::spawn(pool.name, executor, executor_spin)?,
             vms,
             inline: CpuExecutor::default(),
             busy: None,

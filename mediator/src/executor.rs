@@ -138,14 +138,42 @@ pub(crate) struct ExecutorThread<T> {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The next work for the executor thread: polled for `spin` after `idle_since`, then
+/// waited for; `None` once the dispatcher is gone.
+fn next_work<T>(jobs: &Receiver<Work<T>>, spin: Duration, idle_since: Instant) -> Option<Work<T>> {
+    let mut polls: u32 = 0;
+    while !spin.is_zero() {
+        match jobs.try_recv() {
+            Ok(work) => return Some(work),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        polls = polls.wrapping_add(1);
+        // The clock (tens of ns in a VM) once per 64 polls.
+        if polls.is_multiple_of(64) && idle_since.elapsed() > spin {
+            break;
+        }
+        vgpu_ring::spin_hint();
+    }
+    jobs.recv().ok()
+}
+
 impl<T: Send + 'static> ExecutorThread<T> {
-    /// Start the thread (`pool-<name>-exec`) running `executor`.
-    pub(crate) fn spawn(pool: PoolId, mut executor: Box<dyn Executor>) -> std::io::Result<Self> {
+    /// Start the thread (`pool-<name>-exec`) running `executor`. After each job it polls
+    /// for the next one for `spin` before it sleeps: where every compute job is handed
+    /// over (a GPU pool), waking a sleeping thread for each would cost more than the
+    /// job's own work.
+    pub(crate) fn spawn(
+        pool: PoolId,
+        mut executor: Box<dyn Executor>,
+        spin: Duration,
+    ) -> std::io::Result<Self> {
         let (jobs, job_rx) = channel::<Work<T>>();
         let (done_tx, done) = channel();
         let thread =
             std::thread::Builder::new().name(format!("pool-{pool}-exec")).spawn(move || {
-                for work in job_rx {
+                let mut idle_since = Instant::now();
+                while let Some(work) = next_work(&job_rx, spin, idle_since) {
                     let (item, job, slot) = match work {
                         Work::Run(item, job, slot) => (item, job, slot),
                         Work::Attach(slot) => {
@@ -165,6 +193,7 @@ impl<T: Send + 'static> ExecutorThread<T> {
                     if done_tx.send(Executed { item, result, started, exec }).is_err() {
                         break;
                     }
+                    idle_since = Instant::now();
                 }
             })?;
         Ok(Self { jobs: Some(jobs), done, thread: Some(thread) })
@@ -365,6 +394,67 @@ fn matmul_into(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, c: &mut [f32]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The voluntary context switches (sleeps) of this process's thread named `name`.
+    fn sleeps_of(name: &str) -> u64 {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .and_then(|task| std::fs::read_to_string(task.path().join("status")).ok())
+            .and_then(|status| {
+                status.lines().find_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:").and_then(|v| v.trim().parse().ok())
+                })
+            })
+            .unwrap_or_else(|| panic!("no thread {name}"))
+    }
+
+    /// An executor thread that spins between jobs takes 200 jobs handed to it one after
+    /// another without sleeping; one that does not spin sleeps between many of them (96
+    /// of 200 here: the channel's own brief spin catches the others).
+    #[test]
+    fn a_spinning_executor_thread_takes_jobs_without_sleeping() {
+        use std::sync::Arc;
+        use vgpu_ring::{Geometry, Region};
+        let dir = tempfile::tempdir().unwrap();
+        let geometry = Geometry { slot_count: 1, ring_entries: 8, arena_size: 4096 };
+        let region =
+            Arc::new(Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false).unwrap());
+        let slot = region.slot(0).unwrap();
+        let noop = Job { op: Opcode::Noop, args: [0; 3], input: (0, 0), output: (0, 0) };
+        // Pool names of their own: the threads are found by name.
+        for (pool, spin) in [(b'8', Duration::from_secs(5)), (b'9', Duration::ZERO)] {
+            let pool = PoolId::new(pool).unwrap();
+            let thread =
+                ExecutorThread::<u32>::spawn(pool, Box::new(CpuExecutor::default()), spin).unwrap();
+            let name = format!("pool-{pool}-exec");
+            // The first job: the thread has started and is past its first wait.
+            thread.submit(0, noop, slot.clone()).unwrap();
+            while thread.try_done().is_err() {
+                std::hint::spin_loop();
+            }
+            let before = sleeps_of(&name);
+            for item in 1..=200 {
+                thread.submit(item, noop, slot.clone()).unwrap();
+                let done = loop {
+                    if let Ok(done) = thread.try_done() {
+                        break done;
+                    }
+                    std::hint::spin_loop();
+                };
+                assert_eq!(done.item, item);
+            }
+            let slept = sleeps_of(&name) - before;
+            if spin.is_zero() {
+                assert!(slept >= 20, "a thread that does not spin slept only {slept} times");
+            } else {
+                assert!(slept <= 2, "the spinning thread slept {slept} times");
+            }
+        }
+    }
 
     /// The streaming CPU executor, on a real region, gives bit for bit what the plain
     /// kernels give, across chunk boundaries and with buffers reused between jobs.
