@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Check the CUDA executor on a GPU machine, with binaries built elsewhere:
 #
-#   cargo build --release --workspace --features vgpu-mediator/cuda   # on any machine
-#   cp "$(cargo test --release -p vgpu-mediator --features cuda --lib --no-run 2>&1 |
-#         sed -n 's/.*(\(.*vgpu_mediator-[^)]*\)).*/\1/p')" target/release/cuda-tests
-#   scripts/gpu-check.sh target/release                               # on the GPU machine
+#   scripts/gpu-bundle.sh                 # on any machine: builds, strips into target/gpu
+#   scripts/gpu-check.sh target/gpu       # on the GPU machine (target/gpu copied there)
 #
-# With `cuda-tests` (the mediator's unit tests, copied as above) in BIN_DIR it first runs
+# (or `scripts/gpu-check.sh target/release` after building with
+# `--features vgpu-mediator/cuda` on the GPU machine itself).
+# With `cuda-tests` (the mediator's unit tests, which gpu-bundle.sh adds) in BIN_DIR it first runs
 # the GPU tests: every operation equal to the CPU executor's, on a registered (DMA) and a
 # staged arena.
 # Builds nothing. Creates regions for a CUDA pool (G) and a CPU pool (C), starts the
@@ -26,8 +26,11 @@ done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/GPU: /'
 # The libraries the executor may load: the driver always, NVRTC only for an old GPU.
 ldconfig -p 2>/dev/null | grep -E 'libcuda\.so|libnvrtc\.so' | sed 's/^/library: /' || true
+# A failure here is reported, and the table is still made (one run says everything).
+tests_failed=0
 if [ -x "$bin/cuda-tests" ]; then
-    "$bin/cuda-tests" --ignored --test-threads 1 cuda::tests:: || { echo "gpu-check: the GPU tests failed"; exit 1; }
+    "$bin/cuda-tests" --ignored --test-threads 1 --nocapture cuda::tests:: ||
+        { echo "gpu-check: the GPU tests FAILED (the table follows)"; tests_failed=1; }
 fi
 
 # On tmpfs, as regions are in production: the driver may refuse to pin (register) the
@@ -111,4 +114,4 @@ else
     echo "pool G: the VM's arena is NOT registered (operands staged through host buffers):"
     grep "cannot register" "$work/mediator.log" || true
 fi
-exit $failed
+exit $((failed | tests_failed))
