@@ -58,10 +58,10 @@ pub enum CudaError {
     /// The driver library (`libcuda.so`) is not installed.
     #[error("the CUDA driver library (libcuda.so) was not found")]
     NoDriver,
-    /// The shipped PTX does not load on this GPU, and NVRTC, which would compile the
-    /// kernels for it, is not installed.
+    /// The shipped PTX does not load on this GPU or driver, and NVRTC, which would
+    /// compile the kernels for it, is not installed.
     #[error(
-        "the kernels' PTX does not load on this GPU ({0}): it needs compute capability 7.5 or newer; for an older GPU install NVRTC (libnvrtc.so), which compiles them for it"
+        "the kernels' PTX does not load here ({0}): it needs a GPU of compute capability 7.5 or newer and a driver for CUDA 11.8 or newer; otherwise install NVRTC (libnvrtc.so), which compiles the kernels for this GPU"
     )]
     ShippedPtx(cudarc::driver::DriverError),
     /// NVRTC was asked for and is not installed.
@@ -146,7 +146,7 @@ fn load_kernels(
             Ok(module) => return Ok((module, KernelSource::Shipped)),
             Err(e) if only.is_none() && nvrtc_present() => {
                 tracing::info!(
-                    "the kernels' PTX does not load on this GPU ({e}): compiling them with NVRTC"
+                    "the kernels' PTX does not load on this GPU or driver ({e}): compiling them with NVRTC"
                 );
             }
             Err(e) => return Err(CudaError::ShippedPtx(e)),
