@@ -387,7 +387,8 @@ const char *vgpu_last_error(const struct VgpuClient *client);
  * What `vgpu_open` found wrong but not fatal, one warning a line ("" if nothing):
  * the vgpu-stub and the region disagree about the identity, or the host sleeps on the
  * VM's doorbell but this program cannot ring it (a request after an idle spell then
- * waits for the host's timed wake-up, up to a second). Valid until `vgpu_close`.
+ * waits for the host's timed wake-up: up to five heartbeat intervals). Valid until
+ * `vgpu_close`.
  *
  * # Safety
  *

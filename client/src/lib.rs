@@ -41,7 +41,7 @@ use zerocopy::IntoBytes;
 const NO_RING_WARNING: &str = "the host sleeps on this VM's doorbell when idle, but this \
     program cannot ring it (in a guest: no write access to the ivshmem device's resource0; \
     on the host: no doorbell socket given): a request after an idle spell waits for the \
-    host's next timed wake-up, up to a second";
+    host's next timed wake-up, up to five heartbeat intervals (500 ms at the defaults)";
 
 /// Everything that can go wrong for a client.
 #[derive(Debug, Error)]

@@ -784,6 +784,21 @@ mod tests {
         assert_eq!(c.mediator.max_queued_per_vm, 256);
     }
 
+    /// For every allowed heartbeat interval, the sleeping heartbeat stays under what a
+    /// guest allows before it calls the mediator silent (ten intervals, at least
+    /// 500 ms), what the host's tools allow (three intervals and a second), and is never
+    /// shorter than the interval.
+    #[test]
+    fn the_sleeping_heartbeat_stays_within_every_silence_limit() {
+        for ms in (1..=2_000).chain((2_000..=MAX_HEARTBEAT_INTERVAL_MS).step_by(997)) {
+            let interval = Duration::from_millis(ms);
+            let sleeping = sleeping_heartbeat(interval);
+            assert!(sleeping >= interval, "{ms} ms");
+            assert!(sleeping < (interval * 10).max(Duration::from_millis(500)), "{ms} ms");
+            assert!(sleeping < interval * 3 + Duration::from_secs(1), "{ms} ms");
+        }
+    }
+
     #[test]
     fn any_number_of_pools() {
         let mut text = String::from("[regions]\ndir = \"/tmp\"\n");

@@ -170,7 +170,8 @@ pub struct Dispatcher {
     /// The heartbeat's period while every VM sleeps on its doorbell
     /// ([`vgpu_config::sleeping_heartbeat`]).
     sleeping_heartbeat: Duration,
-    next_beat: Instant,
+    /// When the regions' heartbeat was last stored (the next is due a `heartbeat`
+    /// later, or a `sleeping_heartbeat` later while every VM sleeps).
     last_beat: Instant,
     quarantine_retry: Duration,
     next_retry: Instant,
@@ -256,7 +257,6 @@ impl Dispatcher {
             session,
             heartbeat: settings.heartbeat_interval,
             sleeping_heartbeat: vgpu_config::sleeping_heartbeat(settings.heartbeat_interval),
-            next_beat: now + settings.heartbeat_interval,
             last_beat: now,
             quarantine_retry: settings.quarantine_retry,
             next_retry: now + settings.quarantine_retry,
@@ -359,8 +359,7 @@ impl Dispatcher {
         {
             self.add_bell(bell);
         }
-        if now >= self.next_beat {
-            self.next_beat = now + self.heartbeat;
+        if now >= self.last_beat + self.heartbeat {
             self.last_beat = now;
             let beat = crate::daemon::monotonic_ns();
             for port in &self.vms {
