@@ -20,6 +20,18 @@ fn read_trimmed(path: &Path) -> Option<String> {
 
 /// The `resource2` files of every ivshmem device under `sysfs_root`
 /// (`<root>/bus/pci/devices/*`), sorted by PCI address.
+///
+/// ```
+/// // A fake sysfs with one ivshmem device at 0000:00:05.0.
+/// let sysfs = tempfile::tempdir()?;
+/// let device = sysfs.path().join("bus/pci/devices/0000:00:05.0");
+/// std::fs::create_dir_all(&device)?;
+/// std::fs::write(device.join("vendor"), "0x1af4\n")?;
+/// std::fs::write(device.join("device"), "0x1110\n")?;
+/// let bars = vgpu_client::discover::ivshmem_devices(sysfs.path());
+/// assert_eq!(bars, [device.join("resource2")]);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[must_use]
 pub fn ivshmem_devices(sysfs_root: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(sysfs_root.join("bus/pci/devices")) else {
@@ -40,6 +52,18 @@ pub fn ivshmem_devices(sysfs_root: &Path) -> Vec<PathBuf> {
 
 /// The region to use: `explicit` if given, else the one ivshmem device under
 /// `sysfs_root` whose BAR holds a vgpu region.
+///
+/// ```
+/// use vgpu_client::{ClientError, discover::find_region};
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// // An explicit region file is used as it is.
+/// let region = find_region(Some(sandbox.region()), "/sys".as_ref())?;
+/// assert_eq!(region.geometry().slot_count, 1);
+/// // No ivshmem device under an empty sysfs.
+/// let empty = tempfile::tempdir()?;
+/// assert!(matches!(find_region(None, empty.path()), Err(ClientError::NoDevice { .. })));
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 ///
 /// # Errors
 ///
@@ -99,6 +123,16 @@ pub(crate) fn doorbell_register(region: &Path) -> Option<DoorbellRegister> {
 }
 
 /// Where the client's identity came from.
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// use vgpu_client::IdentitySource;
+/// // No vgpu-stub device on this host: the identity is the one the host wrote in the slot.
+/// assert_eq!(client.identity_source(), IdentitySource::Region);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentitySource {
     /// The vgpu-stub device's registers.
@@ -109,6 +143,15 @@ pub enum IdentitySource {
 
 /// The identity a client's requests carry, where it came from, and a warning when the
 /// vgpu-stub device and the region disagree.
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let region = std::sync::Arc::new(vgpu_ring::Region::open(sandbox.region(), vgpu_ring::Access::ReadOnly)?);
+/// let resolved = vgpu_client::discover::resolve_identity(&region, None)?;
+/// assert_eq!(resolved.identity.vm_id, 1);
+/// assert_eq!(resolved.warning, None);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedIdentity {
     /// The identity (the region's host-written copy whenever it is valid: it is what
@@ -122,6 +165,16 @@ pub struct ResolvedIdentity {
 
 /// Resolve the identity from the vgpu-stub registers (`stub`, else
 /// [`DEFAULT_STUB`] if it exists) and slot 0 of `region`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use vgpu_client::discover::{find_region, resolve_identity};
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// let region = Arc::new(find_region(Some(sandbox.region()), "/sys".as_ref())?);
+/// let resolved = resolve_identity(&region, None)?;
+/// println!("{} (from the {:?})", resolved.identity, resolved.source);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 ///
 /// # Errors
 ///

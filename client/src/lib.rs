@@ -1,17 +1,24 @@
 //! The guest library: attach to the VM's region, submit GPU requests to the host
 //! mediator through the request ring and collect the answers from the response ring.
 //!
-//! ```no_run
-//! use vgpu_client::{Client, ClientOptions};
-//! let mut client = Client::attach(&ClientOptions::default())?;
+//! In a guest, `Client::attach(&ClientOptions::default())` finds the ivshmem device in
+//! sysfs. On a host, name a region file: the examples of this crate attach to a
+//! temporary region served by the real mediator on a thread
+//! (`vgpu_mediator::sandbox::Sandbox`), so each of them runs as a test.
+//!
+//! ```
+//! use vgpu_client::{Call, Client, ClientOptions};
+//! # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+//! let options = ClientOptions { region: Some(sandbox.region().into()), ..ClientOptions::default() };
+//! let mut client = Client::attach(&options)?;
 //! let sum = client.vector_add(&[1.0, 2.0], &[10.0, 20.0])?;
 //! assert_eq!(sum, [11.0, 22.0]);
 //! // Pipelining: several requests in flight, then collect them.
-//! let tickets: Vec<_> = (0..8).map(|_| client.submit(&vgpu_client::Call::noop("PING"))).collect::<Result<_, _>>()?;
+//! let tickets: Vec<_> = (0..8).map(|_| client.submit(&Call::noop("PING"))).collect::<Result<_, _>>()?;
 //! for t in tickets {
 //!     client.wait(t, std::time::Duration::from_secs(1))?;
 //! }
-//! # Ok::<(), vgpu_client::ClientError>(())
+//! # Ok::<(), anyhow::Error>(())
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -44,6 +51,25 @@ const NO_RING_WARNING: &str = "the host sleeps on this VM's doorbell when idle, 
     host's next timed wake-up, up to five heartbeat intervals (500 ms at the defaults)";
 
 /// Everything that can go wrong for a client.
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// use vgpu_client::ClientError;
+/// use vgpu_ring::ErrorCode;
+/// // Vectors of different lengths are refused before anything is sent.
+/// let e = client.vector_add(&[1.0], &[1.0, 2.0]).unwrap_err();
+/// assert!(matches!(e, ClientError::InvalidArgument(_)), "{e}");
+/// // The host refuses a shape it cannot hold: status 2 with the mediator's code.
+/// let huge = vgpu_client::Call { args: [u32::MAX, 0, 0], ..vgpu_client::Call::noop("X") };
+/// let huge = vgpu_client::Call { op: vgpu_ring::Opcode::VectorAdd, ..huge };
+/// match client.call(&huge)?.response.outcome() {
+///     Err(code) => assert_ne!(code, ErrorCode::ShuttingDown),
+///     Ok(_) => unreachable!("{} floats cannot fit", u32::MAX),
+/// }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// No ivshmem device holds a vgpu region.
@@ -174,6 +200,17 @@ impl ClientError {
 }
 
 /// How a waiting client polls.
+///
+/// ```
+/// use std::time::Duration;
+/// use vgpu_client::{ClientOptions, Wait};
+/// // Lowest latency: a core polls while a call waits.
+/// let spinning = ClientOptions { wait: Wait::Spin, ..ClientOptions::default() };
+/// // The default: 200 µs of polling, then sleeps of up to 500 µs.
+/// let gentle = Wait::Adaptive { spin: Duration::from_micros(200), max_sleep: Duration::from_micros(500) };
+/// assert_eq!(ClientOptions::default().wait, gentle);
+/// # let _ = spinning;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
     /// Busy-poll without pause: lowest latency, one core busy while waiting.
@@ -195,6 +232,18 @@ impl Default for Wait {
 }
 
 /// How to attach.
+///
+/// ```
+/// use std::time::Duration;
+/// use vgpu_client::ClientOptions;
+/// // In a guest the defaults find the ivshmem device; on a host, name the region file.
+/// let options = ClientOptions {
+///     region: Some("/dev/shm/vgpu-vm1".into()),
+///     timeout: Duration::from_secs(5),
+///     ..ClientOptions::default()
+/// };
+/// assert!(options.doorbell_socket.is_none());
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// The region file; `None` searches the ivshmem devices under `sysfs_root`.
@@ -232,6 +281,18 @@ impl Default for ClientOptions {
 }
 
 /// A request to submit.
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// use vgpu_client::Call;
+/// use vgpu_ring::Opcode;
+/// let bytes = [1u8, 2, 3, 4];
+/// let echo = Call { op: Opcode::Echo, label: "ECHO", args: [0; 3], input: &bytes, output_len: 4 };
+/// assert_eq!(client.call(&echo)?.output, bytes);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
     /// The operation.
@@ -248,12 +309,31 @@ pub struct Call<'a> {
 
 impl<'a> Call<'a> {
     /// A NOOP carrying `label` (the original protocol's plain commands, e.g. `TEST_HIGH`).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let done = client.call(&vgpu_client::Call::noop("TEST_HIGH"))?;
+    /// assert!(done.succeeded());
+    /// assert!(done.text().ends_with("TEST_HIGH (prio=1, vm=1)"), "{}", done.text());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn noop(label: &'a str) -> Self {
         Self { op: Opcode::Noop, label, args: [0; 3], input: &[], output_len: 0 }
     }
 
     /// A SLEEP that occupies the pool for `us` microseconds.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let done = client.call(&vgpu_client::Call::sleep(1000))?;
+    /// assert!(done.response.exec_ns >= 1_000_000);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn sleep(us: u32) -> Self {
         Self { op: Opcode::Sleep, label: "SLEEP", args: [us, 0, 0], input: &[], output_len: 0 }
@@ -262,6 +342,16 @@ impl<'a> Call<'a> {
 
 /// Bytes of the arena reserved for a request's input or output (see
 /// [`Client::alloc_buffer`]).
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// let buffer = client.alloc_buffer(100)?;
+/// assert_eq!((buffer.len(), buffer.is_empty()), (100, false));
+/// client.free_buffer(buffer);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a buffer is submitted or freed, or its arena space stays reserved"]
 pub struct Buffer {
@@ -273,18 +363,49 @@ pub struct Buffer {
 
 impl Buffer {
     /// Its length in bytes.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(100)?;
+    /// assert_eq!(buffer.len(), 100);
+    /// client.free_buffer(buffer);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn len(&self) -> u32 {
         self.len
     }
 
     /// Whether it has no bytes.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(0)?;
+    /// assert!(buffer.is_empty());
+    /// client.free_buffer(buffer);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Its offset in the arena.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let (a, b) = (client.alloc_buffer(64)?, client.alloc_buffer(64)?);
+    /// assert_ne!(a.offset(), b.offset());
+    /// client.free_buffer(a);
+    /// client.free_buffer(b);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn offset(&self) -> u32 {
         self.offset
@@ -292,6 +413,18 @@ impl Buffer {
 }
 
 /// A submitted request; redeem it with [`Client::try_complete`] or [`Client::wait`].
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// use std::time::Duration;
+/// let ticket = client.submit(&vgpu_client::Call::noop("PING"))?;
+/// let tag = ticket.tag();
+/// let done = client.wait(ticket, Duration::from_secs(5))?;
+/// assert_eq!(done.response.tag, tag);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, PartialEq, Eq, Hash)]
 #[must_use = "a ticket must be waited for, or its arena buffers stay reserved"]
 pub struct Ticket {
@@ -300,6 +433,18 @@ pub struct Ticket {
 
 impl Ticket {
     /// The request's tag.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let first = client.submit(&vgpu_client::Call::noop("A"))?;
+    /// let second = client.submit(&vgpu_client::Call::noop("B"))?;
+    /// assert_ne!(first.tag(), second.tag());
+    /// # client.wait(first, std::time::Duration::from_secs(5))?;
+    /// # client.wait(second, std::time::Duration::from_secs(5))?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn tag(&self) -> u32 {
         self.tag
@@ -307,6 +452,16 @@ impl Ticket {
 }
 
 /// An answered request.
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// let done = client.call(&vgpu_client::Call::noop("PING"))?;
+/// assert_eq!(done.response.out_len, 0);
+/// assert!(done.output.is_empty());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Completion {
     /// The response entry.
@@ -317,6 +472,14 @@ pub struct Completion {
 
 impl Completion {
     /// Whether the status is 1 (success).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert!(client.call(&vgpu_client::Call::noop("PING"))?.succeeded());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn succeeded(&self) -> bool {
         self.response.outcome().is_ok()
@@ -324,6 +487,15 @@ impl Completion {
 
     /// The original protocol's response line, e.g.
     /// `1:Pool A processed: VECTOR_ADD (prio=2, vm=100)`.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let done = client.call(&vgpu_client::Call::noop("VECTOR_ADD"))?;
+    /// assert_eq!(done.text(), "1:Pool A processed: VECTOR_ADD (prio=1, vm=1)");
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn text(&self) -> String {
         vgpu_ring::response_text(&self.response)
@@ -338,6 +510,23 @@ impl Completion {
 }
 
 /// Something worth telling a person while a call waits (see [`Client::on_notice`]).
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// use std::sync::{Arc, Mutex};
+/// use vgpu_client::Notice;
+/// let seen: Arc<Mutex<Vec<Notice>>> = Arc::default();
+/// let log = Arc::clone(&seen);
+/// client.on_notice(move |notice| {
+///     eprintln!("vgpu: {notice}");
+///     log.lock().unwrap().push(notice);
+/// });
+/// client.reset_rings(std::time::Duration::from_secs(5))?;
+/// assert_eq!(*seen.lock().unwrap(), [Notice::RingsReset]);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     /// A new mediator took over (its requests in flight are executed again and
@@ -392,17 +581,18 @@ struct Retired {
 
 /// An attached client: the only producer of its slot's request ring.
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use vgpu_client::{Call, Client, ClientOptions};
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
 /// // In a guest: the ivshmem device is found in sysfs; on a host, name the region file.
-/// let options = ClientOptions { region: Some("/dev/shm/vgpu-vm1".into()), ..ClientOptions::default() };
+/// let options = ClientOptions { region: Some(sandbox.region().into()), ..ClientOptions::default() };
 /// let mut client = Client::attach(&options)?;
 /// println!("{}", client.identity());
 /// let ticket = client.submit(&Call::sleep(1000))?;
 /// let done = client.wait(ticket, Duration::from_secs(5))?;
 /// assert!(done.succeeded(), "{}", done.text());
-/// # Ok::<(), vgpu_client::ClientError>(())
+/// # Ok::<(), anyhow::Error>(())
 /// ```
 pub struct Client {
     slot: Slot,
@@ -455,6 +645,18 @@ impl Client {
     const RECLAIM_BATCH: usize = 8;
 
     /// Find the region and identity, take the slot, and check a mediator is attached.
+    ///
+    /// ```
+    /// use vgpu_client::{Client, ClientOptions};
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// let options = ClientOptions { region: Some(sandbox.region().into()), ..ClientOptions::default() };
+    /// let client = Client::attach(&options)?;
+    /// // One client per VM: the slot is taken.
+    /// assert!(matches!(Client::attach(&options), Err(vgpu_client::ClientError::SlotInUse { .. })));
+    /// drop(client);
+    /// Client::attach(&options)?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -553,6 +755,19 @@ impl Client {
     /// docs/LAYOUT.md) and wait up to `timeout` for it. Every request in flight is
     /// dropped. [`attach`](Self::attach) does this by itself for a poisoned slot.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// use std::time::Duration;
+    /// let dropped = client.submit(&vgpu_client::Call::sleep(10_000))?;
+    /// client.reset_rings(Duration::from_secs(5))?;
+    /// assert_eq!(client.in_flight(), 0);
+    /// assert!(client.wait(dropped, Duration::from_millis(10)).is_err(), "forgotten by the reset");
+    /// client.noop("AFTER_RESET")?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ClientError::Timeout`] (or [`ClientError::MediatorDead`]) if the mediator
@@ -579,6 +794,15 @@ impl Client {
     }
 
     /// Whether [`attach`](Self::attach) found the slot poisoned and reset its rings.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// // A fresh region's rings are sound.
+    /// assert!(!client.rings_were_reset());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn rings_were_reset(&self) -> bool {
         self.rings_were_reset
@@ -586,6 +810,15 @@ impl Client {
 
     /// Call `notice` for every [`Notice`] from now on (e.g. to tell a person once that
     /// the mediator is restarting).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// client.on_notice(|notice| eprintln!("vgpu: {notice}"));
+    /// client.noop("PING")?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn on_notice(&mut self, notice: impl FnMut(Notice) + Send + 'static) {
         self.notice = Some(Box::new(notice));
     }
@@ -597,18 +830,44 @@ impl Client {
     }
 
     /// The identity requests carry (the host's copy when both exist).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let id = client.identity();
+    /// assert_eq!((id.vm_id, id.pool.name(), id.priority.get()), (1, 'A', 1));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn identity(&self) -> VmIdentity {
         self.identity
     }
 
     /// Where [`identity`](Self::identity) came from.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert_eq!(client.identity_source(), vgpu_client::IdentitySource::Region);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn identity_source(&self) -> IdentitySource {
         self.identity_source
     }
 
     /// A warning if the stub and the region disagree about the identity.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// // No vgpu-stub device here, so nothing to disagree with.
+    /// assert_eq!(client.identity_warning(), None);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn identity_warning(&self) -> Option<&str> {
         self.identity_warning.as_deref()
@@ -617,13 +876,15 @@ impl Client {
     /// A warning if the host sleeps on this VM's doorbell but this client cannot ring
     /// it (its requests after an idle spell wait for the host's timed wake-up).
     ///
-    /// ```no_run
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
     /// # use vgpu_client::{Client, ClientOptions};
-    /// let client = Client::attach(&ClientOptions::default())?;
+    /// let client = Client::attach(&options)?;
     /// if let Some(warning) = client.doorbell_warning() {
     ///     eprintln!("warning: {warning}");
     /// }
-    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     #[must_use]
     pub fn doorbell_warning(&self) -> Option<&str> {
@@ -633,37 +894,81 @@ impl Client {
     /// Every warning of the attach: [`identity_warning`](Self::identity_warning), then
     /// [`doorbell_warning`](Self::doorbell_warning).
     ///
-    /// ```no_run
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
     /// # use vgpu_client::{Client, ClientOptions};
-    /// let client = Client::attach(&ClientOptions::default())?;
+    /// let client = Client::attach(&options)?;
     /// for warning in client.warnings() {
     ///     eprintln!("warning: {warning}");
     /// }
-    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn warnings(&self) -> impl Iterator<Item = &str> {
         [self.identity_warning(), self.doorbell_warning()].into_iter().flatten()
     }
 
     /// The region.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert_eq!(client.region().path(), sandbox.region());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn region(&self) -> &Arc<Region> {
         self.slot.region()
     }
 
     /// The slot this client owns.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert!(client.slot().arena_size() >= 1 << 20);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn slot(&self) -> &Slot {
         &self.slot
     }
 
     /// Requests submitted and not yet redeemed.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let ticket = client.submit(&vgpu_client::Call::noop("PING"))?;
+    /// assert_eq!(client.in_flight(), 1);
+    /// client.wait(ticket, std::time::Duration::from_secs(5))?;
+    /// assert_eq!(client.in_flight(), 0);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
     /// Submit a request without waiting.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// use std::time::Duration;
+    /// // Eight requests in flight, then their answers.
+    /// let tickets = (0..8)
+    ///     .map(|_| client.submit(&vgpu_client::Call::noop("PING")))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// for ticket in tickets {
+    ///     assert!(client.wait(ticket, Duration::from_secs(5))?.succeeded());
+    /// }
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -680,16 +985,18 @@ impl Client {
     /// `submit`, wait or poll. For many small requests at once (the way io_uring
     /// separates preparing entries from submitting them).
     ///
-    /// ```no_run
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
     /// # use vgpu_client::{Call, Client, ClientOptions};
-    /// # let mut client = Client::attach(&ClientOptions::default())?;
+    /// # let mut client = Client::attach(&options)?;
     /// let call = Call::noop("batch");
     /// let tickets: Vec<_> = (0..32).map(|_| client.stage(&call)).collect::<Result<_, _>>()?;
     /// client.flush(); // all 32 visible at once (waiting would flush too)
     /// for ticket in tickets {
     ///     client.wait(ticket, std::time::Duration::from_secs(1))?;
     /// }
-    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     ///
     /// # Errors
@@ -703,12 +1010,14 @@ impl Client {
     /// words, in order, and the producer index), and ring the doorbell if the mediator
     /// asked for it. Nothing if none is staged.
     ///
-    /// ```no_run
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
     /// # use vgpu_client::{Call, Client, ClientOptions};
-    /// let mut client = Client::attach(&ClientOptions::default())?;
+    /// let mut client = Client::attach(&options)?;
     /// let ticket = client.stage(&Call::noop("LATER"))?;
     /// client.flush(); // the host sees it from now on
-    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn flush(&mut self) {
         if self.guest.requests.staged() != 0 {
@@ -814,6 +1123,18 @@ impl Client {
     /// other languages) and handed to [`submit_buffers`](Self::submit_buffers); give an
     /// unused one back with [`free_buffer`](Self::free_buffer).
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(4096)?;
+    /// client.write_buffer(&buffer, 0, &[1; 4096])?;
+    /// client.free_buffer(buffer);
+    /// // More than the arena holds.
+    /// assert!(client.alloc_buffer(u32::MAX).is_err());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ClientError::ArenaFull`] (complete requests in flight first).
@@ -823,6 +1144,18 @@ impl Client {
     }
 
     /// Give back a buffer that was not submitted.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(512 << 10)?;
+    /// client.free_buffer(buffer);
+    /// // Its space is free again.
+    /// let again = client.alloc_buffer(512 << 10)?;
+    /// client.free_buffer(again);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn free_buffer(&mut self, buffer: Buffer) {
         self.arena.free((buffer.offset, buffer.allocated));
     }
@@ -840,6 +1173,17 @@ impl Client {
 
     /// Copy `bytes` into `buffer` at byte `at`.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(8)?;
+    /// client.write_buffer(&buffer, 4, &[1, 2, 3, 4])?;
+    /// assert!(client.write_buffer(&buffer, 5, &[1, 2, 3, 4]).is_err(), "past its end");
+    /// client.free_buffer(buffer);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ClientError::InvalidArgument`] past the buffer's end; [`ClientError::Region`].
@@ -848,6 +1192,19 @@ impl Client {
     }
 
     /// Copy `out.len()` bytes out of `buffer` from byte `at`.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(8)?;
+    /// client.write_buffer(&buffer, 0, b"vgpu-ok!")?;
+    /// let mut out = [0; 2];
+    /// client.read_buffer(&buffer, 5, &mut out)?;
+    /// assert_eq!(&out, b"ok");
+    /// client.free_buffer(buffer);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -862,6 +1219,18 @@ impl Client {
     /// client lives; an output buffer's bytes are the answer once the request
     /// completed, until the client next allocates arena space.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let buffer = client.alloc_buffer(16)?;
+    /// let ptr = client.buffer_ptr(&buffer)?;
+    /// assert!(!ptr.is_null());
+    /// // Hand `ptr` and `buffer.len()` to code in another language; Rust uses write_buffer.
+    /// client.free_buffer(buffer);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ClientError::Region`] if the buffer lies outside the arena (never for a buffer
@@ -874,17 +1243,19 @@ impl Client {
     /// its bytes), its answer to be written to `output`. The buffers belong to the
     /// request from now on (also when this fails).
     ///
-    /// ```no_run
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
     /// use vgpu_client::{Client, ClientOptions};
     /// use vgpu_ring::Opcode;
-    /// let mut client = Client::attach(&ClientOptions::default())?;
+    /// let mut client = Client::attach(&options)?;
     /// let input = client.alloc_buffer(64)?;
     /// client.write_buffer(&input, 0, &[7; 64])?;
     /// let output = client.alloc_buffer(64)?;
     /// let ticket = client.submit_buffers(Opcode::Echo as u16, "ECHO", [0; 3], input, output)?;
     /// let done = client.wait(ticket, std::time::Duration::from_secs(1))?;
     /// assert_eq!(done.output, [7; 64]);
-    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     ///
     /// # Errors
@@ -904,15 +1275,17 @@ impl Client {
     /// [`submit_buffers`](Self::submit_buffers) without publishing, as
     /// [`stage`](Self::stage).
     ///
-    /// ```no_run
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
     /// use vgpu_client::{Client, ClientOptions};
     /// use vgpu_ring::Opcode;
-    /// let mut client = Client::attach(&ClientOptions::default())?;
+    /// let mut client = Client::attach(&options)?;
     /// let (input, output) = (client.alloc_buffer(0)?, client.alloc_buffer(0)?);
     /// let ticket = client.stage_buffers(Opcode::Noop as u16, "NOOP", [0; 3], input, output)?;
     /// client.flush();
     /// client.wait(ticket, std::time::Duration::from_secs(1))?;
-    /// # Ok::<(), vgpu_client::ClientError>(())
+    /// # Ok::<(), anyhow::Error>(())
     /// ```
     ///
     /// # Errors
@@ -958,6 +1331,15 @@ impl Client {
     }
 
     /// Whether the client can ring the mediator's doorbell for this VM.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// // The sandbox's VM has no doorbell: its mediator polls.
+    /// assert!(!client.has_doorbell());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     #[must_use]
     pub fn has_doorbell(&self) -> bool {
         self.ringer.is_some()
@@ -1039,6 +1421,21 @@ impl Client {
     /// The completion of `ticket` if its response has arrived. The ticket is given back
     /// (inside `Err`) when it has not.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let mut ticket = client.submit(&vgpu_client::Call::noop("PING"))?;
+    /// let done = loop {
+    ///     match client.try_complete(ticket)? {
+    ///         Ok(done) => break done,
+    ///         Err(again) => ticket = again, // not yet: do something else meanwhile
+    ///     }
+    /// };
+    /// assert!(done.succeeded());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ClientError::RegionLost`] if the region file shrank under the mapping.
@@ -1089,6 +1486,17 @@ impl Client {
     /// says. A mediator restart is not an error: the new mediator executes the
     /// request and answers (see [`Notice`]).
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// use std::time::Duration;
+    /// let ticket = client.submit(&vgpu_client::Call::sleep(100))?;
+    /// let done = client.wait(ticket, Duration::from_secs(5))?;
+    /// println!("queued {} ns, executed {} ns", done.response.queued_ns, done.response.exec_ns);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ClientError::Timeout`], or [`ClientError::MediatorDead`] when the heartbeat
@@ -1104,6 +1512,21 @@ impl Client {
     /// [`wait`](Self::wait) without copying the output: the response only (the answer
     /// is in the request's output buffer, see [`submit_buffers`](Self::submit_buffers)).
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// use std::time::Duration;
+    /// let (input, output) = (client.alloc_buffer(4)?, client.alloc_buffer(4)?);
+    /// client.write_buffer(&input, 0, b"ping")?;
+    /// let out = client.buffer_ptr(&output)?;
+    /// let ticket = client.submit_buffers(vgpu_ring::Opcode::Echo as u16, "ECHO", [0; 3], input, output)?;
+    /// let response = client.wait_response(ticket, Duration::from_secs(5))?;
+    /// assert_eq!(response.out_len, 4);
+    /// let _ = out; // the answer is there until the client next allocates arena space
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`wait`](Self::wait).
@@ -1116,6 +1539,21 @@ impl Client {
     }
 
     /// [`try_complete`](Self::try_complete) without copying the output.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let mut ticket = client.submit(&vgpu_client::Call::noop("PING"))?;
+    /// let response = loop {
+    ///     match client.poll_response(ticket)? {
+    ///         Ok(response) => break response,
+    ///         Err(again) => ticket = again,
+    ///     }
+    /// };
+    /// assert_eq!(response.status, 1);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1233,6 +1671,15 @@ impl Client {
 
     /// Submit and wait (with the default timeout).
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let done = client.call(&vgpu_client::Call::noop("TEST_LOW"))?;
+    /// println!("{}", done.text());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`submit`](Self::submit) and [`wait`](Self::wait).
@@ -1298,6 +1745,14 @@ impl Client {
 
     /// `a + b` on the host.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert_eq!(client.vector_add(&[1.0, 2.0], &[10.0, 20.0])?, [11.0, 22.0]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`call`](Self::call); [`ClientError::Failed`] on status 2.
@@ -1308,6 +1763,16 @@ impl Client {
 
     /// [`vector_add`](Self::vector_add) into `out` (as long as the operands): the answer
     /// is copied once, from the arena into `out`.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let mut sum = [0.0; 3];
+    /// client.vector_add_into(&[1.0, 2.0, 3.0], &[1.0; 3], &mut sum)?;
+    /// assert_eq!(sum, [2.0, 3.0, 4.0]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1326,6 +1791,16 @@ impl Client {
 
     /// [`saxpy`](Self::saxpy) into `out` (as long as the operands).
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let mut out = [0.0; 2];
+    /// client.saxpy_into(2.0, &[1.0, 2.0], &[0.5, 0.5], &mut out)?;
+    /// assert_eq!(out, [2.5, 4.5]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`vector_add_into`](Self::vector_add_into).
@@ -1343,6 +1818,14 @@ impl Client {
 
     /// `alpha * x + y` on the host.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert_eq!(client.saxpy(3.0, &[1.0, 2.0], &[1.0, 1.0])?, [4.0, 7.0]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`vector_add`](Self::vector_add).
@@ -1352,6 +1835,14 @@ impl Client {
     }
 
     /// `Σ x[i] * y[i]` on the host.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert_eq!(client.dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0])?, 32.0);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1363,6 +1854,17 @@ impl Client {
     }
 
     /// `A (m×k) × B (k×n)`, row-major, on the host.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// // [1 2] × [5 6]   [19 22]
+    /// // [3 4]   [7 8] = [43 50]
+    /// let c = client.matmul(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0], 2, 2, 2)?;
+    /// assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1396,6 +1898,17 @@ impl Client {
 
     /// [`matmul`](Self::matmul) into `out` (m×n).
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// // A 1×2 row times a 2×1 column.
+    /// let mut c = [0.0];
+    /// client.matmul_into((&[1.0, 2.0], &[3.0, 4.0]), (1, 2, 1), &mut c)?;
+    /// assert_eq!(c, [11.0]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`matmul`](Self::matmul); [`ClientError::InvalidArgument`] if `out` is not
@@ -1413,6 +1926,14 @@ impl Client {
 
     /// Send `bytes` and get them back.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// assert_eq!(client.echo(b"hello, host")?, b"hello, host");
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`vector_add`](Self::vector_add).
@@ -1429,6 +1950,16 @@ impl Client {
 
     /// Occupy the pool for `us` microseconds.
     ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let start = std::time::Instant::now();
+    /// client.sleep_us(2000)?;
+    /// assert!(start.elapsed() >= std::time::Duration::from_millis(2));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`vector_add`](Self::vector_add).
@@ -1437,6 +1968,14 @@ impl Client {
     }
 
     /// A NOOP labelled `label`.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// client.noop("TEST_HIGH")?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     ///
     /// # Errors
     ///

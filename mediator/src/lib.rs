@@ -10,6 +10,7 @@
 //! - [`metrics`]: values the dispatchers keep, served in the Prometheus format.
 //! - [`daemon`]: attaching regions, the session epoch, the heartbeat, shutdown.
 //! - [`cli`]: the command line.
+//! - [`sandbox`]: a mediator on a thread, serving a temporary region (examples, tests).
 // Only the CUDA executor (feature `cuda`) allows `unsafe`: kernel launches, and driver
 // calls that register arenas and copy them by DMA.
 #![deny(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod log_limit;
 pub mod metrics;
 mod port;
 pub mod queue;
+pub mod sandbox;
 mod supervise;
 mod validate;
 
