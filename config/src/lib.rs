@@ -27,6 +27,20 @@ use thiserror::Error;
 use vgpu_ring::{Geometry, GeometryError, PoolId, Priority, VmIdentity};
 
 /// Why a configuration was refused. Every message names the offending field.
+///
+/// ```
+/// use vgpu_config::{Config, ConfigError};
+/// let e = Config::parse("[regions]\ndir = \"/tmp\"\nsize = \"3M\"\n[pools.A]\n").unwrap_err();
+/// assert!(matches!(&e, ConfigError::Invalid { field, .. } if field == "regions.size"));
+/// assert_eq!(e.to_string(), "regions.size: 3145728 is not a power of two");
+/// // A file's errors name the file and the line.
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("vgpu.toml");
+/// std::fs::write(&path, "[regions]\ndir = \"/tmp\"\nsize = \"3M\"\n[pools.A]\n")?;
+/// let e = Config::load(&path).unwrap_err();
+/// assert_eq!(e.to_string(), format!("{}:3: regions.size: 3145728 is not a power of two", path.display()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -127,6 +141,32 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 }
 
 /// Scheduling policy of a pool.
+///
+/// ```
+/// use vgpu_config::Config;
+/// let config = Config::parse(r#"
+///     [regions]
+///     dir = "/tmp"
+///     [pools.A]
+///     [pools.B]
+///     policy = "aging"
+///     aging_interval_ms = 50
+///     [pools.F]
+///     policy = "fair"
+///     [[vm]]
+///     id = 1
+///     pool = "A"
+///     priority = 2
+/// "#)?;
+/// use std::time::Duration;
+/// use vgpu_config::Policy;
+/// use vgpu_ring::PoolId;
+/// let policy = |name| config.pools[&PoolId::new(name).unwrap()].policy;
+/// assert_eq!(policy(b'A'), Policy::Strict);
+/// assert_eq!(policy(b'B'), Policy::Aging { interval: Duration::from_millis(50) });
+/// assert_eq!(policy(b'F'), Policy::Fair);
+/// # Ok::<(), vgpu_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Strict priority, FIFO within a priority (the original semantics).
@@ -153,6 +193,23 @@ enum PolicyName {
 }
 
 /// A validated pool.
+///
+/// ```
+/// use vgpu_config::Config;
+/// let config = Config::parse(r#"
+///     [regions]
+///     dir = "/tmp"
+///     [pools.A]
+///     [[vm]]
+///     id = 1
+///     pool = "A"
+///     priority = 2
+/// "#)?;
+/// use vgpu_config::{Backend, Policy};
+/// let pool = &config.pools[&vgpu_ring::PoolId::new(b'A').unwrap()];
+/// assert_eq!((pool.name.name(), pool.policy, pool.backend), ('A', Policy::Strict, Backend::Cpu));
+/// # Ok::<(), vgpu_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     /// The pool's id (its one-character name).
@@ -164,6 +221,26 @@ pub struct PoolConfig {
 }
 
 /// Where a pool's operations run.
+///
+/// ```
+/// use vgpu_config::Config;
+/// let config = Config::parse(r#"
+///     [regions]
+///     dir = "/tmp"
+///     [pools.A]
+///     backend = "cuda"
+///     device = 1
+///     fallback = "cpu"
+///     [[vm]]
+///     id = 1
+///     pool = "A"
+///     priority = 2
+/// "#)?;
+/// use vgpu_config::Backend;
+/// let pool = &config.pools[&vgpu_ring::PoolId::new(b'A').unwrap()];
+/// assert_eq!(pool.backend, Backend::Cuda { device: 1, fallback_to_cpu: true });
+/// # Ok::<(), vgpu_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// On the host CPU (always available).
@@ -180,6 +257,25 @@ pub enum Backend {
 }
 
 /// A validated VM.
+///
+/// ```
+/// use vgpu_config::Config;
+/// let config = Config::parse(r#"
+///     [regions]
+///     dir = "/tmp"
+///     [pools.A]
+///     [[vm]]
+///     id = 1
+///     pool = "A"
+///     priority = 2
+///     doorbell = true
+/// "#)?;
+/// let vm = config.vm(1)?;
+/// assert_eq!(vm.region, std::path::Path::new("/tmp/vgpu-vm1"));
+/// assert_eq!(vm.doorbell.as_deref(), Some(std::path::Path::new("/tmp/vgpu-vm1.sock")));
+/// assert_eq!(vm.weight, 1);
+/// # Ok::<(), vgpu_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     /// VM id.
@@ -200,6 +296,22 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// The identity the host writes into the VM's slot and enforces.
+    ///
+    /// ```
+    /// use vgpu_config::Config;
+    /// let config = Config::parse(r#"
+    ///     [regions]
+    ///     dir = "/tmp"
+    ///     [pools.A]
+    ///     [[vm]]
+    ///     id = 1
+    ///     pool = "A"
+    ///     priority = 2
+    /// "#)?;
+    /// let id = config.vms[0].identity();
+    /// assert_eq!(id.to_string(), "vm 1 pool A priority 2");
+    /// # Ok::<(), vgpu_config::ConfigError>(())
+    /// ```
     #[must_use]
     pub fn identity(&self) -> VmIdentity {
         VmIdentity { vm_id: self.id, pool: self.pool, priority: self.priority }
@@ -207,6 +319,25 @@ impl VmConfig {
 }
 
 /// Settings of the mediator daemon.
+///
+/// ```
+/// use std::time::Duration;
+/// use vgpu_config::Config;
+/// let config = Config::parse(r#"
+///     [regions]
+///     dir = "/tmp"
+///     [mediator]
+///     heartbeat_interval_ms = 50
+///     [pools.A]
+///     [[vm]]
+///     id = 1
+///     pool = "A"
+///     priority = 0
+/// "#)?;
+/// assert_eq!(config.mediator.heartbeat_interval, Duration::from_millis(50));
+/// assert!(!config.mediator.drain_on_stop);
+/// # Ok::<(), vgpu_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediatorConfig {
     /// Heartbeat period.
@@ -243,6 +374,23 @@ pub fn sleeping_heartbeat(interval: Duration) -> Duration {
 }
 
 /// A validated configuration.
+///
+/// ```
+/// use vgpu_config::Config;
+/// let config = Config::parse(r#"
+///     [regions]
+///     dir = "/tmp"
+///     [pools.A]
+///     [[vm]]
+///     id = 1
+///     pool = "A"
+///     priority = 2
+/// "#)?;
+/// assert_eq!(config.region_size, 4 << 20, "the default size");
+/// assert_eq!(config.geometry.slot_count, 1, "one slot per VM");
+/// assert_eq!(config.vms.len(), 1);
+/// # Ok::<(), vgpu_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Directory for region files.
@@ -422,6 +570,15 @@ pub const MAX_INTERVAL_MS: u64 = 3_600_000;
 impl Config {
     /// Read and validate the file at `path`.
     ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("vgpu.toml");
+    /// std::fs::write(&path, "[regions]\ndir = \"/tmp\"\n[pools.A]\n[[vm]]\nid = 3\npool = \"A\"\npriority = 0\n")?;
+    /// let config = vgpu_config::Config::load(&path)?;
+    /// assert_eq!(config.vm(3)?.priority, vgpu_ring::Priority::LOW);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the file or field.
@@ -436,6 +593,21 @@ impl Config {
     /// Check that no two VMs name the same region file, comparing real paths (the
     /// directory's path with symlinks and `..` resolved, plus the file name) where the
     /// directory exists.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// // Two spellings of one file, through a symbolic link.
+    /// std::os::unix::fs::symlink(dir.path(), dir.path().join("link"))?;
+    /// let config = vgpu_config::Config::parse(&format!(
+    ///     "[regions]\ndir = {d:?}\n[pools.A]\n\
+    ///      [[vm]]\nid = 1\npool = \"A\"\npriority = 0\nregion = \"{d}/r\"\n\
+    ///      [[vm]]\nid = 2\npool = \"A\"\npriority = 0\nregion = \"{d}/link/r\"\n",
+    ///     d = dir.path().display()
+    /// ))?;
+    /// let e = config.check_distinct_regions().unwrap_err();
+    /// assert!(e.to_string().starts_with("vm[1].region"), "{e}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -464,6 +636,12 @@ impl Config {
     }
 
     /// Parse and validate configuration text.
+    ///
+    /// ```
+    /// use vgpu_config::{Config, ConfigError};
+    /// let e = Config::parse("[regions]\ndir = \"/tmp\"\n[pools.A]\ncolour = \"red\"\n").unwrap_err();
+    /// assert!(matches!(e, ConfigError::Syntax { line: Some(4), .. }), "{e}");
+    /// ```
     ///
     /// # Errors
     ///
@@ -708,6 +886,14 @@ impl Config {
 
     /// Check that the region directory exists (for commands that create regions).
     ///
+    /// ```
+    /// let config = vgpu_config::Config::parse(
+    ///     "[regions]\ndir = \"/nonexistent\"\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 0\n",
+    /// )?;
+    /// assert!(config.check_region_dir().is_err());
+    /// # Ok::<(), vgpu_config::ConfigError>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming `regions.dir`.
@@ -723,6 +909,22 @@ impl Config {
     }
 
     /// The VM with id `id`.
+    ///
+    /// ```
+    /// use vgpu_config::Config;
+    /// let config = Config::parse(r#"
+    ///     [regions]
+    ///     dir = "/tmp"
+    ///     [pools.A]
+    ///     [[vm]]
+    ///     id = 1
+    ///     pool = "A"
+    ///     priority = 2
+    /// "#)?;
+    /// assert_eq!(config.vm(1)?.priority, vgpu_ring::Priority::HIGH);
+    /// assert_eq!(config.vm(2).unwrap_err().to_string(), "vm: no VM with id 2");
+    /// # Ok::<(), vgpu_config::ConfigError>(())
+    /// ```
     ///
     /// # Errors
     ///

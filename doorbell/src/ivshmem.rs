@@ -29,6 +29,12 @@ pub const HOST_PEER: u16 = 0;
 pub const VM_PEER: u16 = 1;
 
 /// The value a guest writes to the Doorbell register to ring `peer`'s `vector`.
+///
+/// ```
+/// use vgpu_doorbell::ivshmem::{HOST_PEER, doorbell_value};
+/// assert_eq!(doorbell_value(HOST_PEER, 0), 0);
+/// assert_eq!(doorbell_value(3, 1), 0x0003_0001);
+/// ```
 #[must_use]
 pub const fn doorbell_value(peer: u16, vector: u16) -> u32 {
     (peer as u32) << 16 | vector as u32
@@ -39,6 +45,18 @@ fn protocol_error(message: String) -> Error {
 }
 
 /// Send one message: `value`, with `fd` attached if given.
+///
+/// ```
+/// use rustix::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+/// use vgpu_doorbell::ivshmem::{receive, send};
+/// let (server, peer) = UnixStream::pair()?;
+/// let file = tempfile::tempfile()?;
+/// send(&server, -1, Some(file.as_fd()))?;
+/// let (value, fd) = receive(&peer)?;
+/// assert_eq!((value, fd.is_some()), (-1, true));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// # Errors
 ///
@@ -59,6 +77,17 @@ pub fn send(stream: &UnixStream, value: i64, fd: Option<BorrowedFd<'_>>) -> std:
 }
 
 /// Receive one message: its value and the fd attached to it, if any.
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use vgpu_doorbell::ivshmem::{receive, send};
+/// let (server, peer) = UnixStream::pair()?;
+/// send(&server, 0, None)?;
+/// assert_eq!(receive(&peer)?.0, 0);
+/// drop(server);
+/// assert_eq!(receive(&peer).unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// # Errors
 ///
@@ -91,6 +120,28 @@ pub fn receive(stream: &UnixStream) -> std::io::Result<(i64, Option<OwnedFd>)> {
 }
 
 /// What a peer learns when it connects (as QEMU's device does).
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use vgpu_doorbell::{Bell, DoorbellVm, Holder};
+/// # let dir = tempfile::tempdir()?;
+/// # let region = dir.path().join("vgpu-vm1");
+/// # std::fs::write(&region, [0u8; 4096])?;
+/// # let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
+/// # let mut holder = Holder::bind(vec![vm.clone()], &dir.path().join("control.sock"))?;
+/// # let stop = Arc::new(Bell::local()?);
+/// # let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
+/// use vgpu_doorbell::ivshmem::{HOST_PEER, VECTORS, VM_PEER, receive_setup};
+/// // What the VM's QEMU learns on its doorbell socket.
+/// let stream = std::os::unix::net::UnixStream::connect(&vm.socket)?;
+/// let setup = receive_setup(&stream, VECTORS)?;
+/// assert_eq!(setup.own_id, VM_PEER);
+/// assert_eq!(setup.peers[&HOST_PEER].len(), usize::from(VECTORS));
+/// assert_eq!(setup.own.len(), usize::from(VECTORS));
+/// # stop.ring()?;
+/// # serving.join().unwrap()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Setup {
     /// The peer's own id.
@@ -110,6 +161,17 @@ fn peer_id(value: i64) -> std::io::Result<u16> {
 
 /// Read the setup a server sends on connection, as a peer with `vectors` vectors,
 /// checking the order, the id range and the fd counts.
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use vgpu_doorbell::ivshmem::{receive_setup, send};
+/// // A server speaking another protocol version is refused.
+/// let (server, peer) = UnixStream::pair()?;
+/// send(&server, 1, None)?;
+/// let e = receive_setup(&peer, 1).unwrap_err();
+/// assert_eq!(e.to_string(), "protocol version 1, expected 0");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// # Errors
 ///
@@ -152,6 +214,15 @@ pub fn receive_setup(stream: &UnixStream, vectors: u16) -> std::io::Result<Setup
 
 /// Signal an eventfd once.
 ///
+/// ```
+/// use rustix::fd::AsFd;
+/// let bell = vgpu_doorbell::Bell::local()?;
+/// vgpu_doorbell::ivshmem::signal(bell.as_fd())?;
+/// vgpu_doorbell::ivshmem::signal(bell.as_fd())?;
+/// assert_eq!(bell.drain(), 2);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
 /// # Errors
 ///
 /// If the write fails (a full counter, which needs 2^64 - 1 unread rings, or a bad fd).
@@ -164,6 +235,26 @@ pub fn signal(eventfd: BorrowedFd<'_>) -> std::io::Result<()> {
 /// rings the host's doorbell as the guest's Doorbell register write would (tests,
 /// benchmarks, `vgpu-client --doorbell-socket`). While it is connected, the VM's QEMU
 /// cannot connect.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use vgpu_doorbell::{Bell, DoorbellVm, Holder};
+/// # let dir = tempfile::tempdir()?;
+/// # let region = dir.path().join("vgpu-vm1");
+/// # std::fs::write(&region, [0u8; 4096])?;
+/// # let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
+/// # let mut holder = Holder::bind(vec![vm.clone()], &dir.path().join("control.sock"))?;
+/// # let stop = Arc::new(Bell::local()?);
+/// # let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
+/// use vgpu_doorbell::HostPeer;
+/// let peer = HostPeer::connect(&vm.socket)?;
+/// // The VM's QEMU cannot connect meanwhile: one peer per VM.
+/// assert!(HostPeer::connect(&vm.socket).is_err());
+/// drop(peer);
+/// # stop.ring()?;
+/// # serving.join().unwrap()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct HostPeer {
     /// Kept open: closing it tells the holder that the peer left.
@@ -173,6 +264,23 @@ pub struct HostPeer {
 
 impl HostPeer {
     /// Connect to `socket` and read the setup.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use vgpu_doorbell::{Bell, DoorbellVm, Holder};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let region = dir.path().join("vgpu-vm1");
+    /// # std::fs::write(&region, [0u8; 4096])?;
+    /// # let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
+    /// # let mut holder = Holder::bind(vec![vm.clone()], &dir.path().join("control.sock"))?;
+    /// # let stop = Arc::new(Bell::local()?);
+    /// # let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
+    /// let peer = vgpu_doorbell::HostPeer::connect(&vm.socket)?;
+    /// assert_eq!(peer.setup().own_id, vgpu_doorbell::ivshmem::VM_PEER);
+    /// # stop.ring()?;
+    /// # serving.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -186,12 +294,52 @@ impl HostPeer {
     }
 
     /// The setup the holder sent.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use vgpu_doorbell::{Bell, DoorbellVm, Holder};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let region = dir.path().join("vgpu-vm1");
+    /// # std::fs::write(&region, [0u8; 4096])?;
+    /// # let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
+    /// # let mut holder = Holder::bind(vec![vm.clone()], &dir.path().join("control.sock"))?;
+    /// # let stop = Arc::new(Bell::local()?);
+    /// # let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
+    /// use vgpu_doorbell::ivshmem::HOST_PEER;
+    /// let peer = vgpu_doorbell::HostPeer::connect(&vm.socket)?;
+    /// assert!(peer.setup().peers.contains_key(&HOST_PEER));
+    /// # stop.ring()?;
+    /// # serving.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[must_use]
     pub fn setup(&self) -> &Setup {
         &self.setup
     }
 
     /// The shared memory the holder sent (the VM's region file).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use vgpu_doorbell::{Bell, DoorbellVm, Holder};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let region = dir.path().join("vgpu-vm1");
+    /// # std::fs::write(&region, [0u8; 4096])?;
+    /// # let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
+    /// # let mut holder = Holder::bind(vec![vm.clone()], &dir.path().join("control.sock"))?;
+    /// # let stop = Arc::new(Bell::local()?);
+    /// # let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
+    /// use std::io::Read;
+    /// let peer = vgpu_doorbell::HostPeer::connect(&vm.socket)?;
+    /// // The region file, as QEMU maps it.
+    /// let mut region = std::fs::File::from(peer.shm().try_clone_to_owned()?);
+    /// let mut bytes = Vec::new();
+    /// region.read_to_end(&mut bytes)?;
+    /// assert_eq!(bytes.len(), 4096);
+    /// # stop.ring()?;
+    /// # serving.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[must_use]
     pub fn shm(&self) -> BorrowedFd<'_> {
         self.setup.shm.as_fd()
@@ -199,6 +347,30 @@ impl HostPeer {
 
     /// Ring as a Doorbell register write of `value` would: signal peer `value >> 16`'s
     /// vector `value & 0xffff`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use vgpu_doorbell::{Bell, DoorbellVm, Holder};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let region = dir.path().join("vgpu-vm1");
+    /// # std::fs::write(&region, [0u8; 4096])?;
+    /// # let vm = DoorbellVm { vm_id: 1, socket: dir.path().join("vgpu-vm1.sock"), region };
+    /// # let mut holder = Holder::bind(vec![vm.clone()], &dir.path().join("control.sock"))?;
+    /// # let stop = Arc::new(Bell::local()?);
+    /// # let serving = { let stop = Arc::clone(&stop); std::thread::spawn(move || holder.serve(&*stop)) };
+    /// use std::time::Duration;
+    /// use vgpu_doorbell::{BellWaiter, HostPeer, fetch_bells};
+    /// let bells = fetch_bells(&dir.path().join("control.sock"))?;
+    /// let mut waiter = BellWaiter::new()?;
+    /// waiter.watch(&bells[0], 7)?;
+    /// let peer = HostPeer::connect(&vm.socket)?;
+    /// peer.ring(bells[0].value)?;
+    /// assert_eq!(waiter.wait(Some(Duration::from_secs(5)))?, [7]);
+    /// assert!(peer.ring(0x0009_0000).is_err(), "no peer 9");
+    /// # stop.ring()?;
+    /// # serving.join().unwrap()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     ///
     /// # Errors
     ///

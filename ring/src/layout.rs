@@ -58,6 +58,21 @@ pub const RESP_TAIL_OFFSET: usize = 512;
 /// attach) except the mediator line (`epoch`, `heartbeat_ns`, `mediator_pid`,
 /// `heartbeat_interval_ms`), which lives on its own cache line and is accessed
 /// atomically.
+///
+/// ```
+/// use zerocopy::FromBytes;
+/// use vgpu_ring::layout::{PAGE_SIZE, REGION_MAGIC, RegionHeader, VERSION_MAJOR};
+/// # use vgpu_ring::{Geometry, Region};
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("vm1");
+/// # Region::create(&path, 1 << 16, Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 }, &[], false)?;
+/// // The first page of a region file, as a C program would read it.
+/// let bytes = std::fs::read(&path)?;
+/// let header = RegionHeader::read_from_bytes(&bytes[..PAGE_SIZE]).expect("one page");
+/// assert_eq!((header.magic, header.version_major), (REGION_MAGIC, VERSION_MAJOR));
+/// assert_eq!((header.region_size, header.ring_entries, header.epoch), (1 << 16, 16, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct RegionHeader {
@@ -130,6 +145,14 @@ const_assert_eq!(offset_of!(RegionHeader, reserved_pending), 256);
 const_assert_eq!(offset_of!(RegionHeader, reserved3), 384);
 
 /// Identity of the VM that owns a slot, written by the host; the guest only reads it.
+///
+/// ```
+/// use zerocopy::IntoBytes;
+/// use vgpu_ring::{PoolId, Priority, SlotIdentity};
+/// let id = SlotIdentity::new(100, PoolId::new(b'A').unwrap(), Priority::HIGH);
+/// // Four little-endian words: vm id, pool byte, priority, flags.
+/// assert_eq!(id.as_bytes(), [100, 0, 0, 0, b'A', 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct SlotIdentity {
@@ -165,18 +188,40 @@ impl SlotIdentity {
     }
 
     /// The pool, if the word holds a valid one (a guest may have written anything).
+    ///
+    /// ```
+    /// use vgpu_ring::{PoolId, SlotIdentity};
+    /// let mut id = SlotIdentity::new(1, PoolId::new(b'A').unwrap(), vgpu_ring::Priority::LOW);
+    /// assert_eq!(id.pool_id(), PoolId::new(b'A'));
+    /// id.pool = 0x0a; // a newline: not a pool name
+    /// assert_eq!(id.pool_id(), None);
+    /// ```
     #[must_use]
     pub fn pool_id(&self) -> Option<PoolId> {
         PoolId::try_from(self.pool).ok()
     }
 
     /// The priority, if the word holds a valid one.
+    ///
+    /// ```
+    /// use vgpu_ring::{PoolId, Priority, SlotIdentity};
+    /// let mut id = SlotIdentity::new(1, PoolId::new(b'A').unwrap(), Priority::MEDIUM);
+    /// assert_eq!(id.priority_level(), Some(Priority::MEDIUM));
+    /// id.priority = 3;
+    /// assert_eq!(id.priority_level(), None);
+    /// ```
     #[must_use]
     pub fn priority_level(&self) -> Option<Priority> {
         Priority::try_from(self.priority).ok()
     }
 
     /// Whether the host assigned this slot.
+    ///
+    /// ```
+    /// use vgpu_ring::{PoolId, Priority, SlotIdentity};
+    /// assert!(SlotIdentity::new(1, PoolId::new(b'A').unwrap(), Priority::LOW).is_assigned());
+    /// assert!(!SlotIdentity { vm_id: 0, pool: 0, priority: 0, flags: 0 }.is_assigned());
+    /// ```
     #[must_use]
     pub const fn is_assigned(&self) -> bool {
         self.flags & Self::ASSIGNED != 0
@@ -191,6 +236,22 @@ const_assert_eq!(offset_of!(SlotIdentity, flags), 12);
 
 /// The first page of every slot: identity, host status and the four ring indices, each
 /// index alone on a 128-byte line (two cache lines, against adjacent-line prefetching).
+///
+/// ```
+/// use zerocopy::FromBytes;
+/// use vgpu_ring::layout::{PAGE_SIZE, RegionHeader, SlotControl};
+/// # use vgpu_ring::{Geometry, PoolId, Priority, Region, SlotIdentity};
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("vm7");
+/// # let id = SlotIdentity::new(7, PoolId::new(b'B').unwrap(), Priority::HIGH);
+/// # Region::create(&path, 1 << 16, Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 }, &[id], false)?;
+/// # let bytes = std::fs::read(&path)?;
+/// let header = RegionHeader::read_from_bytes(&bytes[..PAGE_SIZE]).expect("one page");
+/// let at = header.slots_offset as usize;
+/// let control = SlotControl::read_from_bytes(&bytes[at..at + PAGE_SIZE]).expect("one page");
+/// assert_eq!((control.identity.vm_id, control.req_head, control.host_status), (7, 0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct SlotControl {
@@ -261,6 +322,22 @@ const_assert_eq!(offset_of!(SlotControl, resp_tail), RESP_TAIL_OFFSET);
 const_assert_eq!(offset_of!(SlotControl, reserved1), 640);
 
 /// One request: guest to host, one cache line.
+///
+/// ```
+/// use zerocopy::IntoBytes;
+/// use vgpu_ring::{Opcode, Request, encode_label};
+/// let request = Request {
+///     tag: 1,
+///     opcode: Opcode::VectorAdd as u16,
+///     label: encode_label("VECTOR_ADD"),
+///     in_len: 8,
+///     out_offset: 64,
+///     out_len: 4,
+///     args: [1, 0, 0],
+///     ..Request::default()
+/// };
+/// assert_eq!(request.as_bytes().len(), 64, "one cache line");
+/// ```
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
@@ -309,6 +386,12 @@ const_assert_eq!(offset_of!(Request, args), 48);
 const_assert_eq!(offset_of!(Request, ready), 60);
 
 /// One response: host to guest, one cache line.
+///
+/// ```
+/// use vgpu_ring::{Response, Status, decode_label, encode_label};
+/// let response = Response { tag: 1, status: Status::Success as u32, label: encode_label("PING"), ..Response::default() };
+/// assert_eq!((response.outcome(), decode_label(&response.label)), (Ok(0), "PING".to_owned()));
+/// ```
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
@@ -375,6 +458,14 @@ impl RingEntry for Response {
 }
 
 /// Encode a label: ASCII, truncated to [`LABEL_LEN`] bytes, NUL-padded.
+///
+/// ```
+/// use vgpu_ring::{encode_label, layout::LABEL_LEN};
+/// let label = encode_label("TEST HIGH");
+/// assert_eq!(&label[..9], b"TEST?HIGH");
+/// assert_eq!(label[9..], [0; LABEL_LEN - 9]);
+/// assert_eq!(encode_label(&"X".repeat(40)), [b'X'; LABEL_LEN], "truncated");
+/// ```
 #[must_use]
 pub fn encode_label(text: &str) -> [u8; LABEL_LEN] {
     let mut label = [0u8; LABEL_LEN];
@@ -387,6 +478,13 @@ pub fn encode_label(text: &str) -> [u8; LABEL_LEN] {
 /// Decode a label received from a peer: bytes up to the first NUL; anything that is not
 /// printable ASCII becomes `?`, so a hostile label cannot inject control characters into
 /// logs.
+///
+/// ```
+/// use vgpu_ring::{decode_label, layout::LABEL_LEN};
+/// let mut label = [0; LABEL_LEN];
+/// label[..6].copy_from_slice(b"OK\x1b[2J");
+/// assert_eq!(decode_label(&label), "OK?[2J", "no escape sequence reaches a log");
+/// ```
 #[must_use]
 pub fn decode_label(label: &[u8; LABEL_LEN]) -> String {
     label

@@ -231,6 +231,16 @@ impl crate::Response {
     /// What the response says: `Ok(bytes written)` for status 1, else the error code (an
     /// unknown code, or a status that is neither, reads as
     /// [`ErrorCode::ExecutorFailed`]: the peer is not one this build understands).
+    ///
+    /// ```
+    /// use vgpu_ring::{ErrorCode, Response};
+    /// let ok = Response { status: 1, out_len: 16, ..Response::default() };
+    /// assert_eq!(ok.outcome(), Ok(16));
+    /// let refused = Response { status: 2, error: ErrorCode::BadShape as u32, ..Response::default() };
+    /// assert_eq!(refused.outcome(), Err(ErrorCode::BadShape));
+    /// let garbled = Response { status: 7, ..Response::default() };
+    /// assert_eq!(garbled.outcome(), Err(ErrorCode::ExecutorFailed));
+    /// ```
     pub fn outcome(&self) -> Result<u32, ErrorCode> {
         match Status::try_from(self.status) {
             Ok(Status::Success) => Ok(self.out_len),

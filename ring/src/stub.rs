@@ -14,6 +14,18 @@ pub const STUB_PRIORITY: usize = 0x00C;
 pub const STUB_VM_ID: usize = 0x010;
 
 /// The identity registers of a vgpu-stub device.
+///
+/// ```
+/// use vgpu_ring::stub::StubRegisters;
+/// use vgpu_ring::{PoolId, Priority};
+/// let mut window = vec![0u8; 4096];
+/// window[0x08] = b'B'; // pool
+/// window[0x0c] = 1; // priority
+/// window[0x10] = 42; // VM id
+/// let regs = StubRegisters::parse(&window)?;
+/// assert_eq!(regs, StubRegisters { pool: PoolId::new(b'B').unwrap(), priority: Priority::MEDIUM, vm_id: 42 });
+/// # Ok::<(), vgpu_ring::stub::StubError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StubRegisters {
     /// Pool.
@@ -25,6 +37,15 @@ pub struct StubRegisters {
 }
 
 /// Why register bytes are not a valid stub identity.
+///
+/// ```
+/// use vgpu_ring::stub::{StubError, StubRegisters};
+/// let mut window = vec![0u8; 4096];
+/// window[0x08] = b'A';
+/// window[0x0c] = 5;
+/// assert_eq!(StubRegisters::parse(&window), Err(StubError::BadPriority(5)));
+/// assert_eq!(StubRegisters::parse(&window[..8]), Err(StubError::TooShort(8)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StubError {
     /// Fewer bytes than the registers need.
@@ -62,6 +83,12 @@ impl StubRegisters {
     }
 
     /// Read the registers from the window's bytes.
+    ///
+    /// ```
+    /// use vgpu_ring::stub::{StubError, StubRegisters};
+    /// // An all-zero window: pool register 0 is not a pool name.
+    /// assert_eq!(StubRegisters::parse(&[0; 4096]), Err(StubError::BadPool(0)));
+    /// ```
     ///
     /// # Errors
     ///
@@ -110,6 +137,18 @@ impl StubRegisters {
     /// or an image of it, as the original client did: map it read-only and load each
     /// register with one aligned 32-bit volatile read (what MMIO needs).
     ///
+    /// ```
+    /// use vgpu_ring::stub::StubRegisters;
+    /// use vgpu_ring::{PoolId, Priority};
+    /// let regs = StubRegisters { pool: PoolId::new(b'A').unwrap(), priority: Priority::HIGH, vm_id: 3 };
+    /// // An image of the BAR (in a guest: /sys/bus/pci/devices/<BDF>/resource0).
+    /// let dir = tempfile::tempdir()?;
+    /// let bar = dir.path().join("resource0");
+    /// std::fs::write(&bar, regs.to_image())?;
+    /// assert_eq!(StubRegisters::read_file(&bar)?, regs);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`StubFileError`] naming the file.
@@ -136,6 +175,12 @@ impl StubRegisters {
 }
 
 /// Why a stub register file could not be read.
+///
+/// ```
+/// use vgpu_ring::stub::{StubFileError, StubRegisters};
+/// let missing = StubRegisters::read_file("/nonexistent/resource0".as_ref());
+/// assert!(matches!(missing, Err(StubFileError::Io { .. })));
+/// ```
 #[derive(Debug, Error)]
 pub enum StubFileError {
     /// The file could not be opened or mapped.
