@@ -68,12 +68,34 @@
 
 /**
  * An open client (opaque).
+ *
+ * ```c
+ * VgpuOptions options = {.region = region};
+ * VgpuClient *client;
+ * if (vgpu_open(&options, &client) != VGPU_OK) {
+ *     fprintf(stderr, "vgpu_open: %s\n", vgpu_last_error(NULL));
+ *     abort();
+ * }
+ * int rc = vgpu_noop(client, "HELLO");
+ * assert(rc == VGPU_OK);
+ * vgpu_close(client);
+ * ```
  */
 typedef struct VgpuClient VgpuClient;
 
 /**
  * How `vgpu_open` attaches. Zeroed (or a null pointer): discover the device in sysfs,
  * 30 s timeout, adaptive waiting.
+ *
+ * ```c
+ * VgpuOptions options = {0};
+ * options.region = region; // on the host; NULL in a guest finds the ivshmem device
+ * options.timeout_ms = 5000;
+ * VgpuClient *client;
+ * int rc = vgpu_open(&options, &client);
+ * assert(rc == VGPU_OK);
+ * vgpu_close(client);
+ * ```
  */
 typedef struct VgpuOptions {
   /**
@@ -100,6 +122,14 @@ typedef struct VgpuOptions {
 
 /**
  * The VM's identity as the slot says.
+ *
+ * ```c
+ * VgpuIdentity id;
+ * int rc = vgpu_identity(client, &id);
+ * assert(rc == VGPU_OK);
+ * printf("vm %u, pool %c, priority %u\n", id.vm_id, id.pool, id.priority);
+ * assert(id.vm_id == 1 && id.pool == 'A' && id.priority == 1);
+ * ```
  */
 typedef struct VgpuIdentity {
   /**
@@ -120,6 +150,23 @@ typedef struct VgpuIdentity {
  * Arena bytes for a request's input or output, filled and read in place through
  * `data` (shared memory: the mediator reads the input once the request is submitted
  * and writes the output before it answers).
+ *
+ * ```c
+ * // ECHO of 8 bytes written and read in place.
+ * VgpuBuffer in, out;
+ * int rc = vgpu_buffer_alloc(client, 8, &in);
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_buffer_alloc(client, 8, &out);
+ * assert(rc == VGPU_OK);
+ * memcpy(in.data, "in place", 8);
+ * uint32_t tag;
+ * rc = vgpu_submit(client, 2, NULL, &in, &out, NULL, &tag); // ECHO
+ * assert(rc == VGPU_OK);
+ * VgpuCompletion done;
+ * rc = vgpu_wait(client, tag, 0, &done);
+ * assert(rc == VGPU_OK && done.status == 1 && done.out_len == 8);
+ * assert(memcmp(out.data, "in place", 8) == 0);
+ * ```
  */
 typedef struct VgpuBuffer {
   /**
@@ -138,6 +185,17 @@ typedef struct VgpuBuffer {
 
 /**
  * An answered request.
+ *
+ * ```c
+ * uint32_t tag, sleep[3] = {1000, 0, 0};
+ * int rc = vgpu_submit(client, 3, sleep, NULL, NULL, NULL, &tag); // SLEEP
+ * assert(rc == VGPU_OK);
+ * VgpuCompletion done;
+ * rc = vgpu_wait(client, tag, 5000, &done);
+ * assert(rc == VGPU_OK);
+ * assert(done.tag == tag && done.status == 1 && done.error == 0);
+ * assert(done.exec_ns >= 1000000);
+ * ```
  */
 typedef struct VgpuCompletion {
   /**
@@ -181,6 +239,19 @@ extern "C" {
  *
  * `out` is a valid pointer to a `VgpuClient *`; `options` is null or valid, its
  * strings null or NUL-terminated.
+ *
+ * ```c
+ * VgpuOptions options = {.region = region, .timeout_ms = 5000};
+ * VgpuClient *client = NULL;
+ * int rc = vgpu_open(&options, &client);
+ * assert(rc == VGPU_OK && client != NULL);
+ * // One client per VM: a second one finds the slot taken.
+ * VgpuClient *second;
+ * rc = vgpu_open(&options, &second);
+ * assert(rc == VGPU_E_BUSY && second == NULL);
+ * assert(strstr(vgpu_last_error(NULL), "slot in use") != NULL);
+ * vgpu_close(client);
+ * ```
  */
 int vgpu_open(const struct VgpuOptions *options, struct VgpuClient **out);
 
@@ -190,6 +261,12 @@ int vgpu_open(const struct VgpuOptions *options, struct VgpuClient **out);
  * # Safety
  *
  * `client` is null or from `vgpu_open`, and not used afterwards.
+ *
+ * ```c
+ * vgpu_close(client);
+ * client = NULL;
+ * vgpu_close(client); // null: nothing
+ * ```
  */
 void vgpu_close(struct VgpuClient *client);
 
@@ -199,6 +276,12 @@ void vgpu_close(struct VgpuClient *client);
  * # Safety
  *
  * `client` is an open client; `out` is valid.
+ *
+ * ```c
+ * VgpuIdentity id;
+ * int rc = vgpu_identity(client, &id);
+ * assert(rc == VGPU_OK && id.pool == 'A');
+ * ```
  */
 int vgpu_identity(struct VgpuClient *client, struct VgpuIdentity *out);
 
@@ -210,6 +293,18 @@ int vgpu_identity(struct VgpuClient *client, struct VgpuIdentity *out);
  * # Safety
  *
  * `client` is an open client; `out` is valid.
+ *
+ * ```c
+ * VgpuBuffer buffer;
+ * int rc = vgpu_buffer_alloc(client, 4096, &buffer);
+ * assert(rc == VGPU_OK && buffer.len == 4096);
+ * memset(buffer.data, 0, buffer.len);
+ * rc = vgpu_buffer_free(client, &buffer);
+ * assert(rc == VGPU_OK);
+ * // More than the arena holds.
+ * rc = vgpu_buffer_alloc(client, UINT32_MAX, &buffer);
+ * assert(rc == VGPU_E_BUSY);
+ * ```
  */
 int vgpu_buffer_alloc(struct VgpuClient *client, uint32_t len, struct VgpuBuffer *out);
 
@@ -219,6 +314,16 @@ int vgpu_buffer_alloc(struct VgpuClient *client, uint32_t len, struct VgpuBuffer
  * # Safety
  *
  * `client` is an open client; `buffer` is valid.
+ *
+ * ```c
+ * VgpuBuffer buffer;
+ * int rc = vgpu_buffer_alloc(client, 64, &buffer);
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_buffer_free(client, &buffer);
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_buffer_free(client, &buffer); // once only
+ * assert(rc == VGPU_E_INVALID);
+ * ```
  */
 int vgpu_buffer_free(struct VgpuClient *client, const struct VgpuBuffer *buffer);
 
@@ -234,6 +339,20 @@ int vgpu_buffer_free(struct VgpuClient *client, const struct VgpuBuffer *buffer)
  *
  * `client` is an open client; `args` is null or three words; `input`, `output` null
  * or valid; `label` null or NUL-terminated; `tag` valid.
+ *
+ * ```c
+ * // Eight requests in flight, then their answers.
+ * uint32_t tags[8];
+ * for (int i = 0; i < 8; i++) {
+ *     int rc = vgpu_submit(client, 1, NULL, NULL, NULL, "PING", &tags[i]); // NOOP
+ *     assert(rc == VGPU_OK);
+ * }
+ * for (int i = 0; i < 8; i++) {
+ *     VgpuCompletion done;
+ *     int rc = vgpu_wait(client, tags[i], 0, &done);
+ *     assert(rc == VGPU_OK && done.status == 1 && done.tag == tags[i]);
+ * }
+ * ```
  */
 int vgpu_submit(struct VgpuClient *client,
                 uint16_t opcode,
@@ -252,6 +371,20 @@ int vgpu_submit(struct VgpuClient *client,
  * # Safety
  *
  * As `vgpu_submit`.
+ *
+ * ```c
+ * uint32_t tags[4];
+ * for (int i = 0; i < 4; i++) {
+ *     int rc = vgpu_stage(client, 1, NULL, NULL, NULL, "BATCH", &tags[i]); // NOOP
+ *     assert(rc == VGPU_OK);
+ * }
+ * int rc = vgpu_flush(client); // the four published together
+ * assert(rc == VGPU_OK);
+ * for (int i = 0; i < 4; i++) {
+ *     rc = vgpu_wait(client, tags[i], 0, NULL);
+ *     assert(rc == VGPU_OK);
+ * }
+ * ```
  */
 int vgpu_stage(struct VgpuClient *client,
                uint16_t opcode,
@@ -267,6 +400,18 @@ int vgpu_stage(struct VgpuClient *client,
  * # Safety
  *
  * `client` is an open client.
+ *
+ * ```c
+ * uint32_t tag;
+ * int rc = vgpu_stage(client, 1, NULL, NULL, NULL, NULL, &tag); // NOOP
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_flush(client);
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_flush(client); // nothing staged: nothing to do
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_wait(client, tag, 0, NULL);
+ * assert(rc == VGPU_OK);
+ * ```
  */
 int vgpu_flush(struct VgpuClient *client);
 
@@ -278,6 +423,20 @@ int vgpu_flush(struct VgpuClient *client);
  * # Safety
  *
  * `client` is an open client; `out` null or valid.
+ *
+ * ```c
+ * // VECTOR_ADD of 1000 floats on 16 bytes of input: answered, with status 2.
+ * VgpuBuffer input;
+ * int rc = vgpu_buffer_alloc(client, 16, &input);
+ * assert(rc == VGPU_OK);
+ * uint32_t tag, shape[3] = {1000, 0, 0};
+ * rc = vgpu_submit(client, 4, shape, &input, NULL, NULL, &tag); // VECTOR_ADD
+ * assert(rc == VGPU_OK);
+ * VgpuCompletion done;
+ * rc = vgpu_wait(client, tag, 5000, &done);
+ * assert(rc == VGPU_OK && done.status == 2);
+ * assert(strcmp(vgpu_strerror((int)done.error), "request failed: bad shape") == 0);
+ * ```
  */
 int vgpu_wait(struct VgpuClient *client,
               uint32_t tag,
@@ -290,6 +449,18 @@ int vgpu_wait(struct VgpuClient *client,
  * # Safety
  *
  * As `vgpu_wait`.
+ *
+ * ```c
+ * uint32_t tag, sleep[3] = {1000, 0, 0};
+ * int rc = vgpu_submit(client, 3, sleep, NULL, NULL, NULL, &tag); // SLEEP
+ * assert(rc == VGPU_OK);
+ * while ((rc = vgpu_poll(client, tag, NULL)) == VGPU_E_AGAIN) {
+ *     // other work meanwhile
+ * }
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_poll(client, tag, NULL); // each answer is delivered once
+ * assert(rc == VGPU_E_UNKNOWN_TAG);
+ * ```
  */
 int vgpu_poll(struct VgpuClient *client, uint32_t tag, struct VgpuCompletion *out);
 
@@ -299,6 +470,12 @@ int vgpu_poll(struct VgpuClient *client, uint32_t tag, struct VgpuCompletion *ou
  * # Safety
  *
  * `client` is an open client; `a`, `b` point to `n` floats, `out` to `n` writable ones.
+ *
+ * ```c
+ * float a[3] = {1, 2, 3}, b[3] = {10, 20, 30}, sum[3];
+ * int rc = vgpu_vector_add(client, a, b, sum, 3);
+ * assert(rc == VGPU_OK && sum[0] == 11 && sum[2] == 33);
+ * ```
  */
 int vgpu_vector_add(struct VgpuClient *client,
                     const float *a,
@@ -312,6 +489,12 @@ int vgpu_vector_add(struct VgpuClient *client,
  * # Safety
  *
  * As `vgpu_vector_add`.
+ *
+ * ```c
+ * float x[2] = {1, 2}, y[2] = {0.5f, 0.5f}, out[2];
+ * int rc = vgpu_saxpy(client, 2.0f, x, y, out, 2);
+ * assert(rc == VGPU_OK && out[0] == 2.5f && out[1] == 4.5f);
+ * ```
  */
 int vgpu_saxpy(struct VgpuClient *client,
                float alpha,
@@ -326,6 +509,12 @@ int vgpu_saxpy(struct VgpuClient *client,
  * # Safety
  *
  * `client` is an open client; `x`, `y` point to `n` floats; `out` is valid.
+ *
+ * ```c
+ * float x[3] = {1, 2, 3}, y[3] = {4, 5, 6}, dot;
+ * int rc = vgpu_dot(client, x, y, 3, &dot);
+ * assert(rc == VGPU_OK && dot == 32);
+ * ```
  */
 int vgpu_dot(struct VgpuClient *client, const float *x, const float *y, size_t n, float *out);
 
@@ -336,6 +525,13 @@ int vgpu_dot(struct VgpuClient *client, const float *x, const float *y, size_t n
  *
  * `client` is an open client; `a` points to m·k floats, `b` to k·n, `c` to m·n
  * writable ones.
+ *
+ * ```c
+ * // [1 2; 3 4] x [5 6; 7 8] = [19 22; 43 50]
+ * float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8}, c[4];
+ * int rc = vgpu_matmul(client, a, b, c, 2, 2, 2);
+ * assert(rc == VGPU_OK && c[0] == 19 && c[1] == 22 && c[2] == 43 && c[3] == 50);
+ * ```
  */
 int vgpu_matmul(struct VgpuClient *client,
                 const float *a,
@@ -351,6 +547,12 @@ int vgpu_matmul(struct VgpuClient *client,
  * # Safety
  *
  * `client` is an open client; `input` points to `len` bytes, `out` to `len` writable.
+ *
+ * ```c
+ * uint8_t back[5];
+ * int rc = vgpu_echo(client, (const uint8_t *)"hello", back, 5);
+ * assert(rc == VGPU_OK && memcmp(back, "hello", 5) == 0);
+ * ```
  */
 int vgpu_echo(struct VgpuClient *client, const uint8_t *input, uint8_t *out, size_t len);
 
@@ -360,6 +562,11 @@ int vgpu_echo(struct VgpuClient *client, const uint8_t *input, uint8_t *out, siz
  * # Safety
  *
  * `client` is an open client.
+ *
+ * ```c
+ * int rc = vgpu_sleep_us(client, 1000); // the pool is busy for 1 ms
+ * assert(rc == VGPU_OK);
+ * ```
  */
 int vgpu_sleep_us(struct VgpuClient *client, uint32_t us);
 
@@ -369,6 +576,13 @@ int vgpu_sleep_us(struct VgpuClient *client, uint32_t us);
  * # Safety
  *
  * `client` is an open client; `label` null or NUL-terminated.
+ *
+ * ```c
+ * int rc = vgpu_noop(client, "TEST_HIGH"); // the mediator logs command=TEST_HIGH
+ * assert(rc == VGPU_OK);
+ * rc = vgpu_noop(client, NULL);
+ * assert(rc == VGPU_OK);
+ * ```
  */
 int vgpu_noop(struct VgpuClient *client, const char *label);
 
@@ -380,6 +594,14 @@ int vgpu_noop(struct VgpuClient *client, const char *label);
  * # Safety
  *
  * `client` is null or an open client.
+ *
+ * ```c
+ * float x = 1;
+ * int rc = vgpu_vector_add(client, &x, NULL, &x, 1);
+ * assert(rc == VGPU_E_INVALID);
+ * fprintf(stderr, "vector_add: %s\n", vgpu_last_error(client)); // names the null operand
+ * assert(strstr(vgpu_last_error(client), "null pointer") != NULL);
+ * ```
  */
 const char *vgpu_last_error(const struct VgpuClient *client);
 
@@ -393,11 +615,23 @@ const char *vgpu_last_error(const struct VgpuClient *client);
  * # Safety
  *
  * `client` is an open client.
+ *
+ * ```c
+ * const char *warnings = vgpu_warnings(client);
+ * if (*warnings != '\0') fprintf(stderr, "vgpu: %s\n", warnings);
+ * assert(strcmp(warnings, "") == 0); // a region file on the host: nothing to warn of
+ * ```
  */
 const char *vgpu_warnings(const struct VgpuClient *client);
 
 /**
  * A static description of `code`.
+ *
+ * ```c
+ * assert(strcmp(vgpu_strerror(VGPU_E_TIMEOUT), "no answer in time") == 0);
+ * // A positive code is the mediator's error of a failed request.
+ * assert(strcmp(vgpu_strerror(4), "request failed: bad shape") == 0);
+ * ```
  */
 const char *vgpu_strerror(int code);
 

@@ -50,6 +50,16 @@ pub const VGPU_E_INTERNAL: c_int = -11;
 
 /// How `vgpu_open` attaches. Zeroed (or a null pointer): discover the device in sysfs,
 /// 30 s timeout, adaptive waiting.
+///
+/// ```c
+/// VgpuOptions options = {0};
+/// options.region = region; // on the host; NULL in a guest finds the ivshmem device
+/// options.timeout_ms = 5000;
+/// VgpuClient *client;
+/// int rc = vgpu_open(&options, &client);
+/// assert(rc == VGPU_OK);
+/// vgpu_close(client);
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct VgpuOptions {
@@ -66,6 +76,14 @@ pub struct VgpuOptions {
 }
 
 /// The VM's identity as the slot says.
+///
+/// ```c
+/// VgpuIdentity id;
+/// int rc = vgpu_identity(client, &id);
+/// assert(rc == VGPU_OK);
+/// printf("vm %u, pool %c, priority %u\n", id.vm_id, id.pool, id.priority);
+/// assert(id.vm_id == 1 && id.pool == 'A' && id.priority == 1);
+/// ```
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct VgpuIdentity {
@@ -80,6 +98,23 @@ pub struct VgpuIdentity {
 /// Arena bytes for a request's input or output, filled and read in place through
 /// `data` (shared memory: the mediator reads the input once the request is submitted
 /// and writes the output before it answers).
+///
+/// ```c
+/// // ECHO of 8 bytes written and read in place.
+/// VgpuBuffer in, out;
+/// int rc = vgpu_buffer_alloc(client, 8, &in);
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_buffer_alloc(client, 8, &out);
+/// assert(rc == VGPU_OK);
+/// memcpy(in.data, "in place", 8);
+/// uint32_t tag;
+/// rc = vgpu_submit(client, 2, NULL, &in, &out, NULL, &tag); // ECHO
+/// assert(rc == VGPU_OK);
+/// VgpuCompletion done;
+/// rc = vgpu_wait(client, tag, 0, &done);
+/// assert(rc == VGPU_OK && done.status == 1 && done.out_len == 8);
+/// assert(memcmp(out.data, "in place", 8) == 0);
+/// ```
 #[repr(C)]
 #[derive(Debug)]
 pub struct VgpuBuffer {
@@ -92,6 +127,17 @@ pub struct VgpuBuffer {
 }
 
 /// An answered request.
+///
+/// ```c
+/// uint32_t tag, sleep[3] = {1000, 0, 0};
+/// int rc = vgpu_submit(client, 3, sleep, NULL, NULL, NULL, &tag); // SLEEP
+/// assert(rc == VGPU_OK);
+/// VgpuCompletion done;
+/// rc = vgpu_wait(client, tag, 5000, &done);
+/// assert(rc == VGPU_OK);
+/// assert(done.tag == tag && done.status == 1 && done.error == 0);
+/// assert(done.exec_ns >= 1000000);
+/// ```
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct VgpuCompletion {
@@ -123,6 +169,18 @@ impl From<&Response> for VgpuCompletion {
 }
 
 /// An open client (opaque).
+///
+/// ```c
+/// VgpuOptions options = {.region = region};
+/// VgpuClient *client;
+/// if (vgpu_open(&options, &client) != VGPU_OK) {
+///     fprintf(stderr, "vgpu_open: %s\n", vgpu_last_error(NULL));
+///     abort();
+/// }
+/// int rc = vgpu_noop(client, "HELLO");
+/// assert(rc == VGPU_OK);
+/// vgpu_close(client);
+/// ```
 pub struct VgpuClient {
     client: Client,
     /// Requests in flight by tag.
@@ -246,6 +304,19 @@ unsafe fn slice_mut<'a, T>(p: *mut T, n: usize, what: &str) -> Result<&'a mut [T
 ///
 /// `out` is a valid pointer to a `VgpuClient *`; `options` is null or valid, its
 /// strings null or NUL-terminated.
+///
+/// ```c
+/// VgpuOptions options = {.region = region, .timeout_ms = 5000};
+/// VgpuClient *client = NULL;
+/// int rc = vgpu_open(&options, &client);
+/// assert(rc == VGPU_OK && client != NULL);
+/// // One client per VM: a second one finds the slot taken.
+/// VgpuClient *second;
+/// rc = vgpu_open(&options, &second);
+/// assert(rc == VGPU_E_BUSY && second == NULL);
+/// assert(strstr(vgpu_last_error(NULL), "slot in use") != NULL);
+/// vgpu_close(client);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_open(
     options: *const VgpuOptions,
@@ -302,6 +373,12 @@ pub unsafe extern "C" fn vgpu_open(
 /// # Safety
 ///
 /// `client` is null or from `vgpu_open`, and not used afterwards.
+///
+/// ```c
+/// vgpu_close(client);
+/// client = NULL;
+/// vgpu_close(client); // null: nothing
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_close(client: *mut VgpuClient) {
     if !client.is_null() {
@@ -315,6 +392,12 @@ pub unsafe extern "C" fn vgpu_close(client: *mut VgpuClient) {
 /// # Safety
 ///
 /// `client` is an open client; `out` is valid.
+///
+/// ```c
+/// VgpuIdentity id;
+/// int rc = vgpu_identity(client, &id);
+/// assert(rc == VGPU_OK && id.pool == 'A');
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_identity(client: *mut VgpuClient, out: *mut VgpuIdentity) -> c_int {
     with_client(client, |c| {
@@ -337,6 +420,18 @@ pub unsafe extern "C" fn vgpu_identity(client: *mut VgpuClient, out: *mut VgpuId
 /// # Safety
 ///
 /// `client` is an open client; `out` is valid.
+///
+/// ```c
+/// VgpuBuffer buffer;
+/// int rc = vgpu_buffer_alloc(client, 4096, &buffer);
+/// assert(rc == VGPU_OK && buffer.len == 4096);
+/// memset(buffer.data, 0, buffer.len);
+/// rc = vgpu_buffer_free(client, &buffer);
+/// assert(rc == VGPU_OK);
+/// // More than the arena holds.
+/// rc = vgpu_buffer_alloc(client, UINT32_MAX, &buffer);
+/// assert(rc == VGPU_E_BUSY);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_buffer_alloc(
     client: *mut VgpuClient,
@@ -379,6 +474,16 @@ fn take_buffer(c: &mut VgpuClient, b: *const VgpuBuffer, what: &str) -> Result<B
 /// # Safety
 ///
 /// `client` is an open client; `buffer` is valid.
+///
+/// ```c
+/// VgpuBuffer buffer;
+/// int rc = vgpu_buffer_alloc(client, 64, &buffer);
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_buffer_free(client, &buffer);
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_buffer_free(client, &buffer); // once only
+/// assert(rc == VGPU_E_INVALID);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_buffer_free(
     client: *mut VgpuClient,
@@ -402,6 +507,20 @@ pub unsafe extern "C" fn vgpu_buffer_free(
 ///
 /// `client` is an open client; `args` is null or three words; `input`, `output` null
 /// or valid; `label` null or NUL-terminated; `tag` valid.
+///
+/// ```c
+/// // Eight requests in flight, then their answers.
+/// uint32_t tags[8];
+/// for (int i = 0; i < 8; i++) {
+///     int rc = vgpu_submit(client, 1, NULL, NULL, NULL, "PING", &tags[i]); // NOOP
+///     assert(rc == VGPU_OK);
+/// }
+/// for (int i = 0; i < 8; i++) {
+///     VgpuCompletion done;
+///     int rc = vgpu_wait(client, tags[i], 0, &done);
+///     assert(rc == VGPU_OK && done.status == 1 && done.tag == tags[i]);
+/// }
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_submit(
     client: *mut VgpuClient,
@@ -424,6 +543,20 @@ pub unsafe extern "C" fn vgpu_submit(
 /// # Safety
 ///
 /// As `vgpu_submit`.
+///
+/// ```c
+/// uint32_t tags[4];
+/// for (int i = 0; i < 4; i++) {
+///     int rc = vgpu_stage(client, 1, NULL, NULL, NULL, "BATCH", &tags[i]); // NOOP
+///     assert(rc == VGPU_OK);
+/// }
+/// int rc = vgpu_flush(client); // the four published together
+/// assert(rc == VGPU_OK);
+/// for (int i = 0; i < 4; i++) {
+///     rc = vgpu_wait(client, tags[i], 0, NULL);
+///     assert(rc == VGPU_OK);
+/// }
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_stage(
     client: *mut VgpuClient,
@@ -443,6 +576,18 @@ pub unsafe extern "C" fn vgpu_stage(
 /// # Safety
 ///
 /// `client` is an open client.
+///
+/// ```c
+/// uint32_t tag;
+/// int rc = vgpu_stage(client, 1, NULL, NULL, NULL, NULL, &tag); // NOOP
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_flush(client);
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_flush(client); // nothing staged: nothing to do
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_wait(client, tag, 0, NULL);
+/// assert(rc == VGPU_OK);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_flush(client: *mut VgpuClient) -> c_int {
     with_client(client, |c| {
@@ -536,6 +681,20 @@ fn report(out: *mut VgpuCompletion, response: &Response) {
 /// # Safety
 ///
 /// `client` is an open client; `out` null or valid.
+///
+/// ```c
+/// // VECTOR_ADD of 1000 floats on 16 bytes of input: answered, with status 2.
+/// VgpuBuffer input;
+/// int rc = vgpu_buffer_alloc(client, 16, &input);
+/// assert(rc == VGPU_OK);
+/// uint32_t tag, shape[3] = {1000, 0, 0};
+/// rc = vgpu_submit(client, 4, shape, &input, NULL, NULL, &tag); // VECTOR_ADD
+/// assert(rc == VGPU_OK);
+/// VgpuCompletion done;
+/// rc = vgpu_wait(client, tag, 5000, &done);
+/// assert(rc == VGPU_OK && done.status == 2);
+/// assert(strcmp(vgpu_strerror((int)done.error), "request failed: bad shape") == 0);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_wait(
     client: *mut VgpuClient,
@@ -560,6 +719,18 @@ pub unsafe extern "C" fn vgpu_wait(
 /// # Safety
 ///
 /// As `vgpu_wait`.
+///
+/// ```c
+/// uint32_t tag, sleep[3] = {1000, 0, 0};
+/// int rc = vgpu_submit(client, 3, sleep, NULL, NULL, NULL, &tag); // SLEEP
+/// assert(rc == VGPU_OK);
+/// while ((rc = vgpu_poll(client, tag, NULL)) == VGPU_E_AGAIN) {
+///     // other work meanwhile
+/// }
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_poll(client, tag, NULL); // each answer is delivered once
+/// assert(rc == VGPU_E_UNKNOWN_TAG);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_poll(
     client: *mut VgpuClient,
@@ -586,6 +757,12 @@ pub unsafe extern "C" fn vgpu_poll(
 /// # Safety
 ///
 /// `client` is an open client; `a`, `b` point to `n` floats, `out` to `n` writable ones.
+///
+/// ```c
+/// float a[3] = {1, 2, 3}, b[3] = {10, 20, 30}, sum[3];
+/// int rc = vgpu_vector_add(client, a, b, sum, 3);
+/// assert(rc == VGPU_OK && sum[0] == 11 && sum[2] == 33);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_vector_add(
     client: *mut VgpuClient,
@@ -608,6 +785,12 @@ pub unsafe extern "C" fn vgpu_vector_add(
 /// # Safety
 ///
 /// As `vgpu_vector_add`.
+///
+/// ```c
+/// float x[2] = {1, 2}, y[2] = {0.5f, 0.5f}, out[2];
+/// int rc = vgpu_saxpy(client, 2.0f, x, y, out, 2);
+/// assert(rc == VGPU_OK && out[0] == 2.5f && out[1] == 4.5f);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_saxpy(
     client: *mut VgpuClient,
@@ -631,6 +814,12 @@ pub unsafe extern "C" fn vgpu_saxpy(
 /// # Safety
 ///
 /// `client` is an open client; `x`, `y` point to `n` floats; `out` is valid.
+///
+/// ```c
+/// float x[3] = {1, 2, 3}, y[3] = {4, 5, 6}, dot;
+/// int rc = vgpu_dot(client, x, y, 3, &dot);
+/// assert(rc == VGPU_OK && dot == 32);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_dot(
     client: *mut VgpuClient,
@@ -655,6 +844,13 @@ pub unsafe extern "C" fn vgpu_dot(
 ///
 /// `client` is an open client; `a` points to m·k floats, `b` to k·n, `c` to m·n
 /// writable ones.
+///
+/// ```c
+/// // [1 2; 3 4] x [5 6; 7 8] = [19 22; 43 50]
+/// float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8}, c[4];
+/// int rc = vgpu_matmul(client, a, b, c, 2, 2, 2);
+/// assert(rc == VGPU_OK && c[0] == 19 && c[1] == 22 && c[2] == 43 && c[3] == 50);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_matmul(
     client: *mut VgpuClient,
@@ -684,6 +880,12 @@ pub unsafe extern "C" fn vgpu_matmul(
 /// # Safety
 ///
 /// `client` is an open client; `input` points to `len` bytes, `out` to `len` writable.
+///
+/// ```c
+/// uint8_t back[5];
+/// int rc = vgpu_echo(client, (const uint8_t *)"hello", back, 5);
+/// assert(rc == VGPU_OK && memcmp(back, "hello", 5) == 0);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_echo(
     client: *mut VgpuClient,
@@ -708,6 +910,11 @@ pub unsafe extern "C" fn vgpu_echo(
 /// # Safety
 ///
 /// `client` is an open client.
+///
+/// ```c
+/// int rc = vgpu_sleep_us(client, 1000); // the pool is busy for 1 ms
+/// assert(rc == VGPU_OK);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_sleep_us(client: *mut VgpuClient, us: u32) -> c_int {
     with_client(client, |c| {
@@ -721,6 +928,13 @@ pub unsafe extern "C" fn vgpu_sleep_us(client: *mut VgpuClient, us: u32) -> c_in
 /// # Safety
 ///
 /// `client` is an open client; `label` null or NUL-terminated.
+///
+/// ```c
+/// int rc = vgpu_noop(client, "TEST_HIGH"); // the mediator logs command=TEST_HIGH
+/// assert(rc == VGPU_OK);
+/// rc = vgpu_noop(client, NULL);
+/// assert(rc == VGPU_OK);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_noop(client: *mut VgpuClient, label: *const c_char) -> c_int {
     with_client(client, |c| {
@@ -738,6 +952,14 @@ pub unsafe extern "C" fn vgpu_noop(client: *mut VgpuClient, label: *const c_char
 /// # Safety
 ///
 /// `client` is null or an open client.
+///
+/// ```c
+/// float x = 1;
+/// int rc = vgpu_vector_add(client, &x, NULL, &x, 1);
+/// assert(rc == VGPU_E_INVALID);
+/// fprintf(stderr, "vector_add: %s\n", vgpu_last_error(client)); // names the null operand
+/// assert(strstr(vgpu_last_error(client), "null pointer") != NULL);
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_last_error(client: *const VgpuClient) -> *const c_char {
     // SAFETY: null or an open client (the contract).
@@ -758,6 +980,12 @@ pub unsafe extern "C" fn vgpu_last_error(client: *const VgpuClient) -> *const c_
 /// # Safety
 ///
 /// `client` is an open client.
+///
+/// ```c
+/// const char *warnings = vgpu_warnings(client);
+/// if (*warnings != '\0') fprintf(stderr, "vgpu: %s\n", warnings);
+/// assert(strcmp(warnings, "") == 0); // a region file on the host: nothing to warn of
+/// ```
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgpu_warnings(client: *const VgpuClient) -> *const c_char {
     // SAFETY: an open client (the contract); null is tolerated.
@@ -768,6 +996,12 @@ pub unsafe extern "C" fn vgpu_warnings(client: *const VgpuClient) -> *const c_ch
 }
 
 /// A static description of `code`.
+///
+/// ```c
+/// assert(strcmp(vgpu_strerror(VGPU_E_TIMEOUT), "no answer in time") == 0);
+/// // A positive code is the mediator's error of a failed request.
+/// assert(strcmp(vgpu_strerror(4), "request failed: bad shape") == 0);
+/// ```
 #[unsafe(no_mangle)]
 pub extern "C" fn vgpu_strerror(code: c_int) -> *const c_char {
     static FAILED: std::sync::OnceLock<Vec<CString>> = std::sync::OnceLock::new();

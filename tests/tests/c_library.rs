@@ -128,3 +128,112 @@ fn the_static_library_links() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(Command::new(&exe).output().unwrap().status.success());
 }
+
+/// The C examples of the header, with the item each documents (a function or a type),
+/// in the order they appear: the fenced `c` blocks of its doc comments.
+fn header_examples(header: &str) -> Vec<(String, String)> {
+    let mut examples = Vec::new();
+    let mut found: Vec<String> = Vec::new();
+    let mut block: Option<Vec<&str>> = None;
+    for line in header.lines() {
+        let text = line.trim_start();
+        let doc = text.strip_prefix("* ").or_else(|| text.strip_prefix('*'));
+        if let Some(code) = &mut block {
+            match doc {
+                Some("```") => found.push(block.take().unwrap_or_default().join("\n")),
+                Some(content) => code.push(content),
+                None => panic!("a C example in the header is not closed: {line:?}"),
+            }
+        } else if doc == Some("```c") {
+            block = Some(Vec::new());
+        } else if !found.is_empty() && doc.is_none() && !text.is_empty() && !text.starts_with("/*")
+        {
+            let name = declared(text).unwrap_or_else(|| panic!("what does {line:?} declare?"));
+            examples.extend(found.drain(..).map(|code| (name.clone(), code)));
+        }
+    }
+    examples
+}
+
+/// The function (`vgpu_…`) or type (`typedef struct …`) a header line declares.
+fn declared(line: &str) -> Option<String> {
+    let start = match line.strip_prefix("typedef struct ") {
+        Some(rest) => rest,
+        None => &line[line.find("vgpu_")?..],
+    };
+    let name: String =
+        start.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Every C example in the header (so in the C API's documentation) is compiled, with
+/// warnings as errors, and run against the real mediator: each in a function of its
+/// own that provides `region` (the region file) and, unless the example opens its own,
+/// an open `client`. Every function and every struct of the API has one.
+#[test]
+fn every_c_example_in_the_header_runs() {
+    let header = std::fs::read_to_string(workspace().join("include/vgpu_client.h")).unwrap();
+    let examples = header_examples(&header);
+    let mut api: Vec<String> = header
+        .lines()
+        .filter(|line| line.starts_with("typedef struct ") && line.ends_with('{'))
+        .chain(header.lines().filter(|line| !line.starts_with(' ') && line.contains("vgpu_")))
+        .filter(|line| {
+            !line.starts_with("#") && !line.starts_with("/*") && line.contains(['(', '{'])
+        })
+        .filter_map(declared)
+        .collect();
+    api.sort();
+    api.dedup();
+    assert!(api.len() >= 24, "{api:?}");
+    for item in &api {
+        assert!(examples.iter().any(|(name, _)| name == item), "{item} has no C example");
+    }
+    let mut source = String::from(
+        "#include <assert.h>\n#include <stdint.h>\n#include <stdio.h>\n#include <stdlib.h>\n\
+         #include <string.h>\n#include \"vgpu_client.h\"\n\n\
+         static VgpuClient *open_client(const char *region) {\n\
+         \x20   VgpuOptions options = {0};\n    options.region = region;\n    VgpuClient *client;\n\
+         \x20   if (vgpu_open(&options, &client) != VGPU_OK) {\n\
+         \x20       fprintf(stderr, \"vgpu_open: %s\\n\", vgpu_last_error(NULL));\n        exit(2);\n    }\n\
+         \x20   return client;\n}\n",
+    );
+    for (i, (name, code)) in examples.iter().enumerate() {
+        let own = code.contains("vgpu_open(");
+        source += &format!(
+            "\n/* {name} */\nstatic void example_{i}(const char *region) {{\n    (void)region;\n"
+        );
+        if !own {
+            source += "    VgpuClient *client = open_client(region);\n";
+        }
+        source += &format!("    {{\n{code}\n    }}\n");
+        if !own {
+            source += "    vgpu_close(client);\n";
+        }
+        source += "}\n";
+    }
+    source += "\nint main(int argc, char **argv) {\n    if (argc != 2) return 2;\n";
+    for (i, (name, _)) in examples.iter().enumerate() {
+        source += &format!("    example_{i}(argv[1]);\n    puts(\"ok {name}\");\n");
+    }
+    source += "    return 0;\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (file, exe) = (dir.path().join("examples.c"), dir.path().join("examples"));
+    std::fs::write(&file, &source).unwrap();
+    build(
+        "cc",
+        &file,
+        &exe,
+        &dir.path().join("prefix"),
+        &["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"],
+    );
+    let mut system = System::start(&[('A', "")], &[vm(1, 'A', 1)], "").unwrap();
+    let out = Command::new(&exe).arg(system.region(1)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let ran: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("ok ")).collect();
+    let names: Vec<&str> = examples.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(ran, names, "{stdout}");
+    assert!(system.log().contains("command=TEST_HIGH"), "{}", system.log());
+    assert!(system.stop().unwrap().success());
+}
