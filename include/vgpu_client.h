@@ -416,23 +416,33 @@ int vgpu_stage(struct VgpuClient *client,
 int vgpu_flush(struct VgpuClient *client);
 
 /**
- * Wait up to `timeout_ms` (0: the client's default) for request `tag`; on success
- * `*out` (may be null) describes the answer and its output is in the request's output
- * buffer. Returns `VGPU_OK` when answered, whatever its status (see `out->status`).
+ * Wait up to `timeout_ms` (0: the client's default, `VgpuOptions.timeout_ms`) for
+ * request `tag`; on success `*out` (may be null) describes the answer and its output
+ * is in the request's output buffer. Returns `VGPU_OK` when answered, whatever its
+ * status (see `out->status`). On a failure (`VGPU_E_TIMEOUT`, ...) the request stays
+ * in flight: wait for the same tag again, or poll it.
  *
  * # Safety
  *
  * `client` is an open client; `out` null or valid.
  *
  * ```c
- * // VECTOR_ADD of 1000 floats on 16 bytes of input: answered, with status 2.
- * VgpuBuffer input;
- * int rc = vgpu_buffer_alloc(client, 16, &input);
- * assert(rc == VGPU_OK);
- * uint32_t tag, shape[3] = {1000, 0, 0};
- * rc = vgpu_submit(client, 4, shape, &input, NULL, NULL, &tag); // VECTOR_ADD
+ * // A request of 20 ms, waited for 1 ms at a time.
+ * uint32_t tag, sleep[3] = {20000, 0, 0};
+ * int rc = vgpu_submit(client, 3, sleep, NULL, NULL, NULL, &tag); // SLEEP
  * assert(rc == VGPU_OK);
  * VgpuCompletion done;
+ * int timeouts = 0;
+ * while ((rc = vgpu_wait(client, tag, 1, &done)) == VGPU_E_TIMEOUT) timeouts++;
+ * assert(rc == VGPU_OK && done.status == 1 && timeouts > 0);
+ *
+ * // VECTOR_ADD of 1000 floats on 16 bytes of input: answered, with status 2.
+ * VgpuBuffer input;
+ * rc = vgpu_buffer_alloc(client, 16, &input);
+ * assert(rc == VGPU_OK);
+ * uint32_t shape[3] = {1000, 0, 0};
+ * rc = vgpu_submit(client, 4, shape, &input, NULL, NULL, &tag); // VECTOR_ADD
+ * assert(rc == VGPU_OK);
  * rc = vgpu_wait(client, tag, 5000, &done);
  * assert(rc == VGPU_OK && done.status == 2);
  * assert(strcmp(vgpu_strerror((int)done.error), "request failed: bad shape") == 0);

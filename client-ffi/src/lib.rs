@@ -661,9 +661,11 @@ unsafe fn request(
 
 /// The ticket of request `tag`, out of the client's table.
 fn take_ticket(c: &mut VgpuClient, tag: u32) -> Result<Ticket, Failure> {
-    c.tickets
-        .remove(&tag)
-        .ok_or_else(|| Failure(VGPU_E_UNKNOWN_TAG, format!("tag {tag} is not in flight")))
+    c.tickets.remove(&tag).ok_or_else(|| unknown_tag(tag))
+}
+
+fn unknown_tag(tag: u32) -> Failure {
+    Failure(VGPU_E_UNKNOWN_TAG, format!("tag {tag} is not in flight"))
 }
 
 /// Describe `response` in `*out` unless `out` is null.
@@ -674,23 +676,33 @@ fn report(out: *mut VgpuCompletion, response: &Response) {
     }
 }
 
-/// Wait up to `timeout_ms` (0: the client's default) for request `tag`; on success
-/// `*out` (may be null) describes the answer and its output is in the request's output
-/// buffer. Returns `VGPU_OK` when answered, whatever its status (see `out->status`).
+/// Wait up to `timeout_ms` (0: the client's default, `VgpuOptions.timeout_ms`) for
+/// request `tag`; on success `*out` (may be null) describes the answer and its output
+/// is in the request's output buffer. Returns `VGPU_OK` when answered, whatever its
+/// status (see `out->status`). On a failure (`VGPU_E_TIMEOUT`, ...) the request stays
+/// in flight: wait for the same tag again, or poll it.
 ///
 /// # Safety
 ///
 /// `client` is an open client; `out` null or valid.
 ///
 /// ```c
-/// // VECTOR_ADD of 1000 floats on 16 bytes of input: answered, with status 2.
-/// VgpuBuffer input;
-/// int rc = vgpu_buffer_alloc(client, 16, &input);
-/// assert(rc == VGPU_OK);
-/// uint32_t tag, shape[3] = {1000, 0, 0};
-/// rc = vgpu_submit(client, 4, shape, &input, NULL, NULL, &tag); // VECTOR_ADD
+/// // A request of 20 ms, waited for 1 ms at a time.
+/// uint32_t tag, sleep[3] = {20000, 0, 0};
+/// int rc = vgpu_submit(client, 3, sleep, NULL, NULL, NULL, &tag); // SLEEP
 /// assert(rc == VGPU_OK);
 /// VgpuCompletion done;
+/// int timeouts = 0;
+/// while ((rc = vgpu_wait(client, tag, 1, &done)) == VGPU_E_TIMEOUT) timeouts++;
+/// assert(rc == VGPU_OK && done.status == 1 && timeouts > 0);
+///
+/// // VECTOR_ADD of 1000 floats on 16 bytes of input: answered, with status 2.
+/// VgpuBuffer input;
+/// rc = vgpu_buffer_alloc(client, 16, &input);
+/// assert(rc == VGPU_OK);
+/// uint32_t shape[3] = {1000, 0, 0};
+/// rc = vgpu_submit(client, 4, shape, &input, NULL, NULL, &tag); // VECTOR_ADD
+/// assert(rc == VGPU_OK);
 /// rc = vgpu_wait(client, tag, 5000, &done);
 /// assert(rc == VGPU_OK && done.status == 2);
 /// assert(strcmp(vgpu_strerror((int)done.error), "request failed: bad shape") == 0);
@@ -703,14 +715,16 @@ pub unsafe extern "C" fn vgpu_wait(
     out: *mut VgpuCompletion,
 ) -> c_int {
     with_client(client, |c| {
-        let ticket = take_ticket(c, tag)?;
         let timeout = match timeout_ms {
-            0 => Duration::from_secs(30),
+            0 => c.client.timeout(),
             ms => Duration::from_millis(u64::from(ms)),
         };
-        let response = c.client.wait_response(ticket, timeout)?;
-        report(out, &response);
-        Ok(VGPU_OK)
+        let ticket = c.tickets.get(&tag).ok_or_else(|| unknown_tag(tag))?;
+        // The ticket stays in the table when the wait fails: the tag can be waited for
+        // again.
+        c.client.wait_answered(ticket, timeout)?;
+        let ticket = take_ticket(c, tag)?;
+        complete(c, tag, ticket, out)
     })
 }
 
@@ -739,17 +753,28 @@ pub unsafe extern "C" fn vgpu_poll(
 ) -> c_int {
     with_client(client, |c| {
         let ticket = take_ticket(c, tag)?;
-        match c.client.poll_response(ticket)? {
-            Ok(response) => {
-                report(out, &response);
-                Ok(VGPU_OK)
-            }
-            Err(ticket) => {
-                c.tickets.insert(tag, ticket);
-                Ok(VGPU_E_AGAIN)
-            }
-        }
+        complete(c, tag, ticket, out)
     })
+}
+
+/// Redeem `ticket` (of request `tag`) if its answer has arrived, describing it in
+/// `*out`; else put the ticket back and say `VGPU_E_AGAIN`.
+fn complete(
+    c: &mut VgpuClient,
+    tag: u32,
+    ticket: Ticket,
+    out: *mut VgpuCompletion,
+) -> Result<c_int, Failure> {
+    match c.client.poll_response(ticket)? {
+        Ok(response) => {
+            report(out, &response);
+            Ok(VGPU_OK)
+        }
+        Err(ticket) => {
+            c.tickets.insert(tag, ticket);
+            Ok(VGPU_E_AGAIN)
+        }
+    }
 }
 
 /// `out[i] = a[i] + b[i]` for `n` floats, on the host.

@@ -936,6 +936,26 @@ impl Client {
         &self.slot
     }
 
+    /// The default timeout of the typed helpers and [`call`](Self::call)
+    /// ([`ClientOptions::timeout`]).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// use std::time::Duration;
+    /// use vgpu_client::{Client, ClientOptions};
+    /// let options = ClientOptions {
+    ///     region: Some(sandbox.region().into()),
+    ///     timeout: Duration::from_secs(2),
+    ///     ..ClientOptions::default()
+    /// };
+    /// assert_eq!(Client::attach(&options)?.timeout(), Duration::from_secs(2));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Requests submitted and not yet redeemed.
     ///
     /// ```
@@ -1462,14 +1482,18 @@ impl Client {
     /// range (offset, capacity), which stays reserved (retired) while it is read.
     #[inline]
     fn take_answer(&mut self, tag: u32) -> Option<Answer> {
-        // A staged request is never waited for unpublished.
-        self.flush();
-        let response = match self.in_flight.take_answer(tag) {
-            Some(response) => response,
-            None => self.poll_responses(tag)?,
-        };
+        let response = self.take_response(tag)?;
         let output = self.finish(tag).map_or((0, 0), |e| e.output);
         Some(Answer { response, output })
+    }
+
+    /// The response to `tag` if it has arrived (kept in the table earlier, or next in
+    /// the ring); the request stays in the table.
+    #[inline]
+    fn take_response(&mut self, tag: u32) -> Option<Response> {
+        // A staged request is never waited for unpublished.
+        self.flush();
+        self.in_flight.take_answer(tag).or_else(|| self.poll_responses(tag))
     }
 
     /// The answer with its output bytes copied out of the arena.
@@ -1484,7 +1508,9 @@ impl Client {
 
     /// Wait up to `timeout` for `ticket`'s completion, polling as the [`Wait`] strategy
     /// says. A mediator restart is not an error: the new mediator executes the
-    /// request and answers (see [`Notice`]).
+    /// request and answers (see [`Notice`]). On an error the request is abandoned (its
+    /// answer is dropped when it comes); to wait again after a timeout, use
+    /// [`wait_answered`](Self::wait_answered).
     ///
     /// ```
     /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
@@ -1565,16 +1591,67 @@ impl Client {
         Ok(self.poll_answer(ticket)?.map(|answer| answer.response))
     }
 
+    /// Wait up to `timeout` until `ticket`'s answer has arrived, keeping the ticket:
+    /// redeem it then with [`try_complete`](Self::try_complete) or
+    /// [`poll_response`](Self::poll_response), which succeed at once. On an error
+    /// (e.g. [`ClientError::Timeout`]) the request stays in flight, to be waited for
+    /// again.
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// use std::time::Duration;
+    /// use vgpu_client::ClientError;
+    /// let ticket = client.submit(&vgpu_client::Call::sleep(20_000))?;
+    /// let e = client.wait_answered(&ticket, Duration::from_millis(1)).unwrap_err();
+    /// assert!(matches!(e, ClientError::Timeout(_)), "{e}");
+    /// // Still in flight: wait some more, then take the answer.
+    /// client.wait_answered(&ticket, Duration::from_secs(5))?;
+    /// let done = client.try_complete(ticket)?.expect("answered");
+    /// assert!(done.succeeded());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn wait_answered(&mut self, ticket: &Ticket, timeout: Duration) -> Result<(), ClientError> {
+        let tag = ticket.tag;
+        self.wait_until(timeout, |client| {
+            // Kept in the table, where the ticket's redemption finds it.
+            let response = client.take_response(tag)?;
+            client.in_flight.deliver(response);
+            Some(())
+        })
+    }
+
     /// [`wait`](Self::wait), leaving the output in the arena.
+    #[inline]
     fn wait_answer(&mut self, ticket: Ticket, timeout: Duration) -> Result<Answer, ClientError> {
+        let result = self.wait_until(timeout, |client| client.take_answer(ticket.tag));
+        if result.is_err() {
+            self.in_flight.abandon(ticket.tag);
+        }
+        result
+    }
+
+    /// Poll until `ready` gives a value or `timeout` passes (or the slot fails), as the
+    /// [`Wait`] strategy says, watching the mediator's heartbeat meanwhile.
+    #[inline]
+    fn wait_until<T>(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Result<T, ClientError> {
         // The clock is read lazily (about 60 ns in a VM): an answer that arrives within
         // the first polls costs no clock read at all.
         let mut start = None;
         let mut sleep = Duration::from_micros(1);
         let mut polls: u32 = 0;
         loop {
-            if let Some(answer) = self.take_answer(ticket.tag) {
-                return Ok(answer);
+            if let Some(value) = ready(self) {
+                return Ok(value);
             }
             polls = polls.wrapping_add(1);
             // Deadline, slot state, liveness and back-off every 64 polls (about a
@@ -1582,14 +1659,9 @@ impl Client {
             if polls.is_multiple_of(64) {
                 let now = Instant::now();
                 let waited = now - *start.get_or_insert(now);
-                let failure = match self.check_slot() {
-                    Err(e) => Some(e),
-                    Ok(()) if waited > timeout => Some(self.timeout_error(timeout)),
-                    Ok(()) => None,
-                };
-                if let Some(e) = failure {
-                    self.in_flight.abandon(ticket.tag);
-                    return Err(e);
+                self.check_slot()?;
+                if waited > timeout {
+                    return Err(self.timeout_error(timeout));
                 }
                 self.check_alive();
                 if let Wait::Adaptive { spin, max_sleep } = self.wait
