@@ -19,25 +19,91 @@ use vgpu_client::{Client as RustClient, ClientError, ClientOptions, Ticket, Wait
 use vgpu_ring::Opcode;
 
 create_exception!(
-    _vgpu,
+    vgpu,
     VgpuError,
     PyException,
-    "A vgpu request or client failed; `code` says how (see vgpu.ErrorCode)."
+    "A vgpu request or client failed; `code` says how (see vgpu.ErrorCode).
+
+>>> try:
+...     vgpu.Client('/nonexistent/region')
+... except vgpu.VgpuError as e:
+...     print(e.code, e)
+-3 region: /nonexistent/region: No such file or directory (os error 2)
+"
 );
-create_exception!(_vgpu, RequestFailed, VgpuError, "The mediator answered with an error code.");
-create_exception!(_vgpu, VgpuTimeout, VgpuError, "No answer in time.");
-create_exception!(_vgpu, NoDevice, VgpuError, "No ivshmem device with a vgpu region was found.");
 create_exception!(
-    _vgpu,
+    vgpu,
+    RequestFailed,
+    VgpuError,
+    "The mediator answered with an error code (`code`, see vgpu.ErrorCode).
+
+>>> with vgpu.Client(region) as gpu:
+...     try:
+...         gpu.sleep_us(2**32 - 1)
+...     except vgpu.RequestFailed as e:
+...         print(vgpu.ErrorCode(e.code).name, e)
+BAD_SHAPE request failed: bad shape
+"
+);
+create_exception!(
+    vgpu,
+    VgpuTimeout,
+    VgpuError,
+    "No answer in time.
+
+>>> with vgpu.Client(region) as gpu:
+...     tag = gpu.submit(vgpu.Opcode.SLEEP, args=(50_000, 0, 0))
+...     try:
+...         gpu.wait(tag, timeout=0.001)
+...     except vgpu.VgpuTimeout as e:
+...         print(e)
+...     gpu.wait(tag).ok      # still in flight: it can be waited for again
+no response within 1ms
+True
+"
+);
+create_exception!(
+    vgpu,
+    NoDevice,
+    VgpuError,
+    "No ivshmem device with a vgpu region was found (in a guest: is the VM's ivshmem
+device attached?).
+
+>>> try:
+...     vgpu.Client()        # on a host: no ivshmem device in its sysfs
+... except vgpu.NoDevice as e:
+...     print(e.code)
+-2
+"
+);
+create_exception!(
+    vgpu,
     MediatorUnavailable,
     VgpuError,
-    "No mediator serves the region, or it stopped answering."
+    "No mediator serves the region, or it stopped answering.
+
+>>> def attach(path):
+...     try:
+...         return vgpu.Client(path)
+...     except vgpu.MediatorUnavailable:
+...         return None      # start vgpu-mediator on the host and try again
+>>> gpu = attach(region)
+>>> gpu.close()
+"
 );
 create_exception!(
-    _vgpu,
+    vgpu,
     Busy,
     VgpuError,
-    "No room: the ring or arena is full, or another client holds the slot."
+    "No room: the ring or arena is full, or another client holds the slot.
+
+>>> with vgpu.Client(region) as gpu:
+...     try:
+...         vgpu.Client(region)
+...     except vgpu.Busy as e:
+...         print(e.code)
+-6
+"
 );
 
 /// The Python exception for `e`, with its `code` attribute set (the C library's
@@ -63,6 +129,11 @@ fn raise(py: Python<'_>, e: &ClientError) -> PyErr {
 }
 
 /// An answered request.
+///
+/// >>> with vgpu.Client(region) as gpu:
+/// ...     done = gpu.wait(gpu.submit(vgpu.Opcode.ECHO, input=b"hi", output_len=2))
+/// >>> done.ok, done.status, done.error, done.output
+/// (True, 1, 0, b'hi')
 #[pyclass(module = "vgpu", frozen, get_all)]
 struct Completion {
     /// The request's tag.
@@ -288,17 +359,22 @@ impl Client {
         Ok(())
     }
 
-    /// Wait for request `tag` (timeout in seconds; None: the client's default).
+    /// Wait for request `tag` (timeout in seconds; None: the client's default); on a
+    /// failure (e.g. a timeout) the request stays in flight.
     #[pyo3(signature = (tag, timeout=None))]
     fn wait(&mut self, py: Python<'_>, tag: u32, timeout: Option<f64>) -> PyResult<Completion> {
-        let ticket = self.take(tag)?;
         let timeout = match timeout {
             Some(t) => Duration::try_from_secs_f64(t)
                 .map_err(|_| pyo3::exceptions::PyValueError::new_err("timeout must be positive"))?,
-            None => Duration::from_secs(30),
+            None => self.client()?.timeout(),
         };
-        let done = self.run(py, |c| c.wait(ticket, timeout))?;
-        Ok(completion(py, &done))
+        let ticket = self.take(tag)?;
+        let waited = self.run(py, |c| c.wait_answered(&ticket, timeout));
+        // Kept when the wait fails too: the request can be waited for again.
+        self.tickets.insert(tag, ticket);
+        waited?;
+        self.poll(py, tag)?
+            .ok_or_else(|| VgpuError::new_err(format!("request {tag} answered but not found")))
     }
 
     /// The completion of request `tag` if it has arrived, else None.

@@ -106,3 +106,20 @@ def test_errors_are_exceptions_with_codes(region):
     closed.close()
     with pytest.raises(vgpu.VgpuError):
         closed.noop()
+
+
+def test_every_example_in_the_docs_runs(region):
+    """The examples in the package's docstrings run against the real mediator (with
+    ``region`` its region file), and every public class, method and property has one."""
+    import doctest
+
+    tests = doctest.DocTestFinder().find(vgpu, globs={"vgpu": vgpu, "np": np, "region": region})
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0
+    documented = {test.name for test in tests if test.examples}
+    public = {f"vgpu.{name}" for name in vgpu.__all__ if getattr(vgpu, name).__module__ == "vgpu"}
+    public |= {f"vgpu.Client.{name}" for name in vars(vgpu.Client) if not name.startswith("_")}
+    assert public | {"vgpu"} <= documented, sorted(public - documented)
