@@ -563,6 +563,21 @@ impl std::fmt::Display for Notice {
     }
 }
 
+/// Where a wait stands: its polls so far, when it started (the clock is read lazily,
+/// about 60 ns in a VM: an answer that arrives within the first polls costs no clock
+/// read at all), and its next sleep.
+struct Waiting {
+    polls: u32,
+    start: Option<Instant>,
+    sleep: Duration,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        Self { polls: 0, start: None, sleep: Duration::from_micros(1) }
+    }
+}
+
 /// A response taken for its ticket, with the request's output range (offset, capacity)
 /// in the arena.
 struct Answer {
@@ -1617,61 +1632,61 @@ impl Client {
     ///
     /// As [`wait`](Self::wait).
     pub fn wait_answered(&mut self, ticket: &Ticket, timeout: Duration) -> Result<(), ClientError> {
-        let tag = ticket.tag;
-        self.wait_until(timeout, |client| {
-            // Kept in the table, where the ticket's redemption finds it.
-            let response = client.take_response(tag)?;
-            client.in_flight.deliver(response);
-            Some(())
-        })
+        let mut waiting = Waiting::new();
+        loop {
+            if let Some(response) = self.take_response(ticket.tag) {
+                // Kept in the table, where the ticket's redemption finds it.
+                self.in_flight.deliver(response);
+                return Ok(());
+            }
+            self.between_polls(&mut waiting, timeout)?;
+        }
     }
 
     /// [`wait`](Self::wait), leaving the output in the arena.
-    #[inline]
     fn wait_answer(&mut self, ticket: Ticket, timeout: Duration) -> Result<Answer, ClientError> {
-        let result = self.wait_until(timeout, |client| client.take_answer(ticket.tag));
-        if result.is_err() {
-            self.in_flight.abandon(ticket.tag);
+        let mut waiting = Waiting::new();
+        loop {
+            if let Some(answer) = self.take_answer(ticket.tag) {
+                return Ok(answer);
+            }
+            if let Err(e) = self.between_polls(&mut waiting, timeout) {
+                self.in_flight.abandon(ticket.tag);
+                return Err(e);
+            }
         }
-        result
     }
 
-    /// Poll until `ready` gives a value or `timeout` passes (or the slot fails), as the
-    /// [`Wait`] strategy says, watching the mediator's heartbeat meanwhile.
+    /// Between two polls of a wait: every 64 polls (about a microsecond), the deadline,
+    /// the slot's state, the mediator's liveness and the back-off the [`Wait`] strategy
+    /// asks for.
     #[inline]
-    fn wait_until<T>(
+    fn between_polls(
         &mut self,
+        waiting: &mut Waiting,
         timeout: Duration,
-        mut ready: impl FnMut(&mut Self) -> Option<T>,
-    ) -> Result<T, ClientError> {
-        // The clock is read lazily (about 60 ns in a VM): an answer that arrives within
-        // the first polls costs no clock read at all.
-        let mut start = None;
-        let mut sleep = Duration::from_micros(1);
-        let mut polls: u32 = 0;
-        loop {
-            if let Some(value) = ready(self) {
-                return Ok(value);
-            }
-            polls = polls.wrapping_add(1);
-            // Deadline, slot state, liveness and back-off every 64 polls (about a
-            // microsecond).
-            if polls.is_multiple_of(64) {
-                let now = Instant::now();
-                let waited = now - *start.get_or_insert(now);
-                self.check_slot()?;
-                if waited > timeout {
-                    return Err(self.timeout_error(timeout));
-                }
-                self.check_alive();
-                if let Wait::Adaptive { spin, max_sleep } = self.wait
-                    && waited > spin
-                {
-                    std::thread::sleep(sleep);
-                    sleep = (sleep * 2).min(max_sleep);
-                }
-            }
+    ) -> Result<(), ClientError> {
+        waiting.polls = waiting.polls.wrapping_add(1);
+        if waiting.polls.is_multiple_of(64) { self.pause(waiting, timeout) } else { Ok(()) }
+    }
+
+    /// [`between_polls`](Self::between_polls)' every 64th.
+    #[inline(never)]
+    fn pause(&mut self, waiting: &mut Waiting, timeout: Duration) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let waited = now - *waiting.start.get_or_insert(now);
+        self.check_slot()?;
+        if waited > timeout {
+            return Err(self.timeout_error(timeout));
         }
+        self.check_alive();
+        if let Wait::Adaptive { spin, max_sleep } = self.wait
+            && waited > spin
+        {
+            std::thread::sleep(waiting.sleep);
+            waiting.sleep = (waiting.sleep * 2).min(max_sleep);
+        }
+        Ok(())
     }
 
     /// A ring found corrupt: because the file under the mapping shrank, or because the
