@@ -67,6 +67,13 @@ fn run(cli: &Cli) -> Result<()> {
 
 /// Run the daemon with command-line `args` (the first is the program name) until
 /// SIGINT or SIGTERM; exit status 0 after a clean stop, 1 on an error.
+///
+/// ```
+/// use std::process::ExitCode;
+/// // A configuration that cannot be read: a message on stderr and exit status 1.
+/// let code = vgpu_mediator::cli::main_from(["vgpu-mediator", "--config", "/nonexistent/vgpu.toml"]);
+/// assert_eq!(code, ExitCode::FAILURE);
+/// ```
 pub fn main_from<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,

@@ -53,6 +53,16 @@ enum KernelSource {
 }
 
 /// Why the CUDA executor cannot start.
+///
+/// ```
+/// use vgpu_mediator::cuda::{CudaError, CudaExecutor};
+/// match CudaExecutor::new(0) {
+///     Ok(_) => println!("GPU 0 is usable"),
+///     // On a host without the NVIDIA driver, the pool refuses to start (or falls back).
+///     Err(CudaError::NoDriver) => println!("no CUDA driver here"),
+///     Err(e) => println!("GPU 0 unusable: {e}"),
+/// }
+/// ```
 #[derive(Debug, Error)]
 pub enum CudaError {
     /// The driver library (`libcuda.so`) is not installed.
@@ -100,6 +110,17 @@ struct Registered {
 }
 
 /// Runs a pool's compute operations on one GPU.
+///
+/// ```
+/// use vgpu_mediator::executor::Executor;
+/// match vgpu_mediator::cuda::CudaExecutor::new(0) {
+///     Ok(gpu) => {
+///         assert!(gpu.offloads_compute(), "every compute job goes to the GPU");
+///         assert_eq!(gpu.describe().0, "cuda");
+///     }
+///     Err(e) => println!("no GPU here: {e}"),
+/// }
+/// ```
 pub struct CudaExecutor {
     /// The device's ordinal and name (for metrics).
     device: String,
@@ -178,6 +199,12 @@ fn shape(op: Opcode, [a0, a1, a2]: [u32; 3]) -> (usize, usize, usize) {
 impl CudaExecutor {
     /// Open device `device` (its primary context), create this pool's stream and compile
     /// the kernels.
+    ///
+    /// ```
+    /// if let Ok(gpu) = vgpu_mediator::cuda::CudaExecutor::new(0) {
+    ///     println!("{:?}", vgpu_mediator::executor::Executor::describe(&gpu));
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -341,6 +368,17 @@ impl CudaExecutor {
 
     /// Run a compute job on input floats; returns the output floats (the direct,
     /// in-process call that `vgpu-cuda-bench` times).
+    ///
+    /// ```
+    /// use vgpu_ring::Opcode;
+    /// if let Ok(mut gpu) = vgpu_mediator::cuda::CudaExecutor::new(0) {
+    ///     // a ‖ b, as a request's input.
+    ///     let sum = gpu.compute(Opcode::VectorAdd, [2, 0, 0], &[1.0, 2.0, 10.0, 20.0])?;
+    ///     assert_eq!(sum, [11.0, 22.0]);
+    ///     assert!(gpu.compute(Opcode::VectorAdd, [2, 0, 0], &[1.0]).is_err(), "short input");
+    /// }
+    /// # Ok::<(), vgpu_mediator::cuda::CudaError>(())
+    /// ```
     ///
     /// # Errors
     ///

@@ -22,6 +22,12 @@ use vgpu_doorbell::Bell;
 use vgpu_ring::PoolId;
 
 /// Host `CLOCK_MONOTONIC` in nanoseconds (the heartbeat's clock).
+///
+/// ```
+/// use vgpu_mediator::daemon::monotonic_ns;
+/// let (a, b) = (monotonic_ns(), monotonic_ns());
+/// assert!(a > 0 && b >= a);
+/// ```
 #[must_use]
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -29,6 +35,21 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// The executor a pool's configuration asks for.
+///
+/// ```
+/// use vgpu_mediator::daemon::executor_for;
+/// use vgpu_ring::PoolId;
+/// let config = vgpu_config::Config::parse(
+///     "[regions]\ndir = \"/tmp\"\n[pools.A]\n[pools.G]\nbackend = \"cuda\"\nfallback = \"cpu\"\n\
+///      [[vm]]\nid = 1\npool = \"A\"\npriority = 0\n",
+/// )?;
+/// let cpu = executor_for(&config.pools[&PoolId::new(b'A').unwrap()])?;
+/// assert_eq!(cpu.describe().0, "cpu");
+/// // A CUDA pool with a CPU fallback always gets an executor: the GPU, or the CPU.
+/// let gpu = executor_for(&config.pools[&PoolId::new(b'G').unwrap()])?;
+/// println!("pool G runs on {:?}", gpu.describe());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 ///
 /// # Errors
 ///
@@ -194,6 +215,14 @@ impl Stop {
 }
 
 /// How [`serve`] runs.
+///
+/// ```
+/// use vgpu_mediator::daemon::ServeOptions;
+/// use vgpu_mediator::dispatcher::OnStop;
+/// // What `vgpu-mediator --quiet-requests` serves with.
+/// let options = ServeOptions { log_requests: false, on_stop: OnStop::Keep };
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     /// Log the per-request `[QUEUE]`/`[PROCESS]`/`[RESPONSE]` lines.
@@ -314,6 +343,33 @@ fn watch_holder(
 }
 
 /// Serve `config` until `stop` is requested; returns each pool's counters.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use vgpu_mediator::daemon::{ServeOptions, Stop, serve};
+/// use vgpu_mediator::dispatcher::OnStop;
+/// # let dir = tempfile::tempdir()?;
+/// # let config = vgpu_config::Config::parse(&format!(
+/// #     "[regions]\ndir = {:?}\nsize = \"4M\"\narena_size = \"1M\"\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 0\n",
+/// #     dir.path()
+/// # ))?;
+/// # let vm = &config.vms[0];
+/// # vgpu_ring::Region::create(&vm.region, config.region_size, config.geometry, &[vm.identity().slot()], false)?;
+/// let stop = Arc::new(Stop::new()?);
+/// let stopper = {
+///     let stop = Arc::clone(&stop);
+///     std::thread::spawn(move || {
+///         std::thread::sleep(Duration::from_millis(100));
+///         stop.request();
+///     })
+/// };
+/// // Serves the VMs of `config` for 100 ms.
+/// let stats = serve(&config, &stop, ServeOptions { log_requests: false, on_stop: OnStop::Drain })?;
+/// stopper.join().unwrap();
+/// assert_eq!(stats.len(), 1, "pool A");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 ///

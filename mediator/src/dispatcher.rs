@@ -48,6 +48,24 @@ impl Pending {
 type Finished = Executed<Pending>;
 
 /// What a dispatcher answered (reported at shutdown; read from its VMs' metrics).
+///
+/// ```
+/// use vgpu_mediator::daemon::{ServeOptions, Stop, serve};
+/// use vgpu_mediator::dispatcher::OnStop;
+/// # let dir = tempfile::tempdir()?;
+/// # let config = vgpu_config::Config::parse(&format!(
+/// #     "[regions]\ndir = {:?}\nsize = \"4M\"\narena_size = \"1M\"\n[pools.A]\n[[vm]]\nid = 1\npool = \"A\"\npriority = 0\n",
+/// #     dir.path()
+/// # ))?;
+/// # let vm = &config.vms[0];
+/// # vgpu_ring::Region::create(&vm.region, config.region_size, config.geometry, &[vm.identity().slot()], false)?;
+/// let stop = Stop::new()?;
+/// stop.request(); // stop at once, once the regions are attached
+/// let stats = serve(&config, &stop, ServeOptions { log_requests: false, on_stop: OnStop::Keep })?;
+/// let pool_a = &stats[&vgpu_ring::PoolId::new(b'A').unwrap()];
+/// assert_eq!((pool_a.succeeded, pool_a.failed), (0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DispatcherStats {
     /// Requests answered with status 1.
@@ -57,6 +75,16 @@ pub struct DispatcherStats {
 }
 
 /// What a dispatcher does with the requests still queued when it stops.
+///
+/// ```
+/// use vgpu_mediator::daemon::ServeOptions;
+/// use vgpu_mediator::dispatcher::OnStop;
+/// // A restart (the default): queued requests wait in the rings for the next mediator.
+/// let restart = ServeOptions { log_requests: true, on_stop: OnStop::Keep };
+/// // The host stops for good: guests learn at once (error 8, shutting down).
+/// let for_good = ServeOptions { log_requests: true, on_stop: OnStop::Drain };
+/// assert_ne!(restart.on_stop, for_good.on_stop);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStop {
     /// Leave them in the rings, unanswered, for the next mediator (a restart).
@@ -119,7 +147,7 @@ const COLD_SLICE: usize = 16;
 const STOP_TOKEN: u64 = u64::MAX;
 
 /// A pool's dispatcher.
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     watches: Vec<Watch>,
     /// Indices of the watches a pass scans: attached VMs neither asleep nor cold.
     scan: Vec<usize>,
@@ -277,7 +305,7 @@ impl Dispatcher {
     /// Serve until `shutdown` is set, then finish the job in hand and, as `on_stop`
     /// says, leave the queued requests in the rings or answer them; returns the
     /// counters.
-    pub fn run(mut self, shutdown: &AtomicBool, on_stop: OnStop) -> DispatcherStats {
+    pub(crate) fn run(mut self, shutdown: &AtomicBool, on_stop: OnStop) -> DispatcherStats {
         // When the last work was done; `None`: in a pass that did not read the clock
         // (the next idle check stands in for it).
         let mut last_work = Some(Instant::now());

@@ -9,6 +9,14 @@ use zerocopy::IntoBytes;
 
 /// A validated request: the operation and arena ranges that were checked against the
 /// slot's arena.
+///
+/// ```
+/// use vgpu_mediator::executor::Job;
+/// use vgpu_ring::Opcode;
+/// // VECTOR_ADD of 1,024 floats: operands a ‖ b at 0, the sum at 8,192.
+/// let job = Job { op: Opcode::VectorAdd, args: [1024, 0, 0], input: (0, 8192), output: (8192, 4096) };
+/// assert!(job.is_compute() && !job.is_long());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Job {
     /// The operation.
@@ -27,12 +35,28 @@ impl Job {
     pub const INLINE_LIMIT: u64 = 64 * 1024;
 
     /// Whether the job is arithmetic on f32 data (what a GPU executor runs).
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::Job;
+    /// use vgpu_ring::Opcode;
+    /// let job = |op| Job { op, args: [0; 3], input: (0, 0), output: (0, 0) };
+    /// assert!(job(Opcode::Matmul).is_compute());
+    /// assert!(!job(Opcode::Echo).is_compute());
+    /// ```
     #[must_use]
     pub fn is_compute(&self) -> bool {
         matches!(self.op, Opcode::VectorAdd | Opcode::Saxpy | Opcode::Dot | Opcode::Matmul)
     }
 
     /// Whether the job is long enough to run off the dispatcher thread.
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::Job;
+    /// use vgpu_ring::Opcode;
+    /// let add = |n| Job { op: Opcode::VectorAdd, args: [n, 0, 0], input: (0, 0), output: (0, 0) };
+    /// assert!(!add(8191).is_long(), "inline on the dispatcher");
+    /// assert!(add(8192).is_long(), "64 KiB of operands: the executor thread");
+    /// ```
     #[must_use]
     pub fn is_long(&self) -> bool {
         let [a, b, c] = self.args.map(u64::from);
@@ -58,6 +82,18 @@ pub(crate) fn read_f32s(slot: &Slot, (offset, len): (u32, u32)) -> Result<Vec<f3
 
 /// Write `bytes` into `slot`'s arena at `offset`; returns the bytes written.
 ///
+/// ```
+/// use vgpu_mediator::executor::write_bytes;
+/// use vgpu_ring::ErrorCode;
+/// # let dir = tempfile::tempdir()?;
+/// # let geometry = vgpu_ring::Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+/// # let region = std::sync::Arc::new(vgpu_ring::Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false)?);
+/// let slot = region.slot(0)?;
+/// assert_eq!(write_bytes(&slot, 0, b"answer"), Ok(6));
+/// assert_eq!(write_bytes(&slot, 4094, b"answer"), Err(ErrorCode::BadRange), "past the arena");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 ///
 /// [`ErrorCode::BadRange`] if the range is outside the arena.
@@ -68,6 +104,19 @@ pub fn write_bytes(slot: &Slot, offset: u32, bytes: &[u8]) -> Result<u32, ErrorC
 
 /// Write f32s little-endian into `slot`'s arena at `offset`; returns the bytes written.
 ///
+/// ```
+/// use vgpu_mediator::executor::write_f32s;
+/// # let dir = tempfile::tempdir()?;
+/// # let geometry = vgpu_ring::Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+/// # let region = std::sync::Arc::new(vgpu_ring::Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false)?);
+/// let slot = region.slot(0)?;
+/// assert_eq!(write_f32s(&slot, 64, &[1.0, 2.0]), Ok(8));
+/// let mut bytes = [0; 4];
+/// slot.arena_read(68, &mut bytes)?;
+/// assert_eq!(f32::from_le_bytes(bytes), 2.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 ///
 /// As [`write_bytes`].
@@ -76,8 +125,39 @@ pub fn write_f32s(slot: &Slot, offset: u32, values: &[f32]) -> Result<u32, Error
 }
 
 /// Something that runs jobs.
+///
+/// ```
+/// use vgpu_mediator::executor::{Executor, Job};
+/// use vgpu_ring::{ErrorCode, Slot};
+/// /// An executor that refuses every job.
+/// struct Closed;
+/// impl Executor for Closed {
+///     fn execute(&mut self, _job: &Job, _slot: &Slot) -> Result<u32, ErrorCode> {
+///         Err(ErrorCode::ExecutorFailed)
+///     }
+/// }
+/// // The provided methods: small compute jobs stay on the dispatcher, reported as the CPU.
+/// assert!(!Closed.offloads_compute());
+/// assert_eq!(Closed.describe(), ("cpu", "cpu".to_owned()));
+/// ```
 pub trait Executor: Send {
     /// Run `job` on `slot`'s arena; returns the number of output bytes written.
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::{CpuExecutor, Executor, Job, write_f32s};
+    /// use vgpu_ring::Opcode;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let geometry = vgpu_ring::Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+    /// # let region = std::sync::Arc::new(vgpu_ring::Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false)?);
+    /// let slot = region.slot(0)?;
+    /// write_f32s(&slot, 0, &[1.0, 2.0, 10.0, 20.0])?; // a ‖ b
+    /// let job = Job { op: Opcode::VectorAdd, args: [2, 0, 0], input: (0, 16), output: (64, 8) };
+    /// assert_eq!(CpuExecutor::default().execute(&job, &slot), Ok(8));
+    /// let mut sum = [0; 8];
+    /// slot.arena_read(64, &mut sum)?;
+    /// assert_eq!(sum, [11.0f32, 22.0].map(f32::to_le_bytes).concat()[..]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -86,11 +166,22 @@ pub trait Executor: Send {
 
     /// Whether every compute job (see [`Job::is_compute`]) should go to this executor,
     /// however small; otherwise small jobs run inline on the dispatcher, on the CPU.
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::{CpuExecutor, Executor};
+    /// // A CPU pool runs small compute jobs inline; a CUDA pool's executor takes them all.
+    /// assert!(!CpuExecutor::default().offloads_compute());
+    /// ```
     fn offloads_compute(&self) -> bool {
         false
     }
 
     /// The backend (`cpu`, `cuda`) and the device, as metrics report them.
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::{CpuExecutor, Executor};
+    /// assert_eq!(CpuExecutor::default().describe(), ("cpu", "cpu".to_owned()));
+    /// ```
     fn describe(&self) -> (&'static str, String) {
         ("cpu", "cpu".to_owned())
     }
@@ -99,11 +190,36 @@ pub trait Executor: Send {
     /// jobs. The CUDA executor registers the slot's arena with the driver here, so that
     /// the GPU copies operands and results straight from and to it. Called on the
     /// executor's thread, before any job of that attach.
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::{CpuExecutor, Executor};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let geometry = vgpu_ring::Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+    /// # let region = std::sync::Arc::new(vgpu_ring::Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false)?);
+    /// let slot = region.slot(0)?;
+    /// let mut executor = CpuExecutor::default();
+    /// executor.attach(&slot); // the CPU needs nothing; a GPU registers the arena
+    /// executor.detach(&slot);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn attach(&mut self, _slot: &Slot) {}
 
     /// `slot` is let go (its VM was quarantined): undo [`attach`](Self::attach). Called
     /// after every job of that slot handed to the executor before has finished. At
     /// stop the executor is dropped instead.
+    ///
+    /// ```
+    /// use vgpu_mediator::executor::{CpuExecutor, Executor};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let geometry = vgpu_ring::Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+    /// # let region = std::sync::Arc::new(vgpu_ring::Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false)?);
+    /// let slot = region.slot(0)?;
+    /// let mut executor = CpuExecutor::default();
+    /// executor.attach(&slot);
+    /// // ... jobs of the slot ...
+    /// executor.detach(&slot); // its VM was quarantined
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn detach(&mut self, _slot: &Slot) {}
 }
 
@@ -257,6 +373,23 @@ impl<T> Drop for ExecutorThread<T> {
 /// Input and output never overlap (validation refuses it), so streaming gives the same
 /// answer as copying everything first. MATMUL, which reads its operands out of order,
 /// copies them whole into the same reused buffers.
+///
+/// ```
+/// use vgpu_mediator::executor::{CpuExecutor, Executor, Job, write_bytes};
+/// use vgpu_ring::Opcode;
+/// # let dir = tempfile::tempdir()?;
+/// # let geometry = vgpu_ring::Geometry { slot_count: 1, ring_entries: 16, arena_size: 4096 };
+/// # let region = std::sync::Arc::new(vgpu_ring::Region::create(&dir.path().join("r"), 1 << 16, geometry, &[], false)?);
+/// let slot = region.slot(0)?;
+/// write_bytes(&slot, 0, b"ping")?;
+/// let echo = Job { op: Opcode::Echo, args: [0; 3], input: (0, 4), output: (64, 4) };
+/// let mut executor = CpuExecutor::default();
+/// assert_eq!(executor.execute(&echo, &slot), Ok(4));
+/// let mut back = [0; 4];
+/// slot.arena_read(64, &mut back)?;
+/// assert_eq!(&back, b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct CpuExecutor {
     a: Vec<f32>,
@@ -354,24 +487,41 @@ impl Executor for CpuExecutor {
 }
 
 /// `a + b`, element-wise.
+///
+/// ```
+/// assert_eq!(vgpu_mediator::executor::vector_add(&[1.0, 2.0], &[3.0, 4.0]), [4.0, 6.0]);
+/// ```
 #[must_use]
 pub fn vector_add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
 
 /// `alpha * x + y`, element-wise.
+///
+/// ```
+/// assert_eq!(vgpu_mediator::executor::saxpy(2.0, &[1.0, 2.0], &[1.0, 1.0]), [3.0, 5.0]);
+/// ```
 #[must_use]
 pub fn saxpy(alpha: f32, x: &[f32], y: &[f32]) -> Vec<f32> {
     x.iter().zip(y).map(|(x, y)| alpha * x + y).collect()
 }
 
 /// `Σ x[i] * y[i]`, summed in order.
+///
+/// ```
+/// assert_eq!(vgpu_mediator::executor::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+/// ```
 #[must_use]
 pub fn dot(x: &[f32], y: &[f32]) -> f32 {
     x.iter().zip(y).map(|(x, y)| x * y).sum()
 }
 
 /// `A (m×k) × B (k×n)`, row-major; each element summed in order of k.
+///
+/// ```
+/// let c = vgpu_mediator::executor::matmul(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0], 2, 2, 2);
+/// assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+/// ```
 #[must_use]
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut c = vec![0.0; m * n];

@@ -6,6 +6,17 @@
 use std::time::{Duration, Instant};
 
 /// A kind of guest-caused problem; each has its own budget.
+///
+/// ```
+/// use std::time::Instant;
+/// use vgpu_mediator::log_limit::{LogLimiter, Problem};
+/// let mut limit = LogLimiter::default();
+/// let now = Instant::now();
+/// // Each kind has a budget of its own.
+/// assert_eq!(limit.admit(Problem::IdentityClaim, now), Some(0));
+/// assert_eq!(limit.admit(Problem::Reset, now), Some(0));
+/// assert_eq!(limit.admit(Problem::Reset, now), None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     /// A request claimed another pool, priority or VM id.
@@ -25,6 +36,22 @@ impl Problem {
 }
 
 /// One VM's log budget.
+///
+/// ```
+/// use std::time::Instant;
+/// use vgpu_mediator::log_limit::{LogLimiter, Problem, suppressed_note};
+/// let mut limit = LogLimiter::default();
+/// let start = Instant::now();
+/// let mut lines = 0;
+/// // A guest at full speed: a million bad requests within one interval, one line.
+/// for _ in 0..1_000_000 {
+///     if let Some(suppressed) = limit.admit(Problem::IdentityClaim, start) {
+///         lines += 1;
+///         println!("vm 3 claims another identity{}", suppressed_note(suppressed));
+///     }
+/// }
+/// assert_eq!(lines, 1);
+/// ```
 #[derive(Debug, Default)]
 pub struct LogLimiter {
     last: [Option<Instant>; Problem::COUNT],
@@ -65,6 +92,12 @@ impl LogLimiter {
 }
 
 /// The tail a log line carries when lines before it were suppressed.
+///
+/// ```
+/// use vgpu_mediator::log_limit::suppressed_note;
+/// assert_eq!(suppressed_note(0), "");
+/// assert_eq!(suppressed_note(41), " (41 similar lines suppressed)");
+/// ```
 #[must_use]
 pub fn suppressed_note(suppressed: u64) -> String {
     if suppressed == 0 {

@@ -39,6 +39,12 @@ pub struct Value(AtomicU64);
 
 impl Value {
     /// Add `n` (only the owning thread writes, so load and store need no atomic add).
+    ///
+    /// ```
+    /// let value = vgpu_mediator::metrics::Value::default();
+    /// value.add(5);
+    /// assert_eq!(value.get(), 5);
+    /// ```
     #[inline]
     pub fn add(&self, n: u64) {
         // SYNC: Relaxed: a single writer; readers want the value, not an order.
@@ -46,6 +52,13 @@ impl Value {
     }
 
     /// Set the value.
+    ///
+    /// ```
+    /// let depth = vgpu_mediator::metrics::Value::default();
+    /// depth.set(12);
+    /// depth.set(3);
+    /// assert_eq!(depth.get(), 3);
+    /// ```
     #[inline]
     pub fn set(&self, value: u64) {
         // SYNC: Relaxed: a single writer; readers want the value, not an order.
@@ -53,6 +66,10 @@ impl Value {
     }
 
     /// The value now.
+    ///
+    /// ```
+    /// assert_eq!(vgpu_mediator::metrics::Value::default().get(), 0);
+    /// ```
     #[must_use]
     pub fn get(&self) -> u64 {
         // SYNC: Relaxed: pairs with nothing; a scrape reads values, not an order.
@@ -100,6 +117,12 @@ pub struct Histogram {
 
 impl Histogram {
     /// Count one observation of `ns` nanoseconds.
+    ///
+    /// ```
+    /// let exec = vgpu_mediator::metrics::Histogram::default();
+    /// exec.observe(1_500); // 1.5 µs
+    /// assert_eq!(exec.count(), 1);
+    /// ```
     #[inline]
     pub fn observe(&self, ns: u64) {
         self.buckets[BOUNDS_NS.partition_point(|&bound| bound < ns)].add(1);
@@ -107,6 +130,12 @@ impl Histogram {
     }
 
     /// Observations so far.
+    ///
+    /// ```
+    /// let exec = vgpu_mediator::metrics::Histogram::default();
+    /// (0..10).for_each(|i| exec.observe(i * 1_000_000));
+    /// assert_eq!(exec.count(), 10);
+    /// ```
     #[must_use]
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(Value::get).sum()
@@ -147,6 +176,16 @@ fn opcode_name(index: usize) -> &'static str {
 }
 
 /// A VM's state as `vgpu_vm_state` reports it (see [`VmMetrics::set_state`]).
+///
+/// ```
+/// use vgpu_mediator::metrics::{VmMetrics, VmState};
+/// let vm = VmMetrics::new(2);
+/// assert!(!vm.is_quarantined());
+/// vm.set_state(VmState::Quarantined);
+/// assert!(vm.is_quarantined());
+/// vm.set_state(VmState::Attached);
+/// assert!(!vm.is_quarantined());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
 pub enum VmState {
@@ -209,6 +248,11 @@ pub struct VmMetrics {
 
 impl VmMetrics {
     /// The values of VM `id`, all zero (state: attached).
+    ///
+    /// ```
+    /// let vm = vgpu_mediator::metrics::VmMetrics::new(4);
+    /// assert_eq!((vm.id, vm.answered_total(), vm.in_flight.get()), (4, 0, 0));
+    /// ```
     #[must_use]
     pub fn new(id: u32) -> Self {
         Self {
@@ -224,6 +268,14 @@ impl VmMetrics {
     }
 
     /// Count `response`, just published.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::VmMetrics;
+    /// use vgpu_ring::{Opcode, Response, Status};
+    /// let vm = VmMetrics::new(1);
+    /// vm.answered(&Response { status: Status::Success as u32, opcode: Opcode::Dot as u16, ..Response::default() });
+    /// assert_eq!(vm.requests(Opcode::Dot, false), 1);
+    /// ```
     #[inline]
     pub fn answered(&self, response: &Response) {
         let failed = response.status != Status::Success as u32;
@@ -234,11 +286,28 @@ impl VmMetrics {
     }
 
     /// Record the VM's state.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::{VmMetrics, VmState};
+    /// let vm = VmMetrics::new(1);
+    /// vm.set_state(VmState::Poisoned); // until the guest resets its rings
+    /// assert!(!vm.is_quarantined());
+    /// ```
     pub fn set_state(&self, state: VmState) {
         self.state.set(state as u64);
     }
 
     /// Every request answered so far.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::VmMetrics;
+    /// use vgpu_ring::{Opcode, Response};
+    /// let vm = VmMetrics::new(1);
+    /// for opcode in [Opcode::Noop, Opcode::Echo] {
+    ///     vm.answered(&Response { status: 1, opcode: opcode as u16, ..Response::default() });
+    /// }
+    /// assert_eq!(vm.answered_total(), 2);
+    /// ```
     #[must_use]
     pub fn answered_total(&self) -> u64 {
         self.requests.iter().flatten().map(Value::get).sum()
@@ -246,18 +315,41 @@ impl VmMetrics {
 
     /// Requests answered so far that succeeded (`failed` false) or failed, whatever
     /// their opcode.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::VmMetrics;
+    /// use vgpu_ring::{ErrorCode, Response};
+    /// let vm = VmMetrics::new(1);
+    /// vm.answered(&Response { status: 2, error: ErrorCode::BadRange as u32, opcode: 4, ..Response::default() });
+    /// assert_eq!((vm.answered_with(false), vm.answered_with(true)), (0, 1));
+    /// ```
     #[must_use]
     pub fn answered_with(&self, failed: bool) -> u64 {
         self.requests.iter().map(|by_status| by_status[usize::from(failed)].get()).sum()
     }
 
     /// Whether the VM is quarantined.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::{VmMetrics, VmState};
+    /// let vm = VmMetrics::new(1);
+    /// vm.set_state(VmState::Quarantined);
+    /// assert!(vm.is_quarantined());
+    /// ```
     #[must_use]
     pub fn is_quarantined(&self) -> bool {
         self.state.get() == VmState::Quarantined as u64
     }
 
     /// Answered requests of `opcode` that succeeded (`failed` false) or failed.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::VmMetrics;
+    /// use vgpu_ring::{Opcode, Response};
+    /// let vm = VmMetrics::new(1);
+    /// vm.answered(&Response { status: 1, opcode: Opcode::Matmul as u16, ..Response::default() });
+    /// assert_eq!((vm.requests(Opcode::Matmul, false), vm.requests(Opcode::Noop, false)), (1, 0));
+    /// ```
     #[must_use]
     pub fn requests(&self, opcode: Opcode, failed: bool) -> u64 {
         self.requests[opcode_index(opcode as u16)][usize::from(failed)].get()
@@ -302,6 +394,15 @@ pub struct PoolMetrics {
 
 impl PoolMetrics {
     /// The values of `pool`, whose executor is `executor` and VMs `vms`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vgpu_mediator::metrics::{PoolMetrics, VmMetrics};
+    /// use vgpu_ring::PoolId;
+    /// let vms = vec![Arc::new(VmMetrics::new(1)), Arc::new(VmMetrics::new(2))];
+    /// let pool = PoolMetrics::new(PoolId::new(b'G').unwrap(), ("cuda", "0".to_owned()), vms);
+    /// assert_eq!((pool.vms.len(), pool.busy_ns.get()), (2, 0));
+    /// ```
     #[must_use]
     pub fn new(pool: PoolId, executor: (&'static str, String), vms: Vec<Arc<VmMetrics>>) -> Self {
         Self {
@@ -317,6 +418,15 @@ impl PoolMetrics {
     }
 
     /// Record a request of `opcode` that waited `queued` and ran for `exec`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use vgpu_mediator::metrics::PoolMetrics;
+    /// use vgpu_ring::{Opcode, PoolId};
+    /// let pool = PoolMetrics::new(PoolId::new(b'A').unwrap(), ("cpu", "cpu".to_owned()), vec![]);
+    /// pool.executed(Opcode::Sleep as u16, Duration::ZERO, Duration::from_millis(2));
+    /// assert_eq!(pool.busy_ns.get(), 2_000_000);
+    /// ```
     #[inline]
     pub fn executed(&self, opcode: u16, queued: Duration, exec: Duration) {
         let exec = exec.as_nanos() as u64;
@@ -326,6 +436,14 @@ impl PoolMetrics {
     }
 
     /// Record how many requests of `priority` wait in the queue.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::PoolMetrics;
+    /// use vgpu_ring::{PoolId, Priority};
+    /// let pool = PoolMetrics::new(PoolId::new(b'A').unwrap(), ("cpu", "cpu".to_owned()), vec![]);
+    /// pool.set_queue_depth(Priority::LOW, 9);
+    /// assert_eq!(pool.queue_depth[Priority::LOW.index()].get(), 9);
+    /// ```
     #[inline]
     pub fn set_queue_depth(&self, priority: Priority, depth: usize) {
         self.queue_depth[priority.index()].set(depth as u64);
@@ -552,6 +670,15 @@ pub struct Exporter {
 
 impl Exporter {
     /// Serve `metrics` on `listen` from a thread of its own until dropped.
+    ///
+    /// ```
+    /// use vgpu_mediator::metrics::{Exporter, Metrics};
+    /// let exporter = Exporter::start("127.0.0.1:0".parse()?, Metrics { epoch: 1, pools: vec![] })?;
+    /// drop(exporter);
+    /// // An address that cannot be bound is an error, not a panic.
+    /// assert!(Exporter::start("192.0.2.1:9464".parse()?, Metrics { epoch: 1, pools: vec![] }).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///

@@ -30,6 +30,18 @@ use vgpu_config::Policy;
 use vgpu_ring::Priority;
 
 /// One waiting item with its bookkeeping.
+///
+/// ```
+/// use std::time::Instant;
+/// use vgpu_config::Policy;
+/// use vgpu_mediator::queue::PoolQueue;
+/// use vgpu_ring::Priority;
+/// let mut queue = PoolQueue::new(Policy::Strict);
+/// let now = Instant::now();
+/// let seq = queue.push(3, Priority::MEDIUM, now, "TEST_MEDIUM");
+/// let queued = queue.pop(now).unwrap();
+/// assert_eq!((queued.seq, queued.vm, queued.priority, queued.item), (seq, 3, Priority::MEDIUM, "TEST_MEDIUM"));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Queued<T> {
     /// Arrival sequence number (monotonic per pool, taken when first seen).
@@ -149,6 +161,21 @@ impl<T> FairShare<T> {
 }
 
 /// A pool's queue.
+///
+/// ```
+/// use std::time::Instant;
+/// use vgpu_config::Policy;
+/// use vgpu_mediator::queue::PoolQueue;
+/// use vgpu_ring::Priority;
+/// // The original guide's scenario: low, high, medium arrive while the pool is busy.
+/// let mut queue = PoolQueue::new(Policy::Strict);
+/// let now = Instant::now();
+/// queue.push(1, Priority::LOW, now, "vm=1");
+/// queue.push(2, Priority::HIGH, now, "vm=2");
+/// queue.push(3, Priority::MEDIUM, now, "vm=3");
+/// let order: Vec<_> = std::iter::from_fn(|| queue.pop(now)).map(|q| q.item).collect();
+/// assert_eq!(order, ["vm=2", "vm=3", "vm=1"]);
+/// ```
 #[derive(Debug)]
 pub struct PoolQueue<T> {
     levels: [VecDeque<Queued<T>>; 3],
@@ -213,18 +240,54 @@ impl<T> PoolQueue<T> {
     }
 
     /// Number of waiting items.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// queue.push(0, Priority::LOW, now, ());
+    /// queue.push(1, Priority::HIGH, now, ());
+    /// assert_eq!(queue.len(), 2);
+    /// ```
     #[must_use]
     pub fn len(&self) -> usize {
         self.lens.iter().sum()
     }
 
     /// Number of waiting items of `priority` (their own priority, before any aging).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// queue.push(0, Priority::LOW, now, ());
+    /// queue.push(1, Priority::HIGH, now, ());
+    /// assert_eq!((queue.len_at(Priority::LOW), queue.len_at(Priority::MEDIUM)), (1, 0));
+    /// ```
     #[must_use]
     pub fn len_at(&self, priority: Priority) -> usize {
         self.lens[priority.index()]
     }
 
     /// Whether nothing waits.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// assert!(queue.is_empty());
+    /// queue.push(0, Priority::LOW, now, ());
+    /// assert!(!queue.is_empty());
+    /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -232,6 +295,18 @@ impl<T> PoolQueue<T> {
 
     /// Queue `item` of VM `vm` with `priority`, arriving `now`; returns its sequence
     /// number.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// let first = queue.push(0, Priority::LOW, now, "a");
+    /// let second = queue.push(0, Priority::LOW, now, "b");
+    /// assert!(second > first, "arrival order");
+    /// ```
     pub fn push(&mut self, vm: usize, priority: Priority, now: Instant, item: T) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -260,6 +335,19 @@ impl<T> PoolQueue<T> {
     /// Remove and return the best item at time `now`. In a fair pool, every item popped
     /// must be [`charge`](Self::charge)d once it has run (or been dropped), or its VM
     /// gets no further turn.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// // Aging: a low request that waited two intervals runs before a newer high one.
+    /// let mut queue = PoolQueue::new(Policy::Aging { interval: Duration::from_millis(10) });
+    /// let start = Instant::now();
+    /// queue.push(0, Priority::LOW, start, "old low");
+    /// queue.push(1, Priority::HIGH, start + Duration::from_millis(20), "new high");
+    /// assert_eq!(queue.pop(start + Duration::from_millis(20)).unwrap().item, "old low");
+    /// ```
     pub fn pop(&mut self, now: Instant) -> Option<Queued<T>> {
         let popped = match &mut self.fair {
             Some(fair) => fair.pop(),
@@ -281,6 +369,21 @@ impl<T> PoolQueue<T> {
 
     /// Account `exec` of executor time to VM `vm` (of `priority`), whose item popped
     /// last has finished; a no-op unless the pool is fair.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Fair);
+    /// let now = Instant::now();
+    /// queue.push(0, Priority::LOW, now, "vm 0, long");
+    /// queue.push(0, Priority::LOW, now, "vm 0, next");
+    /// queue.push(1, Priority::LOW, now, "vm 1");
+    /// let job = queue.pop(now).unwrap();
+    /// queue.charge(job.vm, job.priority, Duration::from_millis(50)); // it ran 50 ms
+    /// assert_eq!(queue.pop(now).unwrap().item, "vm 1", "vm 1 has had less time");
+    /// ```
     pub fn charge(&mut self, vm: usize, priority: Priority, exec: Duration) {
         if let Some(fair) = &mut self.fair {
             fair.charge(vm, priority, exec);
@@ -289,6 +392,20 @@ impl<T> PoolQueue<T> {
 
     /// Keep only the items for which `keep` is true (e.g. drop one VM's work when its
     /// rings are reset); order is unchanged.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// queue.push(0, Priority::LOW, now, (0, "vm 0's"));
+    /// queue.push(1, Priority::LOW, now, (1, "vm 1's"));
+    /// queue.retain(|&(vm, _)| vm != 0); // vm 0 reset its rings
+    /// assert_eq!(queue.len(), 1);
+    /// assert_eq!(queue.pop(now).unwrap().item.1, "vm 1's");
+    /// ```
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         let queues: Vec<&mut VecDeque<Queued<T>>> = match &mut self.fair {
             Some(fair) => fair.vms.iter_mut().map(|v| &mut v.queue).collect(),
@@ -303,6 +420,21 @@ impl<T> PoolQueue<T> {
     }
 
     /// Remove every item (at shutdown), in no particular order.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use vgpu_config::Policy;
+    /// use vgpu_mediator::queue::PoolQueue;
+    /// use vgpu_ring::Priority;
+    /// let mut queue = PoolQueue::new(Policy::Strict);
+    /// let now = Instant::now();
+    /// queue.push(0, Priority::LOW, now, "a");
+    /// queue.push(1, Priority::HIGH, now, "b");
+    /// let mut left: Vec<_> = queue.drain().into_iter().map(|q| q.item).collect();
+    /// left.sort();
+    /// assert_eq!(left, ["a", "b"]);
+    /// assert!(queue.is_empty());
+    /// ```
     pub fn drain(&mut self) -> Vec<Queued<T>> {
         self.lens = [0; 3];
         match &mut self.fair {

@@ -169,6 +169,16 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// An error code is an error: a `?` turns it into any error type.
+///
+/// ```
+/// fn refused() -> Result<(), Box<dyn std::error::Error>> {
+///     Err(vgpu_ring::ErrorCode::BadShape)?
+/// }
+/// assert_eq!(refused().unwrap_err().to_string(), "bad shape");
+/// ```
+impl std::error::Error for ErrorCode {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
