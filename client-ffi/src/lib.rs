@@ -14,13 +14,13 @@
 //! says why it is sound given the documented contract of the function.
 #![allow(unsafe_code)]
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::Duration;
-use vgpu_client::{Buffer, Client, ClientError, ClientOptions, Ticket, Wait};
+use vgpu_client::{Buffer, Call, Client, ClientError, ClientOptions, Ticket, Tickets, Wait};
 use vgpu_ring::{ErrorCode, Response};
 
 /// Success.
@@ -184,9 +184,9 @@ impl From<&Response> for VgpuCompletion {
 pub struct VgpuClient {
     client: Client,
     /// Requests in flight by tag.
-    tickets: HashMap<u32, Ticket>,
+    tickets: Tickets,
     /// Buffers handed out and not yet submitted or freed, by arena offset.
-    buffers: HashMap<u32, Buffer>,
+    buffers: FxHashMap<u32, Buffer>,
     last_error: CString,
     /// What `vgpu_warnings` returns.
     warnings: CString,
@@ -252,13 +252,13 @@ fn with_client(
 /// # Safety
 ///
 /// `p` is null or a NUL-terminated string.
-unsafe fn text(p: *const c_char) -> Result<Option<String>, Failure> {
+unsafe fn text<'a>(p: *const c_char) -> Result<Option<&'a str>, Failure> {
     if p.is_null() {
         return Ok(None);
     }
     // SAFETY: non-null and NUL-terminated (the caller's contract).
     let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map(|s| Some(s.to_owned())).map_err(|_| invalid("a string is not UTF-8"))
+    s.to_str().map(Some).map_err(|_| invalid("a string is not UTF-8"))
 }
 
 /// `n` elements at `p` as a slice (null only when `n` is 0).
@@ -350,8 +350,8 @@ pub unsafe extern "C" fn vgpu_open(
             let warnings = client.warnings().collect::<Vec<_>>().join("\n");
             let handle = VgpuClient {
                 client,
-                tickets: HashMap::new(),
-                buffers: HashMap::new(),
+                tickets: Tickets::default(),
+                buffers: FxHashMap::default(),
                 last_error: CString::default(),
                 warnings: CString::new(warnings.replace('\0', " ")).unwrap_or_default(),
             };
@@ -622,46 +622,72 @@ unsafe fn request(
         // SAFETY: null or NUL-terminated (the contract).
         let label = unsafe { text(label) }?;
         let label = label.unwrap_or_else(|| {
-            vgpu_ring::Opcode::try_from(opcode).map_or("UNKNOWN", |op| op.name()).to_owned()
+            vgpu_ring::Opcode::try_from(opcode).map_or("UNKNOWN", |op| op.name())
         });
-        let input = if input.is_null() { None } else { Some(take_buffer(c, input, "input")?) };
-        let output = if output.is_null() {
-            None
-        } else {
-            match take_buffer(c, output, "output") {
-                Ok(output) => Some(output),
-                Err(e) => {
-                    // Not submitted: the input stays the caller's.
-                    if let Some(input) = input {
-                        c.buffers.insert(input.offset(), input);
-                    }
-                    return Err(e);
-                }
+        let ticket = match vgpu_ring::Opcode::try_from(opcode) {
+            // No buffers, an operation this build knows: the plain submission.
+            Ok(op) if input.is_null() && output.is_null() => {
+                let call = Call { op, label, args, input: &[], output_len: 0 };
+                if visible { c.client.submit(&call)? } else { c.client.stage(&call)? }
+            }
+            _ => {
+                // SAFETY: null or valid (the contract).
+                unsafe { request_on_buffers(c, opcode, args, [input, output], label, visible) }?
             }
         };
-        let none = |c: &mut VgpuClient| c.client.alloc_buffer(0).map_err(Failure::from);
-        let input = match input {
-            Some(input) => input,
-            None => none(c)?,
-        };
-        let output = match output {
-            Some(output) => output,
-            None => none(c)?,
-        };
-        let ticket = if visible {
-            c.client.submit_buffers(opcode, &label, args, input, output)?
-        } else {
-            c.client.stage_buffers(opcode, &label, args, input, output)?
-        };
         *tag = ticket.tag();
-        c.tickets.insert(ticket.tag(), ticket);
+        c.tickets.insert(ticket);
         Ok(VGPU_OK)
+    })
+}
+
+/// A request on the caller's buffers (a null one: none), published if `visible`.
+///
+/// # Safety
+///
+/// `input` and `output` are null or valid.
+unsafe fn request_on_buffers(
+    c: &mut VgpuClient,
+    opcode: u16,
+    args: [u32; 3],
+    [input, output]: [*const VgpuBuffer; 2],
+    label: &str,
+    visible: bool,
+) -> Result<Ticket, Failure> {
+    let input = if input.is_null() { None } else { Some(take_buffer(c, input, "input")?) };
+    let output = if output.is_null() {
+        None
+    } else {
+        match take_buffer(c, output, "output") {
+            Ok(output) => Some(output),
+            Err(e) => {
+                // Not submitted: the input stays the caller's.
+                if let Some(input) = input {
+                    c.buffers.insert(input.offset(), input);
+                }
+                return Err(e);
+            }
+        }
+    };
+    let none = |c: &mut VgpuClient| c.client.alloc_buffer(0).map_err(Failure::from);
+    let input = match input {
+        Some(input) => input,
+        None => none(c)?,
+    };
+    let output = match output {
+        Some(output) => output,
+        None => none(c)?,
+    };
+    Ok(if visible {
+        c.client.submit_buffers(opcode, label, args, input, output)?
+    } else {
+        c.client.stage_buffers(opcode, label, args, input, output)?
     })
 }
 
 /// The ticket of request `tag`, out of the client's table.
 fn take_ticket(c: &mut VgpuClient, tag: u32) -> Result<Ticket, Failure> {
-    c.tickets.remove(&tag).ok_or_else(|| unknown_tag(tag))
+    c.tickets.remove(tag).ok_or_else(|| unknown_tag(tag))
 }
 
 fn unknown_tag(tag: u32) -> Failure {
@@ -719,12 +745,21 @@ pub unsafe extern "C" fn vgpu_wait(
             0 => c.client.timeout(),
             ms => Duration::from_millis(u64::from(ms)),
         };
-        let ticket = c.tickets.get(&tag).ok_or_else(|| unknown_tag(tag))?;
-        // The ticket stays in the table when the wait fails: the tag can be waited for
-        // again.
-        c.client.wait_answered(ticket, timeout)?;
+        // An answer already there (a pipelining caller's usual case) is taken at once.
         let ticket = take_ticket(c, tag)?;
-        complete(c, tag, ticket, out)
+        let ticket = match c.client.poll_response(ticket)? {
+            Ok(response) => {
+                report(out, &response);
+                return Ok(VGPU_OK);
+            }
+            Err(ticket) => ticket,
+        };
+        if let Err(e) = c.client.wait_answered(&ticket, timeout) {
+            // Kept: the tag can be waited for again.
+            c.tickets.insert(ticket);
+            return Err(e.into());
+        }
+        complete(c, ticket, out)
     })
 }
 
@@ -753,15 +788,14 @@ pub unsafe extern "C" fn vgpu_poll(
 ) -> c_int {
     with_client(client, |c| {
         let ticket = take_ticket(c, tag)?;
-        complete(c, tag, ticket, out)
+        complete(c, ticket, out)
     })
 }
 
-/// Redeem `ticket` (of request `tag`) if its answer has arrived, describing it in
-/// `*out`; else put the ticket back and say `VGPU_E_AGAIN`.
+/// Redeem `ticket` if its answer has arrived, describing it in `*out`; else put the
+/// ticket back and say `VGPU_E_AGAIN`.
 fn complete(
     c: &mut VgpuClient,
-    tag: u32,
     ticket: Ticket,
     out: *mut VgpuCompletion,
 ) -> Result<c_int, Failure> {
@@ -771,7 +805,7 @@ fn complete(
             Ok(VGPU_OK)
         }
         Err(ticket) => {
-            c.tickets.insert(tag, ticket);
+            c.tickets.insert(ticket);
             Ok(VGPU_E_AGAIN)
         }
     }
@@ -965,7 +999,7 @@ pub unsafe extern "C" fn vgpu_noop(client: *mut VgpuClient, label: *const c_char
     with_client(client, |c| {
         // SAFETY: null or NUL-terminated (the contract).
         let label = unsafe { text(label) }?;
-        c.client.noop(label.as_deref().unwrap_or("NOOP"))?;
+        c.client.noop(label.unwrap_or("NOOP"))?;
         Ok(VGPU_OK)
     })
 }

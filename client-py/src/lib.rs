@@ -12,10 +12,9 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use vgpu_client::{Client as RustClient, ClientError, ClientOptions, Ticket, Wait};
+use vgpu_client::{Client as RustClient, ClientError, ClientOptions, Ticket, Tickets, Wait};
 use vgpu_ring::Opcode;
 
 create_exception!(
@@ -174,7 +173,7 @@ impl Completion {
 #[pyclass(module = "vgpu")]
 struct Client {
     inner: std::sync::Mutex<Option<RustClient>>,
-    tickets: HashMap<u32, Ticket>,
+    tickets: Tickets,
 }
 
 impl Client {
@@ -248,7 +247,7 @@ impl Client {
             ..ClientOptions::default()
         };
         let client = py.detach(|| RustClient::attach(&options)).map_err(|e| raise(py, &e))?;
-        Ok(Self { inner: std::sync::Mutex::new(Some(client)), tickets: HashMap::new() })
+        Ok(Self { inner: std::sync::Mutex::new(Some(client)), tickets: Tickets::default() })
     }
 
     /// What the client found wrong but not fatal when it attached.
@@ -371,7 +370,7 @@ impl Client {
         let ticket = self.take(tag)?;
         let waited = self.run(py, |c| c.wait_answered(&ticket, timeout));
         // Kept when the wait fails too: the request can be waited for again.
-        self.tickets.insert(tag, ticket);
+        self.tickets.insert(ticket);
         waited?;
         self.poll(py, tag)?
             .ok_or_else(|| VgpuError::new_err(format!("request {tag} answered but not found")))
@@ -383,7 +382,7 @@ impl Client {
         match self.run(py, |c| c.try_complete(ticket))? {
             Ok(done) => Ok(Some(completion(py, &done))),
             Err(ticket) => {
-                self.tickets.insert(tag, ticket);
+                self.tickets.insert(ticket);
                 Ok(None)
             }
         }
@@ -427,12 +426,12 @@ impl Client {
         };
         let ticket = self.run(py, |c| if visible { c.submit(&call) } else { c.stage(&call) })?;
         let tag = ticket.tag();
-        self.tickets.insert(tag, ticket);
+        self.tickets.insert(ticket);
         Ok(tag)
     }
 
     fn take(&mut self, tag: u32) -> PyResult<Ticket> {
-        self.tickets.remove(&tag).ok_or_else(|| {
+        self.tickets.remove(tag).ok_or_else(|| {
             pyo3::exceptions::PyKeyError::new_err(format!("tag {tag} is not in flight"))
         })
     }

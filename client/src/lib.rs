@@ -35,6 +35,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use tags::Tickets;
 use tags::{Delivery, TagTable};
 use thiserror::Error;
 use vgpu_ring::stub::StubFileError;

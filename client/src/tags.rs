@@ -7,6 +7,7 @@
 //! restarted mediator, an answer to a previous client of the slot) finds no entry, as
 //! with a map. The slab doubles when three quarters of its slots are in flight.
 
+use crate::Ticket;
 use vgpu_ring::Response;
 
 /// Where a request in flight stands.
@@ -194,6 +195,114 @@ impl TagTable {
     }
 }
 
+/// Tickets kept by tag, for code that knows its requests by tag (the C and Python
+/// bindings): a slab indexed by the tag's low bits, no hashing. A client gives the
+/// requests it has in flight tags that differ in their low bits (its own table of them
+/// is such a slab), so this one grows, on a collision, to at most the size of the
+/// client's table.
+///
+/// ```
+/// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+/// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+/// # let mut client = vgpu_client::Client::attach(&options)?;
+/// use vgpu_client::{Call, Tickets};
+/// let mut tickets = Tickets::default();
+/// let tags: Vec<u32> = (0..100)
+///     .map(|_| {
+///         let ticket = client.submit(&Call::noop("PING"))?;
+///         let tag = ticket.tag();
+///         tickets.insert(ticket);
+///         Ok(tag)
+///     })
+///     .collect::<Result<_, vgpu_client::ClientError>>()?;
+/// for tag in tags {
+///     let ticket = tickets.remove(tag).expect("in flight");
+///     client.wait(ticket, std::time::Duration::from_secs(5))?;
+/// }
+/// assert!(tickets.remove(0).is_none());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Tickets {
+    /// Empty, or a power of two long; the ticket of tag `t` is at `t & (len - 1)`.
+    slots: Vec<Option<Ticket>>,
+}
+
+impl Tickets {
+    /// Keep `ticket` (of this client's requests: see the type's documentation).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let mut tickets = vgpu_client::Tickets::default();
+    /// let ticket = client.submit(&vgpu_client::Call::noop("PING"))?;
+    /// let tag = ticket.tag();
+    /// tickets.insert(ticket);
+    /// client.wait(tickets.remove(tag).unwrap(), std::time::Duration::from_secs(5))?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn insert(&mut self, ticket: Ticket) {
+        if self.slots.is_empty() {
+            self.slots = std::iter::repeat_with(|| None).take(TagTable::INITIAL).collect();
+        }
+        loop {
+            let i = TagTable::index(self.slots.len(), ticket.tag);
+            let slot = &mut self.slots[i];
+            // A ticket of the same tag can only be one of another client's: replaced.
+            if slot.as_ref().is_none_or(|kept| kept.tag == ticket.tag) {
+                *slot = Some(ticket);
+                return;
+            }
+            self.grow();
+        }
+    }
+
+    /// Twice as many slots; the kept tickets differ in their low bits at the old
+    /// length, so at the new one too.
+    fn grow(&mut self) {
+        let len = self.slots.len() * 2;
+        let old =
+            std::mem::replace(&mut self.slots, std::iter::repeat_with(|| None).take(len).collect());
+        for ticket in old.into_iter().flatten() {
+            let i = TagTable::index(len, ticket.tag);
+            self.slots[i] = Some(ticket);
+        }
+    }
+
+    /// The ticket of request `tag`, taken out, if it is kept.
+    ///
+    /// ```
+    /// let mut tickets = vgpu_client::Tickets::default();
+    /// assert!(tickets.remove(7).is_none());
+    /// ```
+    pub fn remove(&mut self, tag: u32) -> Option<Ticket> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = TagTable::index(self.slots.len(), tag);
+        self.slots[i].take_if(|ticket| ticket.tag == tag)
+    }
+
+    /// Forget every ticket (the client was closed).
+    ///
+    /// ```
+    /// # let sandbox = vgpu_mediator::sandbox::Sandbox::start()?;
+    /// # let options = vgpu_client::ClientOptions { region: Some(sandbox.region().into()), ..Default::default() };
+    /// # let mut client = vgpu_client::Client::attach(&options)?;
+    /// let mut tickets = vgpu_client::Tickets::default();
+    /// let ticket = client.submit(&vgpu_client::Call::noop("PING"))?;
+    /// let tag = ticket.tag();
+    /// tickets.insert(ticket);
+    /// tickets.clear();
+    /// assert!(tickets.remove(tag).is_none());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn clear(&mut self) {
+        self.slots.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +436,38 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(table.len(), model.len());
+            }
+        }
+
+        /// Tickets of a client's tags are found by tag as in a map, and the slab never
+        /// grows past the client's own table.
+        #[test]
+        fn tickets_follow_the_clients_tags(
+            first in any::<u32>(),
+            ops in proptest::collection::vec(any::<Option<usize>>(), 1..600),
+        ) {
+            let mut table = TagTable::new(first);
+            let mut tickets = Tickets::default();
+            let mut tags: Vec<u32> = Vec::new();
+            for op in ops {
+                match op {
+                    // Submit.
+                    None => {
+                        let tag = table.next_tag();
+                        table.insert(entry(tag));
+                        tickets.insert(Ticket { tag });
+                        tags.push(tag);
+                    }
+                    // Complete one in flight.
+                    Some(i) if !tags.is_empty() => {
+                        let tag = tags.swap_remove(i % tags.len());
+                        prop_assert_eq!(tickets.remove(tag).map(|t| t.tag), Some(tag));
+                        prop_assert!(tickets.remove(tag).is_none(), "once");
+                        prop_assert!(table.remove(tag).is_some());
+                    }
+                    Some(_) => prop_assert!(tickets.remove(first).is_none()),
+                }
+                prop_assert!(tickets.slots.len() <= table.slots.len().max(TagTable::INITIAL));
             }
         }
     }
