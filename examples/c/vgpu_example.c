@@ -4,7 +4,8 @@
  *   cc vgpu_example.c $(pkg-config --cflags --libs vgpu-client) -o vgpu_example
  *   ./vgpu_example                 # in a guest: finds the ivshmem device in sysfs
  *   ./vgpu_example REGION          # on the host: a region file
- *   ./vgpu_example REGION --bench N   # busy-polling: median NOOP and 1K VECTOR_ADD
+ *   ./vgpu_example REGION --bench N   # busy-polling: median NOOP and 1K VECTOR_ADD, and
+ *                                     # 50 N NOOPs pipelined 64 deep
  */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #include <stdio.h>
@@ -59,6 +60,17 @@ static void bench(int n) {
     }
     printf("c vector_add_1k median %.0f ns\n", median(t, n));
     free(t);
+    /* Pipelined: 64 NOOPs in flight, each submitted and waited for by tag. */
+    long total = 50L * n, submitted = 0, answered = 0;
+    uint32_t tags[64];
+    double start = now_ns();
+    while (answered < total) {
+        for (; submitted - answered < 64 && submitted < total; submitted++)
+            CHECK(vgpu_submit(client, 1, NULL, NULL, NULL, NULL, &tags[submitted % 64]));
+        CHECK(vgpu_wait(client, tags[answered % 64], 0, NULL));
+        answered++;
+    }
+    printf("c pipelined noop %.0f requests/s\n", total / ((now_ns() - start) / 1e9));
 }
 
 int main(int argc, char **argv) {
