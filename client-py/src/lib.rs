@@ -4,7 +4,8 @@
 //!
 //! Operands are read from the caller's NumPy arrays straight into the shared arena, and
 //! results are read from the arena straight into the NumPy array returned: one copy each
-//! way, as for a Rust caller. The GIL is released while a request is on its way.
+//! way, as for a Rust caller. The GIL is released while a call waits for an answer (not
+//! to submit or poll, which never wait).
 #![forbid(unsafe_code)]
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
@@ -182,6 +183,16 @@ impl Client {
         // between calls.
         let inner = self.inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.as_mut().ok_or_else(|| VgpuError::new_err("the client is closed"))
+    }
+
+    /// Run `f` on the client holding the GIL: for calls that never wait (submitting,
+    /// polling), where releasing and taking the GIL again would cost more than the call.
+    fn now<T>(
+        &mut self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut RustClient) -> Result<T, ClientError>,
+    ) -> PyResult<T> {
+        f(self.client()?).map_err(|e| raise(py, &e))
     }
 
     /// Run `f` on the client with the GIL released.
@@ -367,6 +378,10 @@ impl Client {
                 .map_err(|_| pyo3::exceptions::PyValueError::new_err("timeout must be positive"))?,
             None => self.client()?.timeout(),
         };
+        // An answer already there (a pipelining caller's usual case) is taken at once.
+        if let Some(done) = self.poll(py, tag)? {
+            return Ok(done);
+        }
         let ticket = self.take(tag)?;
         let waited = self.run(py, |c| c.wait_answered(&ticket, timeout));
         // Kept when the wait fails too: the request can be waited for again.
@@ -379,7 +394,7 @@ impl Client {
     /// The completion of request `tag` if it has arrived, else None.
     fn poll(&mut self, py: Python<'_>, tag: u32) -> PyResult<Option<Completion>> {
         let ticket = self.take(tag)?;
-        match self.run(py, |c| c.try_complete(ticket))? {
+        match self.now(py, |c| c.try_complete(ticket))? {
             Ok(done) => Ok(Some(completion(py, &done))),
             Err(ticket) => {
                 self.tickets.insert(ticket);
@@ -424,7 +439,7 @@ impl Client {
             input: input.unwrap_or_default(),
             output_len,
         };
-        let ticket = self.run(py, |c| if visible { c.submit(&call) } else { c.stage(&call) })?;
+        let ticket = self.now(py, |c| if visible { c.submit(&call) } else { c.stage(&call) })?;
         let tag = ticket.tag();
         self.tickets.insert(ticket);
         Ok(tag)
