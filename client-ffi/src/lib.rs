@@ -619,14 +619,12 @@ unsafe fn request(
                 [a, b, c] => [*a, *b, *c],
                 _ => [0; 3],
             };
+        let op = vgpu_ring::Opcode::try_from(opcode).ok();
         // SAFETY: null or NUL-terminated (the contract).
-        let label = unsafe { text(label) }?;
-        let label = label.unwrap_or_else(|| {
-            vgpu_ring::Opcode::try_from(opcode).map_or("UNKNOWN", |op| op.name())
-        });
-        let ticket = match vgpu_ring::Opcode::try_from(opcode) {
+        let label = unsafe { text(label) }?.unwrap_or(op.map_or("UNKNOWN", |op| op.name()));
+        let ticket = match op {
             // No buffers, an operation this build knows: the plain submission.
-            Ok(op) if input.is_null() && output.is_null() => {
+            Some(op) if input.is_null() && output.is_null() => {
                 let call = Call { op, label, args, input: &[], output_len: 0 };
                 if visible { c.client.submit(&call)? } else { c.client.stage(&call)? }
             }
@@ -747,13 +745,10 @@ pub unsafe extern "C" fn vgpu_wait(
         };
         // An answer already there (a pipelining caller's usual case) is taken at once.
         let ticket = take_ticket(c, tag)?;
-        let ticket = match c.client.poll_response(ticket)? {
-            Ok(response) => {
-                report(out, &response);
-                return Ok(VGPU_OK);
-            }
-            Err(ticket) => ticket,
-        };
+        if complete(c, ticket, out)? == VGPU_OK {
+            return Ok(VGPU_OK);
+        }
+        let ticket = take_ticket(c, tag)?;
         if let Err(e) = c.client.wait_answered(&ticket, timeout) {
             // Kept: the tag can be waited for again.
             c.tickets.insert(ticket);
