@@ -93,13 +93,17 @@ class ErrorCode(IntEnum):
 
 
 def _request(opcode, args, input, output_len):
-    """The native submit's leading arguments: ``input`` as bytes, ``args`` as ints."""
-    if isinstance(input, np.ndarray):
-        input = np.ascontiguousarray(input).tobytes()
-    elif input is not None:
-        input = bytes(input)
-    a0, a1, a2 = (int(v) for v in args)
-    return int(opcode), (a0, a1, a2), input, int(output_len)
+    """The native submit's leading arguments: ``input`` as bytes, ``args`` as ints.
+
+    (Called for every submission: no generator, no work for what is absent.)
+    """
+    if input is not None:
+        if isinstance(input, np.ndarray):
+            input = np.ascontiguousarray(input).tobytes()
+        else:
+            input = bytes(input)
+    a0, a1, a2 = args
+    return int(opcode), (int(a0), int(a1), int(a2)), input, int(output_len)
 
 
 def _f32(a, name):
@@ -255,6 +259,9 @@ class Client:
         ...     [gpu.wait(tag).output for tag in tags]
         [b'\\x00', b'\\x01', b'\\x02', b'\\x03', b'\\x04', b'\\x05', b'\\x06', b'\\x07']
         """
+        if input is None and type(args) is tuple:
+            # The common case, converted by the native side alone.
+            return self._native.submit(opcode, args, None, output_len, label)
         return self._native.submit(*_request(opcode, args, input, output_len), label)
 
     def stage(self, opcode, args=(0, 0, 0), input=None, output_len=0, label=None):
@@ -270,6 +277,8 @@ class Client:
         ...     all(gpu.wait(tag).ok for tag in tags)
         True
         """
+        if input is None and type(args) is tuple:
+            return self._native.stage(opcode, args, None, output_len, label)
         return self._native.stage(*_request(opcode, args, input, output_len), label)
 
     def flush(self):
