@@ -93,10 +93,8 @@ class ErrorCode(IntEnum):
 
 
 def _request(opcode, args, input, output_len):
-    """The native submit's leading arguments: ``input`` as bytes, ``args`` as ints.
-
-    (Called for every submission: no generator, no work for what is absent.)
-    """
+    """The native submit's leading arguments: ``input`` as bytes, ``args`` as ints (for
+    a submission with input, or with arguments that are not a tuple)."""
     if input is not None:
         if isinstance(input, np.ndarray):
             input = np.ascontiguousarray(input).tobytes()
