@@ -62,12 +62,7 @@ impl TagTable {
 
     /// An empty table whose first tag is `first`.
     pub(crate) fn new(first: u32) -> Self {
-        Self {
-            slots: std::iter::repeat_with(|| None).take(Self::INITIAL).collect(),
-            next: first,
-            len: 0,
-            answered: 0,
-        }
+        Self { slots: empty_slots(Self::INITIAL), next: first, len: 0, answered: 0 }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -94,19 +89,10 @@ impl TagTable {
         self.next
     }
 
-    /// Twice the slots; each entry moves to its tag's index in the larger table (two
-    /// entries apart in the old one stay apart: their tags differ in the low bits).
+    /// Twice the slots.
     #[cold]
     fn grow(&mut self) {
-        let larger = self.slots.len() * 2;
-        let old = std::mem::replace(
-            &mut self.slots,
-            std::iter::repeat_with(|| None).take(larger).collect(),
-        );
-        for entry in old.into_iter().flatten() {
-            let i = Self::index(larger, entry.tag);
-            self.slots[i] = Some(entry);
-        }
+        double(&mut self.slots, |entry| entry.tag);
     }
 
     /// Put `entry` in flight under its tag, which [`next_tag`](Self::next_tag) returned.
@@ -195,6 +181,22 @@ impl TagTable {
     }
 }
 
+/// `len` empty slots.
+fn empty_slots<T>(len: usize) -> Vec<Option<T>> {
+    std::iter::repeat_with(|| None).take(len).collect()
+}
+
+/// Twice the slots of a slab indexed by tag (`tag` of each value): each value moves to
+/// its tag's index in the larger slab (two values apart in the old one stay apart: their
+/// tags differ in the low bits).
+fn double<T>(slots: &mut Vec<Option<T>>, tag: impl Fn(&T) -> u32) {
+    let larger = slots.len() * 2;
+    for value in std::mem::replace(slots, empty_slots(larger)).into_iter().flatten() {
+        let i = TagTable::index(larger, tag(&value));
+        slots[i] = Some(value);
+    }
+}
+
 /// Tickets kept by tag, for code that knows its requests by tag (the C and Python
 /// bindings): a slab indexed by the tag's low bits, no hashing. A client gives the
 /// requests it has in flight tags that differ in their low bits (its own table of them
@@ -244,7 +246,7 @@ impl Tickets {
     /// ```
     pub fn insert(&mut self, ticket: Ticket) {
         if self.slots.is_empty() {
-            self.slots = std::iter::repeat_with(|| None).take(TagTable::INITIAL).collect();
+            self.slots = empty_slots(TagTable::INITIAL);
         }
         loop {
             let i = TagTable::index(self.slots.len(), ticket.tag);
@@ -254,19 +256,7 @@ impl Tickets {
                 *slot = Some(ticket);
                 return;
             }
-            self.grow();
-        }
-    }
-
-    /// Twice as many slots; the kept tickets differ in their low bits at the old
-    /// length, so at the new one too.
-    fn grow(&mut self) {
-        let len = self.slots.len() * 2;
-        let old =
-            std::mem::replace(&mut self.slots, std::iter::repeat_with(|| None).take(len).collect());
-        for ticket in old.into_iter().flatten() {
-            let i = TagTable::index(len, ticket.tag);
-            self.slots[i] = Some(ticket);
+            double(&mut self.slots, |ticket| ticket.tag);
         }
     }
 

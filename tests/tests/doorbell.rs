@@ -20,12 +20,17 @@ fn doorbell_system(vms: &[vgpu_tests::system::Vm]) -> System {
 
 /// A doorbell system whose mediator settings add `extra` to [`SLEEPY`].
 fn doorbell_system_with(vms: &[vgpu_tests::system::Vm], extra: &str) -> System {
+    doorbell_system_settings(vms, &format!("{SLEEPY}\n{extra}"))
+}
+
+/// A doorbell system (pool A) whose mediator has `settings`.
+fn doorbell_system_settings(vms: &[vgpu_tests::system::Vm], settings: &str) -> System {
     System::start_with(
         Launcher::Binaries(Binaries::locate()),
         RegionSpec { doorbell: true, ..RegionSpec::SMALL },
         &[('A', "")],
         vms,
-        &format!("{SLEEPY}\n{extra}"),
+        settings,
     )
     .unwrap()
 }
@@ -102,14 +107,10 @@ fn requests_300_ms_apart_wake_a_sleeping_mediator() {
 /// cleanly.
 #[test]
 fn an_idle_doorbell_mediator_sleeps() {
-    let mut system = System::start_with(
-        Launcher::Binaries(Binaries::locate()),
-        RegionSpec { doorbell: true, ..RegionSpec::SMALL },
-        &[('A', "")],
+    let mut system = doorbell_system_settings(
         &[vm(1, 'A', 1)],
         "heartbeat_interval_ms = 100\nidle_spin_us = 100",
-    )
-    .unwrap();
+    );
     let region = Arc::new(Region::open(&system.region(1), Access::ReadWrite).unwrap());
     let slot = region.slot(0).unwrap();
     wait_for("the mediator asleep on the doorbell", Duration::from_secs(10), || {
